@@ -1,0 +1,1 @@
+"""Configuration: process settings, the mail settings model, their store and secret crypto."""

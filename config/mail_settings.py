@@ -1,0 +1,122 @@
+"""The mail settings an administrator configures: SMTP or OAuth (Microsoft Graph), validated."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, field_validator
+
+MASK = "********"
+DEFAULT_INSTANCE = "https://login.microsoftonline.com/"
+DEFAULT_API_URL = "https://graph.microsoft.com/"
+
+_HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+class TlsMode(StrEnum):
+    """How the SMTP connection is secured."""
+
+    AUTO = "auto"  # port 465: implicit TLS; otherwise STARTTLS when the server offers it
+    STARTTLS = "starttls"  # STARTTLS required
+    IMPLICIT = "implicit"  # TLS from the first byte (SMTPS)
+    NONE = "none"  # plain text, never upgraded
+
+
+def mailbox_address(value: str) -> str:
+    """Validate one e-mail address (syntax only, no DNS) and return its normalized form."""
+    if "\r" in value or "\n" in value:
+        raise ValueError("must not contain line breaks")
+    try:
+        return validate_email(value, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _host_name_or_ip(value: str) -> str:
+    value = value.strip()
+    try:
+        return str(ipaddress.ip_address(value.strip("[]")))
+    except ValueError:
+        pass
+    labels = value.rstrip(".").split(".")
+    if not value or len(value) > 253 or not all(_HOSTNAME_LABEL.match(label) for label in labels):
+        raise ValueError("must be a host name or an IP address")
+    return value
+
+
+def _single_line(value: str | None) -> str | None:
+    if value is not None and ("\r" in value or "\n" in value):
+        raise ValueError("must not contain line breaks")
+    return value
+
+
+def _https_url(value: str) -> str:
+    if not re.match(r"^https://[^\s/?#]+(/[^\s?#]*)?$", value):
+        raise ValueError("must be an https:// URL")
+    return value if value.endswith("/") else value + "/"
+
+
+class SmtpSettings(BaseModel):
+    """Send through an SMTP server."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    protocol: Literal["smtp"] = "smtp"
+    server: str = "localhost"
+    port: int = Field(default=587, ge=1, le=65535)
+    from_mailbox: str
+    username: str | None = None
+    password: SecretStr | None = None
+    accept_any_certificate: bool = False
+    tls: TlsMode = TlsMode.AUTO
+
+    _server = field_validator("server")(_host_name_or_ip)
+    _from = field_validator("from_mailbox")(mailbox_address)
+    _username = field_validator("username")(_single_line)
+
+    @property
+    def uses_implicit_tls(self) -> bool:
+        return self.tls is TlsMode.IMPLICIT or (self.tls is TlsMode.AUTO and self.port == 465)
+
+    def secret(self) -> SecretStr | None:
+        return self.password
+
+
+class OAuthSettings(BaseModel):
+    """Send through Microsoft Graph with OAuth 2.0 client credentials."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    protocol: Literal["oauth"] = "oauth"
+    from_mailbox: str
+    instance: str = DEFAULT_INSTANCE
+    api_url: str = DEFAULT_API_URL
+    tenant: str = Field(min_length=1)
+    client_id: str = Field(min_length=1)
+    client_secret: SecretStr | None = None
+
+    _from = field_validator("from_mailbox")(mailbox_address)
+    _urls = field_validator("instance", "api_url")(_https_url)
+    _ids = field_validator("tenant", "client_id")(_single_line)
+
+    def secret(self) -> SecretStr | None:
+        return self.client_secret
+
+
+MailSettings = Annotated[SmtpSettings | OAuthSettings, Field(discriminator="protocol")]
+MAIL_SETTINGS_ADAPTER: TypeAdapter[SmtpSettings | OAuthSettings] = TypeAdapter(MailSettings)
+
+SECRET_FIELD = {"smtp": "password", "oauth": "client_secret"}
+
+
+def masked(settings: SmtpSettings | OAuthSettings) -> dict[str, Any]:
+    """The settings as an administrator may see them: every secret replaced by a mask."""
+    view = settings.model_dump(mode="json", exclude={SECRET_FIELD[settings.protocol]})
+    has_secret = settings.secret() is not None
+    view[SECRET_FIELD[settings.protocol]] = MASK if has_secret else None
+    view[f"has_{SECRET_FIELD[settings.protocol]}"] = has_secret
+    return view

@@ -1,0 +1,56 @@
+"""Process settings read from the environment (``OUTBOX_*``) with pydantic-settings."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The Redis broker redelivers an unacknowledged task after this many seconds; every
+# retry countdown must stay well below it, or ETA tasks run twice (a known kombu trap).
+DEFAULT_VISIBILITY_TIMEOUT_SECONDS = 3600
+
+
+class ProcessSettings(BaseSettings):
+    """Everything a process needs to start: where Redis is, the secret key, retry knobs."""
+
+    model_config = SettingsConfigDict(env_prefix="OUTBOX_", extra="ignore")
+
+    redis_url: str | None = Field(
+        default=None,
+        description="redis://, rediss:// or unix:// URL; unset starts an embedded Redis.",
+    )
+    secret_key: SecretStr | None = Field(
+        default=None, description="Fernet key for secrets at rest; unset generates one."
+    )
+    data_dir: Path = Field(default=Path(".outbox"))
+    ca_bundle: Path | None = Field(
+        default=None, description="PEM file of extra CAs trusted for TLS to mail servers."
+    )
+    retry_base_seconds: float = Field(default=10.0, gt=0)
+    retry_max_seconds: float = Field(default=600.0, gt=0)
+    max_attempts: int = Field(default=8, ge=1, le=100)
+    retention_days: float = Field(default=30.0, gt=0)
+    max_message_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
+    smtp_timeout_seconds: float = Field(default=30.0, gt=0)
+    smtp_max_connections: int = Field(default=4, ge=1, le=100)
+    visibility_timeout_seconds: int = Field(default=DEFAULT_VISIBILITY_TIMEOUT_SECONDS, ge=60)
+    message_id_domain: str = Field(default_factory=socket.gethostname)
+
+    @model_validator(mode="after")
+    def _retry_cap_below_visibility_timeout(self) -> ProcessSettings:
+        if self.retry_max_seconds < self.retry_base_seconds:
+            raise ValueError("OUTBOX_RETRY_MAX_SECONDS must be >= OUTBOX_RETRY_BASE_SECONDS")
+        if self.retry_max_seconds > self.visibility_timeout_seconds / 2:
+            raise ValueError(
+                "OUTBOX_RETRY_MAX_SECONDS must stay below half of "
+                f"OUTBOX_VISIBILITY_TIMEOUT_SECONDS ({self.visibility_timeout_seconds}), "
+                "or the broker would run delayed retries twice"
+            )
+        return self
+
+    @property
+    def retention_seconds(self) -> int:
+        return int(self.retention_days * 86400)

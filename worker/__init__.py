@@ -1,0 +1,1 @@
+"""Delivery core: messages, MIME, errors, retry policy, transports, records; no Celery here."""

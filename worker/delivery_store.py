@@ -1,0 +1,219 @@
+"""The producer and operator side of the delivery records: create, read, list, retry, purge."""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import redis
+
+from worker.message import OutgoingMessage, message_to_fields
+from worker.record_scripts import CREATE, TRANSITION, transition_arguments
+from worker.records import (
+    FINAL_STATUSES,
+    STATUS_INDEX_PREFIX,
+    DeliveryRecord,
+    DeliveryStatus,
+    RecipientOutcome,
+    RecipientState,
+    attempts_key,
+    decode_record,
+    encode_recipients,
+    idempotency_key,
+    record_key,
+    status_index_key,
+)
+
+
+class DeliveryNotFoundError(LookupError):
+    """No record with that id (never created, expired or purged)."""
+
+
+class NotRetryableError(ValueError):
+    """The delivery is in a status that a retry cannot start from."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewDelivery:
+    id: str
+    message: OutgoingMessage
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """The id the producer gets back; ``created`` is False when an idempotency key matched."""
+
+    id: str
+    created: bool
+
+
+RETRYABLE_STATUSES = frozenset({DeliveryStatus.FAILED, DeliveryStatus.PARTIALLY_SENT})
+
+
+class DeliveryStore:
+    """Synchronous access to delivery records for producers, the CLI and the HTTP API."""
+
+    def __init__(self, client: redis.Redis, *, retention_seconds: int) -> None:
+        self._redis = client
+        self._retention_seconds = retention_seconds
+        self._create = client.register_script(CREATE)
+        self._transition = client.register_script(TRANSITION)
+
+    def create_many(self, deliveries: Sequence[NewDelivery]) -> list[Created]:
+        """Store queued records in one round trip; existing idempotency keys return their id."""
+        now = time.time()
+        pipe = self._redis.pipeline(transaction=False)
+        for delivery in deliveries:
+            fields: dict[str, str | bytes] = {
+                **message_to_fields(delivery.message),
+                "status": DeliveryStatus.QUEUED.value,
+                "created_at": repr(now),
+                "updated_at": repr(now),
+                "attempt_count": "0",
+                "retry_base": "0",
+                "recipients": encode_recipients(
+                    tuple(
+                        RecipientOutcome(address, RecipientState.PENDING)
+                        for address in delivery.message.recipients
+                    )
+                ),
+                "idempotency_key": delivery.idempotency_key or "",
+            }
+            self._create(
+                keys=[
+                    record_key(delivery.id),
+                    status_index_key(DeliveryStatus.QUEUED),
+                    idempotency_key(delivery.idempotency_key) if delivery.idempotency_key else "",
+                ],
+                args=[delivery.id, repr(now), self._retention_seconds, *_flatten(fields)],
+                client=pipe,
+            )
+        return [Created(_text(result[1]), bool(result[0])) for result in pipe.execute()]
+
+    def get(self, delivery_id: str) -> DeliveryRecord:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hgetall(record_key(delivery_id))
+        pipe.lrange(attempts_key(delivery_id), 0, -1)
+        fields, attempts = pipe.execute()
+        if not fields:
+            raise DeliveryNotFoundError(f"no delivery with id {delivery_id!r}")
+        return decode_record(delivery_id, fields, attempts)
+
+    def ids_with_status(self, status: DeliveryStatus) -> list[str]:
+        return [_text(raw) for raw in self._redis.zrange(status_index_key(status), 0, -1)]
+
+    def recent(self, status: DeliveryStatus | None = None, limit: int = 50) -> list[DeliveryRecord]:
+        """The most recently updated records, newest first, optionally of one status."""
+        statuses = [status] if status else list(DeliveryStatus)
+        pipe = self._redis.pipeline(transaction=False)
+        for each in statuses:
+            pipe.zrevrange(status_index_key(each), 0, limit - 1, withscores=True)
+        newest = heapq.nlargest(
+            limit,
+            ((score, _text(raw)) for rows in pipe.execute() for raw, score in rows),
+        )
+        pipe = self._redis.pipeline(transaction=False)
+        for _, delivery_id in newest:
+            pipe.hgetall(record_key(delivery_id))
+        records = []
+        for (_, delivery_id), fields in zip(newest, pipe.execute(), strict=True):
+            # Expired records leave their id in an index; this is where it is noticed.
+            if fields:
+                records.append(decode_record(delivery_id, fields))
+            else:
+                self._forget_ids([delivery_id])
+        return records
+
+    def reset_for_retry(self, delivery_id: str) -> DeliveryRecord:
+        """Queue a failed (or partially sent) delivery again: its failed recipients become pending.
+
+        Attempts start counting afresh, so a retried delivery gets the full retry budget.
+        """
+        record = self.get(delivery_id)
+        if record.status not in RETRYABLE_STATUSES:
+            raise NotRetryableError(
+                f"delivery {delivery_id} is {record.status.value}; only failed or partially "
+                "sent deliveries can be retried"
+            )
+        recipients = tuple(
+            replace(r, status=RecipientState.PENDING, code=None, reply=None)
+            if r.status is RecipientState.FAILED
+            else r
+            for r in record.recipients
+        )
+        applied = self._transition(
+            keys=[record_key(delivery_id), attempts_key(delivery_id)],
+            args=transition_arguments(
+                delivery_id=delivery_id,
+                now=time.time(),
+                guard=("status", record.status.value),
+                status=DeliveryStatus.QUEUED.value,
+                index_prefix=STATUS_INDEX_PREFIX,
+                expire_seconds=0,
+                fields={
+                    "recipients": encode_recipients(recipients),
+                    "retry_base": str(record.attempt_count),
+                    "last_error": "",
+                    "next_attempt_at": "",
+                },
+            ),
+        )
+        if not applied:
+            raise NotRetryableError(f"delivery {delivery_id} changed meanwhile; try again")
+        return replace(record, status=DeliveryStatus.QUEUED, recipients=recipients)
+
+    def mark_unqueued(self, delivery_id: str, reason: str) -> None:
+        """Record that a stored delivery could not be handed to the broker, so it is not lost."""
+        self._transition(
+            keys=[record_key(delivery_id), attempts_key(delivery_id)],
+            args=transition_arguments(
+                delivery_id=delivery_id,
+                now=time.time(),
+                guard=("status", DeliveryStatus.QUEUED.value),
+                status=DeliveryStatus.FAILED.value,
+                index_prefix=STATUS_INDEX_PREFIX,
+                expire_seconds=self._retention_seconds,
+                fields={"last_error": reason},
+            ),
+        )
+
+    def purge(self, older_than_seconds: float) -> int:
+        """Delete final records last updated before the cutoff; returns how many went."""
+        cutoff = time.time() - older_than_seconds
+        doomed: list[str] = []
+        for status in FINAL_STATUSES:
+            doomed += map(
+                _text, self._redis.zrangebyscore(status_index_key(status), "-inf", cutoff)
+            )
+        if not doomed:
+            return 0
+        pipe = self._redis.pipeline(transaction=False)
+        for delivery_id in doomed:
+            pipe.hget(record_key(delivery_id), "idempotency_key")
+        keys = [_text(k) for k in pipe.execute() if k]
+        pipe = self._redis.pipeline(transaction=False)
+        for delivery_id in doomed:
+            pipe.delete(record_key(delivery_id), attempts_key(delivery_id))
+        for key in keys:
+            pipe.delete(idempotency_key(key))
+        pipe.execute()
+        self._forget_ids(doomed)
+        return len(doomed)
+
+    def _forget_ids(self, delivery_ids: list[str]) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        for status in DeliveryStatus:
+            pipe.zrem(status_index_key(status), *delivery_ids)
+        pipe.execute()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _flatten(fields: dict[str, str | bytes]) -> list[str | bytes]:
+    return [item for pair in fields.items() for item in pair]

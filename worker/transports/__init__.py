@@ -1,0 +1,1 @@
+"""Transports: one interface, one implementation per way of sending (SMTP, Graph, memory)."""
