@@ -75,7 +75,13 @@ class DeliveryRecord:
     last_error: str | None
     next_attempt_at: float | None
     idempotency_key: str | None
+    # attempt_count when an operator last retried it: the retry budget counts from there.
+    retry_base: int = 0
     attempts: tuple[Attempt, ...] = ()
+
+    @property
+    def attempts_this_round(self) -> int:
+        return self.attempt_count - self.retry_base
 
 
 def record_key(delivery_id: str) -> str:
@@ -125,6 +131,7 @@ def decode_record(
         last_error=text("last_error"),
         next_attempt_at=float(value) if (value := text("next_attempt_at")) else None,
         idempotency_key=text("idempotency_key"),
+        retry_base=int(text("retry_base") or 0),
         attempts=tuple(Attempt(**json.loads(a)) for a in attempts or ()),
     )
 

@@ -79,7 +79,7 @@ class SmtpTransport:
         self._local_hostname = local_hostname
         self._slots = asyncio.Semaphore(max_connections)
         self._idle: list[aiosmtplib.SMTP] = []
-        self.connections_opened = 0
+        self._closed = False
 
     @property
     def _where(self) -> str:
@@ -105,19 +105,13 @@ class SmtpTransport:
                 raise lost.error from lost.__cause__
 
     async def verify(self) -> None:
-        connection = await self._connect()
-        try:
-            await connection.quit()
-        except aiosmtplib.SMTPException:
-            connection.close()
+        await _quit(await self._connect())
 
     async def aclose(self) -> None:
+        self._closed = True
         idle, self._idle = self._idle, []
         for connection in idle:
-            try:
-                await connection.quit()
-            except (aiosmtplib.SMTPException, OSError):
-                connection.close()
+            await _quit(connection)
 
     async def _checkout(self) -> tuple[aiosmtplib.SMTP, bool]:
         while self._idle:
@@ -134,13 +128,20 @@ class SmtpTransport:
             result = await self._send_on(connection, data, recipients)
         except DeliveryError:
             # A refused command leaves the session usable (aiosmtplib sent RSET).
-            self._idle.append(connection)
+            await self._release(connection)
             raise
         except BaseException:
             connection.close()
             raise
-        self._idle.append(connection)
+        await self._release(connection)
         return result
+
+    async def _release(self, connection: aiosmtplib.SMTP) -> None:
+        if not self._closed:
+            self._idle.append(connection)
+            return
+        # Retired while this send was in flight (the settings changed): do not keep it.
+        await _quit(connection)
 
     async def _send_on(
         self, connection: aiosmtplib.SMTP, data: bytes, recipients: Sequence[str]
@@ -214,7 +215,6 @@ class SmtpTransport:
         except (aiosmtplib.SMTPException, OSError) as exc:
             connection.close()
             raise self._connect_error(exc) from exc
-        self.connections_opened += 1
         if settings.username:
             await self._login(connection)
         return connection
@@ -268,3 +268,10 @@ def _causes(exc: BaseException) -> list[BaseException]:
         chain.append(current)
         current = current.__cause__ or current.__context__
     return chain
+
+
+async def _quit(connection: aiosmtplib.SMTP) -> None:
+    try:
+        await connection.quit()
+    except (aiosmtplib.SMTPException, OSError):
+        connection.close()

@@ -1,0 +1,59 @@
+"""What a process builds once at start from its environment, handed to everything else."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import redis
+
+from config.process import ProcessSettings
+from config.redis_location import RedisLocation, resolve_redis
+from config.secret_box import SecretBox, load_secret_key
+from config.settings_store import SettingsStore
+from worker.delivery_store import DeliveryStore
+from worker.tls import build_tls_contexts
+from worker.transports.factory import TransportOptions
+
+
+@dataclass(frozen=True)
+class OutboxContext:
+    """Process settings and the clients built from them; one per process."""
+
+    settings: ProcessSettings
+    redis_location: RedisLocation
+
+    @classmethod
+    def from_environment(cls) -> OutboxContext:
+        settings = ProcessSettings()
+        return cls(settings, resolve_redis(settings.redis_url, settings.data_dir))
+
+    @cached_property
+    def secret_box(self) -> SecretBox:
+        configured = self.settings.secret_key
+        return SecretBox(
+            load_secret_key(
+                configured.get_secret_value() if configured else None, self.settings.data_dir
+            )
+        )
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_location.url)
+
+    @cached_property
+    def settings_store(self) -> SettingsStore:
+        return SettingsStore(self.redis, self.secret_box)
+
+    @cached_property
+    def deliveries(self) -> DeliveryStore:
+        return DeliveryStore(self.redis, retention_seconds=self.settings.retention_seconds)
+
+    @cached_property
+    def transport_options(self) -> TransportOptions:
+        return TransportOptions(
+            tls=build_tls_contexts(self.settings.ca_bundle),
+            smtp_timeout_seconds=self.settings.smtp_timeout_seconds,
+            smtp_max_connections=self.settings.smtp_max_connections,
+            local_hostname=self.settings.message_id_domain,
+        )

@@ -1,0 +1,156 @@
+"""Validation of messages at the edge (Python API, CLI, batch files): field-named errors."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from config.mail_settings import mailbox_address
+from worker.message import Attachment, OutgoingMessage
+
+_HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 field name: printable ASCII except ':'
+_CONTENT_TYPE = re.compile(r"^[\w.+-]+/[\w.+-]+$")
+# Headers outbox writes itself; a producer setting them would corrupt or spoof the message.
+RESERVED_HEADERS = frozenset(
+    {
+        "from", "to", "cc", "bcc", "reply-to", "subject", "date", "message-id", "sender",
+        "mime-version", "content-type", "content-transfer-encoding", "content-disposition",
+    }
+)  # fmt: skip
+
+Address = Annotated[str, AfterValidator(mailbox_address)]
+
+
+def _no_line_breaks(value: str) -> str:
+    if "\r" in value or "\n" in value:
+        raise ValueError("must not contain line breaks (CR/LF)")
+    return value
+
+
+class AttachmentInput(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=255)
+    content_type: str = "application/octet-stream"
+    content: bytes = Field(repr=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _decode_base64(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "content_base64" in data:
+            data = dict(data)
+            try:
+                data["content"] = base64.b64decode(data.pop("content_base64"), validate=True)
+            except (binascii.Error, TypeError, ValueError):
+                raise ValueError("content_base64 is not valid base64") from None
+        return data
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        _no_line_breaks(value)
+        if "/" in value or "\\" in value:
+            raise ValueError("must be a file name, not a path")
+        return value
+
+    @field_validator("content_type")
+    @classmethod
+    def _content_type(cls, value: str) -> str:
+        if not _CONTENT_TYPE.match(value):
+            raise ValueError("must look like type/subtype, e.g. application/pdf")
+        return value.lower()
+
+
+class MessageInput(BaseModel):
+    """An e-mail as a producer submits it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    to: list[Address] = Field(default_factory=list)
+    cc: list[Address] = Field(default_factory=list)
+    bcc: list[Address] = Field(default_factory=list)
+    subject: str = Field(max_length=998)
+    text: str | None = None
+    html: str | None = None
+    reply_to: list[Address] = Field(default_factory=list)
+    headers: dict[str, str] = Field(default_factory=dict)
+    attachments: list[AttachmentInput] = Field(default_factory=list)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+
+    @field_validator("subject")
+    @classmethod
+    def _subject(cls, value: str) -> str:
+        return _no_line_breaks(value)
+
+    @field_validator("idempotency_key")
+    @classmethod
+    def _key(cls, value: str | None) -> str | None:
+        if value is not None and any(c.isspace() for c in value):
+            raise ValueError("must not contain whitespace")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name, value in headers.items():
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"header name {name!r} is not a valid field name")
+            if name.lower() in RESERVED_HEADERS:
+                raise ValueError(f"header {name!r} is set by outbox and cannot be given")
+            if "\r" in value or "\n" in value:
+                raise ValueError(f"header {name!r} must not contain line breaks (CR/LF)")
+        return headers
+
+    @model_validator(mode="after")
+    def _has_recipient(self) -> MessageInput:
+        if not (self.to or self.cc or self.bcc):
+            raise ValueError("at least one recipient (to, cc or bcc) is required")
+        return self
+
+    def size(self) -> int:
+        """Approximate size of what will be sent, to enforce the message size limit."""
+        return (
+            len(self.text or "")
+            + len(self.html or "")
+            + sum(len(a.content) * 4 // 3 for a in self.attachments)
+        )
+
+    def to_outgoing(self, message_id: str) -> OutgoingMessage:
+        return OutgoingMessage(
+            message_id=message_id,
+            to=tuple(self.to),
+            cc=tuple(self.cc),
+            bcc=tuple(self.bcc),
+            subject=self.subject,
+            text=self.text,
+            html=self.html,
+            reply_to=tuple(self.reply_to),
+            headers=tuple(self.headers.items()),
+            attachments=tuple(
+                Attachment(a.name, a.content_type, a.content) for a in self.attachments
+            ),
+        )
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line per problem, each naming its field (``to[0]``, ``attachments[1].name``)."""
+    lines = []
+    for problem in error.errors(include_url=False, include_input=False):
+        path = ""
+        for part in problem["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else f".{part}"
+        field = path.lstrip(".") or "message"
+        lines.append(f"{field}: {problem['msg'].removeprefix('Value error, ')}")
+    return "; ".join(lines)

@@ -1,0 +1,83 @@
+"""The producer API: validate, store and enqueue e-mails; retry failed ones."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+
+from tasks.message_input import MessageInput
+from worker.delivery_store import Created, DeliveryStore, NewDelivery
+from worker.records import DeliveryRecord, DeliveryStatus
+
+# Ids per task message: one Celery message per e-mail caps throughput far below SMTP's;
+# each id in a chunk is still claimed and recorded on its own.
+CHUNK_SIZE = 50
+
+Publisher = Callable[[Sequence[Sequence[str]]], None]
+
+
+class MessageTooLargeError(ValueError):
+    """The message exceeds OUTBOX_MAX_MESSAGE_BYTES."""
+
+
+class Producer:
+    """Turns validated messages into stored, queued deliveries."""
+
+    def __init__(
+        self,
+        deliveries: DeliveryStore,
+        publish: Publisher,
+        *,
+        message_id_domain: str,
+        max_message_bytes: int,
+    ) -> None:
+        self._deliveries = deliveries
+        self._publish = publish
+        self._domain = message_id_domain
+        self._max_message_bytes = max_message_bytes
+
+    def enqueue(self, message: MessageInput) -> Created:
+        return self.enqueue_many([message])[0]
+
+    def enqueue_many(self, messages: Sequence[MessageInput]) -> list[Created]:
+        """Store every message, then hand the new ids to the broker in chunks."""
+        for message in messages:
+            if message.size() > self._max_message_bytes:
+                raise MessageTooLargeError(
+                    f"attachments: the message is about {message.size()} bytes, over the "
+                    f"limit of {self._max_message_bytes} (OUTBOX_MAX_MESSAGE_BYTES)"
+                )
+        new = []
+        for message in messages:
+            delivery_id = uuid.uuid4().hex
+            # Fixed here, reused by every attempt, so receivers can drop a duplicate.
+            message_id = f"<{delivery_id}@{self._domain}>"
+            new.append(
+                NewDelivery(delivery_id, message.to_outgoing(message_id), message.idempotency_key)
+            )
+        created = self._deliveries.create_many(new)
+        self._queue([c.id for c in created if c.created])
+        return created
+
+    def retry(self, delivery_ids: Iterable[str]) -> list[DeliveryRecord]:
+        """Queue failed deliveries again (raises for unknown or unretryable ids)."""
+        records = [self._deliveries.reset_for_retry(i) for i in delivery_ids]
+        self._queue([r.id for r in records])
+        return records
+
+    def retry_all_failed(self) -> list[DeliveryRecord]:
+        return self.retry(self._deliveries.ids_with_status(DeliveryStatus.FAILED))
+
+    def _queue(self, delivery_ids: list[str]) -> None:
+        if not delivery_ids:
+            return
+        try:
+            self._publish(
+                [delivery_ids[i : i + CHUNK_SIZE] for i in range(0, len(delivery_ids), CHUNK_SIZE)]
+            )
+        except Exception as exc:
+            # Stored but never queued would be lost silently: record it as failed instead.
+            reason = f"could not be queued: {type(exc).__name__}; retry it with `outbox retry`"
+            for delivery_id in delivery_ids:
+                self._deliveries.mark_unqueued(delivery_id, reason)
+            raise

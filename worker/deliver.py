@@ -1,0 +1,217 @@
+"""One delivery attempt: claim, send with the current settings, record, decide what comes next."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from config.settings_store import StoredSettings
+from worker.backoff import RetryPolicy
+from worker.claims import AlreadyFinal, Busy, Claimed, DeliveryClaims, Missing
+from worker.errors import (
+    ConfigurationError,
+    DeliveryError,
+    PermanentError,
+    TransientError,
+)
+from worker.records import Attempt, DeliveryRecord, DeliveryStatus, RecipientOutcome, RecipientState
+from worker.settings_cache import SettingsCache
+from worker.transports.base import SendResult, Transport
+
+log = logging.getLogger(__name__)
+
+# A scheduled retry must not arrive before its attempt is recorded, or it would find the
+# delivery still claimed; recording takes milliseconds.
+MIN_RETRY_DELAY_SECONDS = 1.0
+
+NOT_CONFIGURED = "mail settings are not configured; run `outbox settings set ...`, then retry"
+
+
+class RetryScheduler(Protocol):
+    """Arranges for ``delivery_id`` to be attempted again after ``delay_seconds``."""
+
+    def __call__(self, delivery_id: str, delay_seconds: float) -> None: ...
+
+
+class TransportCache:
+    """The transport for the current settings version; the previous one is closed on change."""
+
+    def __init__(self, factory: Callable[[StoredSettings], Transport]) -> None:
+        self._factory = factory
+        self._version: int | None = None
+        self._transport: Transport | None = None
+
+    async def get(self, stored: StoredSettings) -> Transport:
+        if self._transport is None or self._version != stored.version:
+            retired = self._transport
+            self._transport, self._version = None, None
+            if retired is not None:
+                await retired.aclose()
+            self._transport = self._factory(stored)
+            self._version = stored.version
+        return self._transport
+
+    async def aclose(self) -> None:
+        if self._transport is not None:
+            await self._transport.aclose()
+            self._transport = None
+
+
+@dataclass(frozen=True, slots=True)
+class Deliverer:
+    """Everything one delivery attempt needs, handed in by the process that owns it."""
+
+    claims: DeliveryClaims
+    settings: SettingsCache
+    transports: TransportCache
+    policy: RetryPolicy
+    schedule_retry: RetryScheduler
+    clock: Callable[[], float] = field(default=time.time)
+
+    async def deliver(self, delivery_id: str) -> str:
+        """Attempt one delivery; returns the status it ends in (or why it was skipped)."""
+        claim = await self.claims.claim(delivery_id, self.clock())
+        match claim:
+            case Missing():
+                log.warning(
+                    "delivery %s: no record (expired or purged); nothing to send", delivery_id
+                )
+                return "missing"
+            case AlreadyFinal(status=status):
+                log.info("delivery %s is already %s; not sending again", delivery_id, status)
+                return status.value
+            case Busy(lease_until=lease_until):
+                # Redelivered while another process holds it (e.g. after a worker was lost):
+                # look again when that claim expires instead of dropping the job.
+                self.schedule_retry(delivery_id, max(lease_until - self.clock(), 0) + 1)
+                return "busy"
+            case Claimed(record=record, settings_version=version):
+                return await self._attempt(record, version)
+
+    async def _attempt(self, record: DeliveryRecord, settings_version: int) -> str:
+        started = self.clock()
+        pending = [r.address for r in record.recipients if r.status.needs_sending]
+        result: SendResult | None = None
+        error: DeliveryError | None = None
+        try:
+            result = await self._send(record, settings_version, pending)
+        except DeliveryError as exc:
+            error = exc
+        except Exception as exc:
+            # A bug or an unexpected library error fails this delivery, not the worker.
+            log.exception("delivery %s: unexpected %s", record.id, type(exc).__name__)
+            error = PermanentError(f"internal error: {type(exc).__name__}: {exc}")
+        return await self._record(record, started, pending, result, error)
+
+    async def _send(
+        self, record: DeliveryRecord, settings_version: int, pending: list[str]
+    ) -> SendResult:
+        stored = await self.settings.get(settings_version)
+        if stored is None:
+            raise ConfigurationError(NOT_CONFIGURED)
+        transport = await self.transports.get(stored)
+        return await transport.send(record.message, pending, record.created_at)
+
+    async def _record(
+        self,
+        record: DeliveryRecord,
+        started: float,
+        pending: list[str],
+        result: SendResult | None,
+        error: DeliveryError | None,
+    ) -> str:
+        recipients = _merge(record.recipients, pending, result, error)
+        retry_delay: float | None = None
+        if any(r.status.needs_sending for r in recipients):
+            if self.policy.allows_another_attempt(record.attempts_this_round):
+                retry_after = error.retry_after if isinstance(error, TransientError) else None
+                retry_delay = max(
+                    self.policy.delay(record.attempts_this_round, retry_after),
+                    MIN_RETRY_DELAY_SECONDS,
+                )
+            else:
+                recipients = tuple(
+                    replace(r, status=RecipientState.FAILED) if r.status.needs_sending else r
+                    for r in recipients
+                )
+        status = _status_for(recipients, retrying=retry_delay is not None)
+        now = self.clock()
+        attempt = Attempt(
+            number=record.attempt_count,
+            started_at=started,
+            duration_ms=round((now - started) * 1000, 3),
+            outcome=_attempt_outcome(status, error),
+            code=error.code if error else (result.code if result else None),
+            reply=error.reply if error else (result.reply if result else None),
+            error=error.reason if error else _refusals(recipients),
+        )
+        if retry_delay is not None:
+            self.schedule_retry(record.id, retry_delay)
+        applied = await self.claims.finish(
+            record,
+            now=now,
+            status=status,
+            attempt=attempt,
+            recipients=recipients,
+            last_error=attempt.error,
+            next_attempt_at=now + retry_delay if retry_delay is not None else None,
+        )
+        if not applied:
+            log.warning("delivery %s: claim lost before the attempt was recorded", record.id)
+        log.info("delivery %s attempt %d: %s", record.id, record.attempt_count, status.value)
+        return status.value
+
+
+def _merge(
+    recipients: tuple[RecipientOutcome, ...],
+    pending: list[str],
+    result: SendResult | None,
+    error: DeliveryError | None,
+) -> tuple[RecipientOutcome, ...]:
+    """Every recipient's state after this attempt."""
+    outcomes = {r.address: r for r in recipients}
+    if result is not None:
+        outcomes.update((o.address, o) for o in result.recipients)
+    elif error is not None:
+        state = (
+            RecipientState.DEFERRED if isinstance(error, TransientError) else RecipientState.FAILED
+        )
+        outcomes.update(
+            (address, RecipientOutcome(address, state, error.code, error.reply))
+            for address in pending
+        )
+    return tuple(outcomes[r.address] for r in recipients)
+
+
+def _status_for(recipients: tuple[RecipientOutcome, ...], *, retrying: bool) -> DeliveryStatus:
+    if retrying:
+        return DeliveryStatus.RETRYING
+    sent = sum(r.status is RecipientState.SENT for r in recipients)
+    if sent == len(recipients):
+        return DeliveryStatus.SENT
+    return DeliveryStatus.PARTIALLY_SENT if sent else DeliveryStatus.FAILED
+
+
+def _attempt_outcome(status: DeliveryStatus, error: DeliveryError | None) -> str:
+    match error:
+        case TransientError():
+            return "transient"
+        case ConfigurationError():
+            return "configuration"
+        case PermanentError():
+            return "permanent"
+    return "deferred" if status is DeliveryStatus.RETRYING else status.value
+
+
+def _refusals(recipients: tuple[RecipientOutcome, ...]) -> str | None:
+    refused = [r for r in recipients if r.status is not RecipientState.SENT]
+    if not refused:
+        return None
+    details = "; ".join(f"{r.address}: {r.code} {r.reply}" for r in refused)
+    return f"{len(refused)} of {len(recipients)} recipients not accepted ({details})"
+
+
+AsyncRunner = Callable[[Awaitable[object]], object]

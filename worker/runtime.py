@@ -1,0 +1,103 @@
+"""The per-process worker runtime: an event loop in its own thread and what deliveries share."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+
+from config.process import ProcessSettings
+from config.secret_box import SecretBox
+from config.settings_store import StoredSettings
+from worker.backoff import RetryPolicy
+from worker.claims import DeliveryClaims
+from worker.deliver import Deliverer, RetryScheduler, TransportCache
+from worker.settings_cache import SettingsCache
+from worker.tls import build_tls_contexts
+from worker.transports.base import Transport
+from worker.transports.factory import TransportOptions, create_transport
+
+T = TypeVar("T")
+
+# Longer than any single send can take (connect + TLS + login + DATA at the SMTP timeout),
+# so a claim only expires when its process is really gone.
+LEASE_SECONDS = 300.0
+
+
+class EventLoopThread:
+    """An asyncio loop running in a daemon thread; coroutines are submitted to it.
+
+    One loop per process, started after fork, keeps connections alive between jobs and lets
+    several sends of one process be in flight at once.
+    """
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+
+
+class WorkerRuntime:
+    """Owns one process's loop, Redis client, settings cache and transports."""
+
+    def __init__(
+        self,
+        settings: ProcessSettings,
+        *,
+        redis_url: str,
+        box: SecretBox,
+        schedule_retry: RetryScheduler,
+    ) -> None:
+        self._loop = EventLoopThread()
+        self._redis = aioredis.Redis.from_url(redis_url)
+        options = TransportOptions(
+            tls=build_tls_contexts(settings.ca_bundle),
+            smtp_timeout_seconds=settings.smtp_timeout_seconds,
+            smtp_max_connections=settings.smtp_max_connections,
+            local_hostname=settings.message_id_domain,
+        )
+
+        def transport_for(stored: StoredSettings) -> Transport:
+            return create_transport(stored.settings, options)
+
+        self._transports = TransportCache(transport_for)
+        self._deliverer = Deliverer(
+            claims=DeliveryClaims(
+                self._redis,
+                lease_seconds=LEASE_SECONDS,
+                retention_seconds=settings.retention_seconds,
+            ),
+            settings=SettingsCache(self._redis, box),
+            transports=self._transports,
+            policy=RetryPolicy(
+                base_seconds=settings.retry_base_seconds,
+                max_seconds=settings.retry_max_seconds,
+                max_attempts=settings.max_attempts,
+            ),
+            schedule_retry=schedule_retry,
+        )
+
+    def deliver(self, delivery_ids: Sequence[str]) -> list[str]:
+        """Attempt each delivery, concurrently; returns their statuses in order."""
+        return self._loop.run(self._deliver_all(delivery_ids))
+
+    async def _deliver_all(self, delivery_ids: Sequence[str]) -> list[str]:
+        return list(await asyncio.gather(*(self._deliverer.deliver(i) for i in delivery_ids)))
+
+    def close(self) -> None:
+        self._loop.run(self._aclose())
+        self._loop.stop()
+
+    async def _aclose(self) -> None:
+        await self._transports.aclose()
+        await self._redis.aclose()
