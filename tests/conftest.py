@@ -1,0 +1,62 @@
+"""Shared fixtures: a real Redis per test session, a clean database and environment per test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import trustme
+from cryptography.fernet import Fernet
+
+from tests.support.redis_server import RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def outbox_env(
+    redis_client: redis.Redis, redis_server: RedisServer, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, certificate_authority: trustme.CA,
+) -> dict[str, str]:  # fmt: skip
+    """The OUTBOX_* environment of a process using the test Redis, fast retries."""
+    ca_file = tmp_path / "ca.pem"
+    certificate_authority.cert_pem.write_to_path(str(ca_file))
+    env = {
+        "OUTBOX_REDIS_URL": redis_server.url,
+        "OUTBOX_SECRET_KEY": Fernet.generate_key().decode(),
+        "OUTBOX_DATA_DIR": str(tmp_path / "data"),
+        "OUTBOX_CA_BUNDLE": str(ca_file),
+        "OUTBOX_RETRY_BASE_SECONDS": "0.2",
+        "OUTBOX_RETRY_MAX_SECONDS": "1",
+        "OUTBOX_MAX_ATTEMPTS": "4",
+        "OUTBOX_SMTP_TIMEOUT_SECONDS": "5",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+@pytest.fixture(scope="session")
+def certificate_authority() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def server_certificate(certificate_authority: trustme.CA) -> trustme.LeafCert:
+    return certificate_authority.issue_cert("localhost", "127.0.0.1")

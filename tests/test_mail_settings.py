@@ -1,0 +1,121 @@
+"""Mail settings: defaults, validation naming the field, encrypted storage, masking, versions."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+from cryptography.fernet import Fernet
+from pydantic import SecretStr, ValidationError
+
+from config.mail_settings import (
+    MAIL_SETTINGS_ADAPTER,
+    MASK,
+    OAuthSettings,
+    SmtpSettings,
+    TlsMode,
+    masked,
+)
+from config.secret_box import SecretBox, SecretKeyError
+from config.settings_store import SETTINGS_KEY, SettingsStore
+from tasks.message_input import describe_validation_error
+
+
+def test_smtp_defaults_match_the_settings_window() -> None:
+    settings = SmtpSettings(from_mailbox="robot@example.com")
+    assert (settings.server, settings.port, settings.tls) == ("localhost", 587, TlsMode.AUTO)
+    assert settings.accept_any_certificate is False
+    assert not settings.uses_implicit_tls
+    assert SmtpSettings(from_mailbox="r@example.com", port=465).uses_implicit_tls
+
+
+def test_oauth_defaults() -> None:
+    settings = OAuthSettings(from_mailbox="r@example.com", tenant="t", client_id="c")
+    assert settings.instance == "https://login.microsoftonline.com/"
+    assert settings.api_url == "https://graph.microsoft.com/"
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"port": 0}, "port"),
+        ({"port": 70000}, "port"),
+        ({"server": "bad host"}, "server"),
+        ({"server": "-x.example.com"}, "server"),
+        ({"from_mailbox": "nobody"}, "from_mailbox"),
+        ({"username": "a\r\nb"}, "username"),
+        ({"tls": "sometimes"}, "tls"),
+    ],
+)
+def test_invalid_smtp_fields_are_named(fields: dict[str, object], field: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        SmtpSettings.model_validate({"from_mailbox": "r@example.com", **fields})
+    assert describe_validation_error(caught.value).startswith(f"{field}: ")
+
+
+def test_oauth_urls_must_be_https() -> None:
+    with pytest.raises(ValidationError) as caught:
+        OAuthSettings(
+            from_mailbox="r@example.com", tenant="t", client_id="c", instance="http://login.test/"
+        )
+    assert describe_validation_error(caught.value).startswith("instance: ")
+
+
+def test_masked_view_never_shows_the_secret() -> None:
+    settings = SmtpSettings(from_mailbox="r@example.com", username="u", password=SecretStr("hunter2"))
+    view = masked(settings)
+    assert view["password"] == MASK
+    assert view["has_password"] is True
+    assert "hunter2" not in repr(view) + repr(settings) + str(settings)
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis) -> SettingsStore:
+    return SettingsStore(redis_client, SecretBox(Fernet.generate_key()))
+
+
+def test_stored_document_holds_no_plaintext_secret(
+    store: SettingsStore, redis_client: redis.Redis
+) -> None:
+    store.save(SmtpSettings(from_mailbox="r@example.com", username="u", password=SecretStr("s3cr3t-pw")))
+    raw = b"".join(redis_client.hgetall(SETTINGS_KEY).values())
+    assert b"s3cr3t-pw" not in raw
+    loaded = store.require()
+    assert isinstance(loaded.settings, SmtpSettings)
+    assert loaded.settings.password is not None
+    assert loaded.settings.password.get_secret_value() == "s3cr3t-pw"
+
+
+def test_each_save_is_a_new_version_and_a_missing_secret_is_kept(store: SettingsStore) -> None:
+    first = store.save(
+        SmtpSettings(from_mailbox="r@example.com", username="u", password=SecretStr("pw"))
+    )
+    second = store.save(SmtpSettings(from_mailbox="r@example.com", username="u", port=2525))
+    assert second == first + 1
+    loaded = store.require().settings
+    assert isinstance(loaded, SmtpSettings)
+    assert loaded.port == 2525
+    assert loaded.password is not None and loaded.password.get_secret_value() == "pw"
+
+
+def test_a_secret_is_not_carried_across_protocols(store: SettingsStore) -> None:
+    store.save(SmtpSettings(from_mailbox="r@example.com", username="u", password=SecretStr("pw")))
+    store.save(OAuthSettings(from_mailbox="r@example.com", tenant="t", client_id="c"))
+    loaded = store.require().settings
+    assert isinstance(loaded, OAuthSettings)
+    assert loaded.client_secret is None
+
+
+def test_a_wrong_key_gives_a_clear_error(redis_client: redis.Redis) -> None:
+    SettingsStore(redis_client, SecretBox(Fernet.generate_key())).save(
+        SmtpSettings(from_mailbox="r@example.com", password=SecretStr("pw"))
+    )
+    other = SettingsStore(redis_client, SecretBox(Fernet.generate_key()))
+    with pytest.raises(SecretKeyError, match="OUTBOX_SECRET_KEY"):
+        other.load()
+
+
+def test_discriminated_by_protocol() -> None:
+    parsed = MAIL_SETTINGS_ADAPTER.validate_python(
+        {"protocol": "oauth", "from_mailbox": "r@example.com", "tenant": "t", "client_id": "c"}
+    )
+    assert isinstance(parsed, OAuthSettings)

@@ -1,0 +1,59 @@
+"""Message validation at the edge: clear errors naming the field; header injection refused."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from tasks.message_input import MessageInput, describe_validation_error
+
+
+def problems(**fields: object) -> str:
+    with pytest.raises(ValidationError) as caught:
+        MessageInput.model_validate({"to": ["a@example.com"], "subject": "s", **fields})
+    return describe_validation_error(caught.value)
+
+
+def test_valid_message_normalizes_addresses() -> None:
+    message = MessageInput.model_validate(
+        {"to": ["Someone@Example.COM"], "subject": "hi", "text": "t"}
+    )
+    assert message.to == ["Someone@example.com"]
+
+
+def test_bad_address_names_its_position() -> None:
+    assert problems(cc=["ok@example.com", "not-an-address"]).startswith("cc[1]: ")
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"subject": "hello\r\nBcc: victim@example.com"}, "subject"),
+        ({"headers": {"X-Tag": "a\nBcc: victim@example.com"}}, "headers"),
+        ({"headers": {"Bcc": "victim@example.com"}}, "headers"),
+        ({"headers": {"Bad Name": "x"}}, "headers"),
+        ({"to": ["a@example.com\r\nRCPT TO:<b@example.com>"]}, "to[0]"),
+        ({"attachments": [{"name": "../etc/passwd", "content": b"x"}]}, "attachments[0].name"),
+        ({"attachments": [{"name": "a", "content_base64": "***"}]}, "attachments[0]"),
+        ({"attachments": [{"name": "a", "content": b"", "content_type": "nope"}]},
+         "attachments[0].content_type"),
+        ({"idempotency_key": "has space"}, "idempotency_key"),
+    ],
+)  # fmt: skip
+def test_injection_and_bad_fields_are_refused(fields: dict[str, object], field: str) -> None:
+    assert problems(**fields).startswith(f"{field}: ")
+
+
+def test_a_recipient_is_required() -> None:
+    assert "at least one recipient" in problems(to=[])
+
+
+def test_attachment_from_base64() -> None:
+    message = MessageInput.model_validate(
+        {
+            "to": ["a@example.com"],
+            "subject": "s",
+            "attachments": [{"name": "a.txt", "content_type": "text/plain", "content_base64": "aGk="}],
+        }
+    )
+    assert message.attachments[0].content == b"hi"

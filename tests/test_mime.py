@@ -1,0 +1,56 @@
+"""MIME building: headers, text+HTML alternative, attachments, Bcc kept out of the headers."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+
+from worker.message import Attachment, OutgoingMessage
+from worker.mime import build_mime
+
+MESSAGE = OutgoingMessage(
+    message_id="<abc@outbox.test>",
+    to=("to@example.com",),
+    cc=("cc@example.com",),
+    bcc=("hidden@example.com",),
+    subject="Résultats du planning",
+    text="plain body\n",
+    html="<p>html body</p>\n",
+    reply_to=("replies@example.com",),
+    headers=(("X-Run-Id", "42"),),
+    attachments=(Attachment("report.csv", "text/csv", b"a,b\n1,2\n"),),
+)
+
+
+def test_headers_bodies_and_attachment() -> None:
+    raw = build_mime(MESSAGE, "sender@example.com", 1_700_000_000.0)
+    # Parsed as a mail client stores it (LF lines); CRLF on the wire is checked below.
+    parsed = email.message_from_bytes(raw.replace(b"\r\n", b"\n"), policy=email.policy.default)
+    assert parsed["From"] == "sender@example.com"
+    assert parsed["To"] == "to@example.com"
+    assert parsed["Cc"] == "cc@example.com"
+    assert parsed["Reply-To"] == "replies@example.com"
+    assert parsed["Subject"] == "Résultats du planning"
+    assert parsed["Message-ID"] == "<abc@outbox.test>"
+    assert parsed["X-Run-Id"] == "42"
+    assert parsed["Date"].datetime.timestamp() == 1_700_000_000
+    assert parsed["Bcc"] is None
+    assert b"hidden@example.com" not in raw
+    assert parsed.get_body(("plain",)).get_content() == "plain body\n"
+    assert parsed.get_body(("html",)).get_content() == "<p>html body</p>\n"
+    [attachment] = list(parsed.iter_attachments())
+    assert attachment.get_filename() == "report.csv"
+    assert attachment.get_content_type() == "text/csv"
+    assert attachment.get_payload(decode=True) == b"a,b\n1,2\n"
+
+
+def test_lines_end_in_crlf() -> None:
+    raw = build_mime(MESSAGE, "sender@example.com", 0.0)
+    assert b"\r\n" in raw
+    assert b"\n" not in raw.replace(b"\r\n", b"")
+
+
+def test_html_only() -> None:
+    message = OutgoingMessage(message_id="<m@x>", to=("a@example.com",), subject="s", html="<b>x</b>")
+    parsed = email.message_from_bytes(build_mime(message, "s@example.com", 0.0))
+    assert parsed.get_content_type() == "text/html"
