@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -10,6 +10,9 @@ import redis
 import trustme
 from cryptography.fernet import Fernet
 
+from tasks.context import OutboxContext
+from tasks.producer import Producer
+from tests.support.in_process_worker import InProcessWorker
 from tests.support.redis_server import RedisServer
 
 
@@ -60,3 +63,40 @@ def certificate_authority() -> trustme.CA:
 @pytest.fixture(scope="session")
 def server_certificate(certificate_authority: trustme.CA) -> trustme.LeafCert:
     return certificate_authority.issue_cert("localhost", "127.0.0.1")
+
+
+@pytest.fixture
+def context(outbox_env: dict[str, str]) -> OutboxContext:
+    return OutboxContext.from_environment()
+
+
+class CollectingPublisher:
+    """Stands in for the broker in producer tests: keeps the chunks of ids it was given."""
+
+    def __init__(self) -> None:
+        self.chunks: list[list[str]] = []
+
+    def __call__(self, chunks: Sequence[Sequence[str]]) -> None:
+        self.chunks += [list(chunk) for chunk in chunks]
+
+
+@pytest.fixture
+def publisher() -> CollectingPublisher:
+    return CollectingPublisher()
+
+
+@pytest.fixture
+def producer(context: OutboxContext, publisher: CollectingPublisher) -> Producer:
+    return Producer(
+        context.deliveries,
+        publisher,
+        message_id_domain="outbox.test",
+        max_message_bytes=context.settings.max_message_bytes,
+    )
+
+
+@pytest.fixture
+def worker(context: OutboxContext) -> Iterator[InProcessWorker]:
+    running = InProcessWorker(context)
+    yield running
+    running.close()

@@ -1,0 +1,293 @@
+"""SMTP delivery through the real worker runtime, real Redis and real aiosmtpd servers."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import logging
+from collections.abc import Iterator
+from email.message import EmailMessage
+
+import pytest
+import trustme
+from pydantic import SecretStr
+
+from config.mail_settings import SmtpSettings, TlsMode
+from tasks.context import OutboxContext
+from tasks.message_input import MessageInput
+from tasks.producer import Producer
+from tests.support.in_process_worker import InProcessWorker
+from tests.support.smtp_peer import SmtpPeer, smtp_peer
+from worker.records import DeliveryStatus, RecipientState
+
+USER, PASSWORD = "robot", "correct horse battery staple"
+
+
+@pytest.fixture
+def plain_peer() -> Iterator[SmtpPeer]:
+    with smtp_peer() as peer:
+        yield peer
+
+
+def configure(context: OutboxContext, peer: SmtpPeer, **overrides: object) -> None:
+    fields: dict[str, object] = {
+        "server": peer.host,
+        "port": peer.port,
+        "from_mailbox": "robot@example.com",
+        "tls": TlsMode.NONE,
+        **overrides,
+    }
+    context.settings_store.save(SmtpSettings.model_validate(fields))
+
+
+def enqueue(producer: Producer, **fields: object) -> str:
+    message = MessageInput.model_validate(
+        {"to": ["alice@example.com"], "subject": "Run results", "text": "All green.", **fields}
+    )
+    return producer.enqueue(message).id
+
+
+def parse(data: bytes) -> EmailMessage:
+    parsed = email.message_from_bytes(data.replace(b"\r\n", b"\n"), policy=email.policy.default)
+    assert isinstance(parsed, EmailMessage)
+    return parsed
+
+
+def test_plain_delivery_matches_the_message(
+    context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
+) -> None:
+    configure(context, plain_peer)
+    delivery_id = enqueue(
+        producer,
+        cc=["bob@example.com"],
+        bcc=["carol@example.com"],
+        html="<p>All <b>green</b>.</p>",
+        headers={"X-Schedule": "nightly"},
+        attachments=[{"name": "log.txt", "content_type": "text/plain", "content": b"ok\n"}],
+    )
+    assert worker.deliver(delivery_id) == ["sent"]
+
+    [received] = plain_peer.wait_for_messages(1)
+    assert received.mail_from == "robot@example.com"
+    assert sorted(received.rcpt_tos) == ["alice@example.com", "bob@example.com", "carol@example.com"]
+    mime = parse(received.data)
+    record = context.deliveries.get(delivery_id)
+    assert mime["Message-ID"] == record.message.message_id
+    assert (mime["From"], mime["To"], mime["Cc"]) == (
+        "robot@example.com", "alice@example.com", "bob@example.com",
+    )  # fmt: skip
+    assert mime["Bcc"] is None
+    assert mime["Subject"] == "Run results"
+    assert mime["X-Schedule"] == "nightly"
+    assert mime.get_body(("plain",)).get_content().strip() == "All green."
+    assert mime.get_body(("html",)).get_content().strip() == "<p>All <b>green</b>.</p>"
+    [attachment] = mime.iter_attachments()
+    assert (attachment.get_filename(), attachment.get_payload(decode=True)) == ("log.txt", b"ok\n")
+
+    assert record.status is DeliveryStatus.SENT
+    assert [r.status for r in record.recipients] == [RecipientState.SENT] * 3
+    assert [a.outcome for a in record.attempts] == ["sent"]
+
+
+@pytest.mark.parametrize(
+    ("peer_tls", "mode"),
+    [("starttls", TlsMode.STARTTLS), ("starttls", TlsMode.AUTO), ("implicit", TlsMode.IMPLICIT)],
+)
+def test_tls_and_login(
+    context: OutboxContext, producer: Producer, worker: InProcessWorker,
+    server_certificate: trustme.LeafCert, peer_tls: str, mode: TlsMode,
+) -> None:  # fmt: skip
+    with smtp_peer(
+        tls=peer_tls, certificate=server_certificate, credentials={USER: PASSWORD}  # type: ignore[arg-type]
+    ) as peer:
+        configure(context, peer, tls=mode, username=USER, password=SecretStr(PASSWORD))
+        delivery_id = enqueue(producer)
+        assert worker.deliver(delivery_id) == ["sent"]
+        [received] = peer.wait_for_messages(1)
+        assert parse(received.data)["Message-ID"] == context.deliveries.get(
+            delivery_id
+        ).message.message_id
+
+
+def test_wrong_password_fails_at_once_with_the_servers_reply(
+    context: OutboxContext, producer: Producer, worker: InProcessWorker,
+    server_certificate: trustme.LeafCert, caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    caplog.set_level(logging.DEBUG)
+    with smtp_peer(tls="starttls", certificate=server_certificate, credentials={USER: PASSWORD}) as peer:
+        configure(context, peer, tls=TlsMode.STARTTLS, username=USER, password=SecretStr("wrong-pw-123"))
+        delivery_id = enqueue(producer)
+        assert worker.deliver(delivery_id) == ["failed"]
+        assert worker.scheduled == []
+        record = context.deliveries.get(delivery_id)
+        assert record.last_error is not None and "535" in record.last_error
+        assert [(a.outcome, a.code) for a in record.attempts] == [("configuration", 535)]
+        assert peer.messages == []
+    assert "wrong-pw-123" not in repr(record) + caplog.text
+
+
+def test_recipient_550_is_permanent(
+    context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
+) -> None:
+    configure(context, plain_peer)
+    plain_peer.rcpt_replies["alice@example.com"] = "550 5.1.1 No such user"
+    delivery_id = enqueue(producer)
+    assert worker.deliver(delivery_id) == ["failed"]
+    assert worker.scheduled == []
+    [recipient] = context.deliveries.get(delivery_id).recipients
+    assert (recipient.status, recipient.code, recipient.reply) == (
+        RecipientState.FAILED, 550, "5.1.1 No such user",
+    )  # fmt: skip
+
+
+def test_451_then_success_is_sent_after_a_retry(
+    context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
+) -> None:
+    configure(context, plain_peer)
+    plain_peer.data_replies.append("451 4.3.0 Try again later")
+    delivery_id = enqueue(producer)
+    assert worker.deliver(delivery_id) == ["retrying"]
+    record = context.deliveries.get(delivery_id)
+    assert record.next_attempt_at is not None and record.last_error is not None
+    assert "451" in record.last_error
+    [(scheduled_id, delay)] = worker.scheduled
+    assert scheduled_id == delivery_id
+    assert 0 < delay <= context.settings.retry_max_seconds
+    assert worker.settle(delivery_id) == "sent"
+    record = context.deliveries.get(delivery_id)
+    assert [(a.outcome, a.code) for a in record.attempts] == [("transient", 451), ("sent", 250)]
+    assert len(plain_peer.wait_for_messages(1)) == 1
+
+
+def test_server_down_then_up_is_delivered(
+    context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
+) -> None:
+    configure(context, plain_peer)
+    plain_peer.stop()
+    delivery_id = enqueue(producer)
+    assert worker.deliver(delivery_id) == ["retrying"]
+    assert "refused" in (context.deliveries.get(delivery_id).last_error or "")
+    assert worker.settle(delivery_id, before_retry=plain_peer.start) == "sent"
+    assert len(plain_peer.wait_for_messages(1)) == 1
+
+
+def test_mixed_recipients_are_partially_sent(
+    context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
+) -> None:
+    configure(context, plain_peer)
+    plain_peer.rcpt_replies["ghost@example.com"] = "550 5.1.1 Unknown"
+    delivery_id = enqueue(producer, to=["alice@example.com", "ghost@example.com"])
+    assert worker.deliver(delivery_id) == ["partially_sent"]
+    record = context.deliveries.get(delivery_id)
+    assert {r.address: r.status for r in record.recipients} == {
+        "alice@example.com": RecipientState.SENT,
+        "ghost@example.com": RecipientState.FAILED,
+    }
+    assert plain_peer.wait_for_messages(1)[0].rcpt_tos == ("alice@example.com",)
+
+
+def test_a_deferred_recipient_alone_gets_the_retry(
+    context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
+) -> None:
+    configure(context, plain_peer)
+    plain_peer.rcpt_replies["busy@example.com"] = "452 4.2.2 Mailbox full, try later"
+    delivery_id = enqueue(producer, to=["alice@example.com", "busy@example.com"])
+    assert worker.deliver(delivery_id) == ["retrying"]
+    del plain_peer.rcpt_replies["busy@example.com"]
+    assert worker.settle(delivery_id) == "sent"
+    first, second = plain_peer.wait_for_messages(2)
+    assert (first.rcpt_tos, second.rcpt_tos) == (("alice@example.com",), ("busy@example.com",))
+    assert parse(first.data)["Message-ID"] == parse(second.data)["Message-ID"]
+
+
+def test_attempts_exhausted_is_failed_with_the_last_reason(
+    context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
+) -> None:
+    configure(context, plain_peer)
+    plain_peer.data_replies.extend(["451 4.3.0 Busy"] * 10)
+    delivery_id = enqueue(producer)
+    assert worker.settle(delivery_id) == "failed"
+    record = context.deliveries.get(delivery_id)
+    assert len(record.attempts) == context.settings.max_attempts
+    assert "451" in (record.last_error or "")
+
+
+def test_self_signed_certificate_refused_unless_accepted(
+    context: OutboxContext, producer: Producer, worker: InProcessWorker
+) -> None:
+    untrusted = trustme.CA().issue_cert("localhost", "127.0.0.1")
+    with smtp_peer(tls="implicit", certificate=untrusted) as peer:
+        configure(context, peer, tls=TlsMode.IMPLICIT)
+        refused_id = enqueue(producer)
+        assert worker.deliver(refused_id) == ["failed"]
+        assert "not trusted" in (context.deliveries.get(refused_id).last_error or "")
+        assert worker.scheduled == []
+
+        configure(context, peer, tls=TlsMode.IMPLICIT, accept_any_certificate=True)
+        accepted_id = enqueue(producer)
+        assert worker.deliver(accepted_id) == ["sent"]
+        assert len(peer.wait_for_messages(1)) == 1
+
+
+def test_a_settings_change_applies_to_the_next_job(
+    context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
+) -> None:
+    configure(context, plain_peer)
+    assert worker.deliver(enqueue(producer)) == ["sent"]
+    with smtp_peer() as second:
+        configure(context, second)
+        assert worker.deliver(enqueue(producer)) == ["sent"]
+        assert len(second.wait_for_messages(1)) == 1
+    assert len(plain_peer.messages) == 1
+
+
+def test_one_connection_serves_many_jobs(
+    context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
+) -> None:
+    configure(context, plain_peer)
+    for _ in range(20):
+        assert worker.deliver(enqueue(producer)) == ["sent"]
+    assert len(plain_peer.wait_for_messages(20)) == 20
+    assert plain_peer.connections == 1
+
+
+def test_a_chunk_is_sent_concurrently_on_a_capped_pool(
+    context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
+) -> None:
+    configure(context, plain_peer)
+    delivery_ids = [enqueue(producer, subject=f"n{n}") for n in range(40)]
+    assert worker.deliver(*delivery_ids) == ["sent"] * 40
+    assert len(plain_peer.wait_for_messages(40)) == 40
+    assert 1 <= plain_peer.connections <= context.settings.smtp_max_connections
+
+
+def test_a_sent_delivery_is_never_sent_again(
+    context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
+) -> None:
+    configure(context, plain_peer)
+    delivery_id = enqueue(producer)
+    assert worker.deliver(delivery_id) == ["sent"]
+    assert worker.deliver(delivery_id) == ["sent"]  # a redelivered task message
+    assert len(plain_peer.wait_for_messages(1)) == 1
+    assert len(context.deliveries.get(delivery_id).attempts) == 1
+
+
+def test_server_closing_an_idle_connection_costs_no_retry(
+    context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
+) -> None:
+    configure(context, plain_peer)
+    assert worker.deliver(enqueue(producer)) == ["sent"]
+    plain_peer.stop()  # drops the kept-open session
+    plain_peer.start()
+    assert worker.deliver(enqueue(producer)) == ["sent"]
+    assert worker.scheduled == []
+
+
+def test_no_settings_fails_with_a_configuration_reason(
+    context: OutboxContext, producer: Producer, worker: InProcessWorker
+) -> None:
+    delivery_id = enqueue(producer)
+    assert worker.deliver(delivery_id) == ["failed"]
+    record = context.deliveries.get(delivery_id)
+    assert "not configured" in (record.last_error or "")
+    assert [a.outcome for a in record.attempts] == ["configuration"]
