@@ -1,0 +1,81 @@
+"""Subprocesses the end-to-end tests run: the outbox CLI and long-running services."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent  # the environment outbox is installed in
+OUTBOX = str(BIN / "outbox")
+HONCHO = str(BIN / "honcho")
+
+
+def _environment(env: dict[str, str]) -> dict[str, str]:
+    # The Procfile names bare `outbox`, as a user's shell with the environment active does.
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **env}
+
+
+def run_outbox(
+    env: dict[str, str], *args: str, stdin: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run one ``outbox`` command as a user would, capturing its output."""
+    return subprocess.run(
+        [OUTBOX, *args],
+        env=_environment(env),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=ROOT,
+    )
+
+
+class Service:
+    """A long-running command (in its own process group) whose output is collected."""
+
+    def __init__(self, command: list[str], env: dict[str, str]) -> None:
+        self._process = subprocess.Popen(
+            command,
+            env=_environment(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+        self._lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self._process.stdout is not None
+        for line in self._process.stdout:
+            self._lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self._lines)
+
+    def wait_for_output(self, *needles: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not all(needle in self.output for needle in needles):
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"never printed {needles}; output:\n{self.output}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self._process.poll() is None:
+            os.killpg(self._process.pid, signal.SIGTERM)
+            try:
+                self._process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._process.pid, signal.SIGKILL)
+                self._process.wait()
+        self._reader.join(timeout=5)

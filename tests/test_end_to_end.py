@@ -1,0 +1,193 @@
+"""End to end: the Procfile's worker and Flower (run by honcho), the outbox CLI, real Redis/SMTP."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+import redis
+import trustme
+from cryptography.fernet import Fernet
+
+from tests.support.processes import HONCHO, ROOT, Service, run_outbox
+from tests.support.redis_server import RedisServer, free_port
+from tests.support.smtp_peer import SmtpPeer, smtp_peer
+
+USER, PASSWORD = "robot", "e2e-Secret-Pa55"
+
+
+@pytest.fixture(scope="module")
+def env(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory,
+    certificate_authority: trustme.CA,
+) -> dict[str, str]:  # fmt: skip
+    directory = tmp_path_factory.mktemp("e2e")
+    ca_file = directory / "ca.pem"
+    certificate_authority.cert_pem.write_to_path(str(ca_file))
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushdb()
+    client.close()
+    return {
+        "OUTBOX_REDIS_URL": redis_server.url,
+        "OUTBOX_SECRET_KEY": Fernet.generate_key().decode(),
+        "OUTBOX_DATA_DIR": str(directory / "data"),
+        "OUTBOX_CA_BUNDLE": str(ca_file),
+        "OUTBOX_RETRY_BASE_SECONDS": "0.5",
+        "OUTBOX_RETRY_MAX_SECONDS": "1",
+        "OUTBOX_MAX_ATTEMPTS": "3",
+        "OUTBOX_FLOWER_PORT": str(free_port()),
+        "FLOWER_UNAUTHENTICATED_API": "true",
+    }
+
+
+@pytest.fixture(scope="module")
+def peer(server_certificate: trustme.LeafCert) -> Iterator[SmtpPeer]:
+    with smtp_peer(
+        tls="starttls", certificate=server_certificate, credentials={USER: PASSWORD}
+    ) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def services(env: dict[str, str]) -> Iterator[Service]:
+    """``honcho start`` on the project's Procfile: the worker and Flower, as `make run` does."""
+    service = Service([HONCHO, "start", "-f", str(ROOT / "Procfile")], env)
+    try:
+        service.wait_for_output(" ready.", "Visit me at")
+        yield service
+    finally:
+        service.stop()
+
+
+def configure(env: dict[str, str], peer: SmtpPeer, password: str) -> None:
+    result = run_outbox(
+        env, "settings", "set", "smtp", "--server", peer.host, "--port", str(peer.port),
+        "--from-mailbox", "robot@example.com", "--username", USER, "--password-stdin",
+        "--tls", "starttls", stdin=password + "\n",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+def status_of(env: dict[str, str], delivery_id: str) -> dict[str, object]:
+    result = run_outbox(env, "status", delivery_id, "--json")
+    assert result.returncode == 0, result.stderr
+    summary: dict[str, object] = json.loads(result.stdout)
+    return summary
+
+
+def test_settings_are_checked_and_shown_masked(env: dict[str, str], peer: SmtpPeer) -> None:
+    configure(env, peer, PASSWORD)
+    shown = run_outbox(env, "settings", "show", "--json")
+    assert shown.returncode == 0
+    view = json.loads(shown.stdout)
+    assert (view["password"], view["has_password"], view["username"]) == ("********", True, USER)
+    assert PASSWORD not in shown.stdout
+
+    checked = run_outbox(env, "settings", "test-connection")
+    assert (checked.returncode, checked.stdout.strip()) == (
+        0, f"connection OK: connected to {peer.host}:{peer.port} as {USER}",
+    )  # fmt: skip
+    before = len(peer.messages)
+    sent = run_outbox(env, "settings", "send-test")
+    assert sent.returncode == 0, sent.stderr
+    [test_mail] = peer.wait_for_messages(before + 1)[before:]
+    assert test_mail.rcpt_tos == ("robot@example.com",)
+
+
+def test_send_wait_reports_sent(env: dict[str, str], peer: SmtpPeer, services: Service) -> None:
+    configure(env, peer, PASSWORD)
+    before = len(peer.messages)
+    result = run_outbox(
+        env, "send", "--to", "alice@example.com", "--subject", "Nightly run",
+        "--text", "42 passed", "--wait", "30",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    delivery_id, final = result.stdout.split()
+    assert final == "sent"
+    assert len(peer.wait_for_messages(before + 1)) == before + 1
+    summary = status_of(env, delivery_id)
+    assert summary["status"] == "sent"
+    assert summary["subject"] == "Nightly run"
+    assert summary["recipients"] == [
+        {"address": "alice@example.com", "status": "sent", "code": 250, "reply": "accepted"}
+    ]
+    for field in ("id", "attempts", "created_at", "updated_at", "last_error"):
+        assert field in summary
+
+
+def test_same_idempotency_key_sends_once(
+    env: dict[str, str], peer: SmtpPeer, services: Service
+) -> None:
+    configure(env, peer, PASSWORD)
+    before = len(peer.messages)
+    args = ["send", "--to", "alice@example.com", "--subject", "Once", "--text", "x",
+            "--idempotency-key", "schedule-7-run-99", "--wait", "30"]  # fmt: skip
+    first = run_outbox(env, *args)
+    second = run_outbox(env, *args)
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    assert first.stdout.split()[0] == second.stdout.split()[0]
+    time.sleep(1)
+    assert len(peer.messages) == before + 1
+
+
+def test_failures_are_retried_after_the_settings_are_fixed(
+    env: dict[str, str], peer: SmtpPeer, services: Service
+) -> None:
+    configure(env, peer, "not-the-password")
+    failed = run_outbox(
+        env, "send", "--to", "bob@example.com", "--subject", "Broken", "--text", "x", "--wait", "30"
+    )
+    assert failed.returncode == 1
+    delivery_id = failed.stdout.split()[0]
+    summary = status_of(env, delivery_id)
+    assert summary["status"] == "failed"
+    assert "535" in str(summary["last_error"])
+    assert "not-the-password" not in json.dumps(summary)
+
+    configure(env, peer, PASSWORD)
+    retried = run_outbox(env, "retry", "--all-failed")
+    assert retried.returncode == 0
+    assert f"requeued {delivery_id}" in retried.stdout
+    deadline = time.monotonic() + 30
+    while status_of(env, delivery_id)["status"] != "sent":
+        assert time.monotonic() < deadline, status_of(env, delivery_id)
+        time.sleep(0.2)
+
+
+def test_flower_lists_send_tasks_without_content_or_secrets(
+    env: dict[str, str], peer: SmtpPeer, services: Service
+) -> None:
+    configure(env, peer, PASSWORD)
+    result = run_outbox(
+        env, "send", "--to", "dora@example.com", "--subject", "Private subject",
+        "--text", "x", "--wait", "30",
+    )  # fmt: skip
+    delivery_id = result.stdout.split()[0]
+    url = f"http://127.0.0.1:{env['OUTBOX_FLOWER_PORT']}/api/tasks?taskname=outbox.send"
+    deadline = time.monotonic() + 30
+    while True:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
+            body = response.read().decode()
+        tasks = json.loads(body)
+        mine = [t for t in tasks.values() if delivery_id in str(t.get("args"))]
+        if mine and mine[0].get("state") == "SUCCESS":
+            break
+        assert time.monotonic() < deadline, body
+        time.sleep(0.5)
+    assert mine[0]["result"] == "'sent'"
+    for secret_or_content in ("dora@example.com", "Private subject", PASSWORD, "robot@example.com"):
+        assert secret_or_content not in body
+
+
+def test_cli_exit_codes(env: dict[str, str]) -> None:
+    bad = run_outbox(env, "send", "--to", "not-an-address", "--subject", "s", "--text", "x")
+    assert bad.returncode == 2
+    assert "to[0]" in bad.stderr
+    missing = run_outbox(env, "status", "0" * 32)
+    assert missing.returncode == 1
+    assert "no delivery" in missing.stderr
+    usage = run_outbox(env, "retry")
+    assert usage.returncode == 2

@@ -1,0 +1,118 @@
+"""The producer API and record store: idempotency, chunked publishing, retry, listing, purge."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from tasks.context import OutboxContext
+from tasks.message_input import MessageInput
+from tasks.producer import CHUNK_SIZE, MessageTooLargeError, Producer
+from tests.conftest import CollectingPublisher
+from worker.delivery_store import DeliveryNotFoundError, NotRetryableError
+from worker.records import DeliveryStatus, record_key, status_index_key
+
+
+def message(**fields: object) -> MessageInput:
+    return MessageInput.model_validate({"to": ["a@example.com"], "subject": "s", **fields})
+
+
+def test_enqueue_stores_a_queued_record_and_publishes_only_its_id(
+    context: OutboxContext, producer: Producer, publisher: CollectingPublisher
+) -> None:
+    created = producer.enqueue(message(text="secret body"))
+    assert created.created
+    assert publisher.chunks == [[created.id]]
+    record = context.deliveries.get(created.id)
+    assert record.status is DeliveryStatus.QUEUED
+    assert record.message.message_id == f"<{created.id}@outbox.test>"
+    assert [r.address for r in record.recipients] == ["a@example.com"]
+
+
+def test_same_idempotency_key_same_delivery(
+    producer: Producer, publisher: CollectingPublisher
+) -> None:
+    first = producer.enqueue(message(idempotency_key="run-42"))
+    second = producer.enqueue(message(idempotency_key="run-42", subject="changed"))
+    assert (second.id, second.created) == (first.id, False)
+    assert publisher.chunks == [[first.id]]
+
+
+def test_bulk_enqueue_publishes_chunks_of_ids(
+    producer: Producer, publisher: CollectingPublisher
+) -> None:
+    created = producer.enqueue_many([message(subject=f"n{n}") for n in range(120)])
+    assert len({c.id for c in created}) == 120
+    assert [len(chunk) for chunk in publisher.chunks] == [CHUNK_SIZE, CHUNK_SIZE, 20]
+    assert [i for chunk in publisher.chunks for i in chunk] == [c.id for c in created]
+
+
+def test_too_large_is_refused_before_anything_is_stored(
+    context: OutboxContext, publisher: CollectingPublisher, redis_client: redis.Redis
+) -> None:
+    small = Producer(
+        context.deliveries, publisher, message_id_domain="outbox.test", max_message_bytes=100
+    )
+    attachment = {"name": "big.bin", "content": b"x" * 1000}
+    with pytest.raises(MessageTooLargeError, match="attachments"):
+        small.enqueue(message(attachments=[attachment]))
+    assert redis_client.zcard(status_index_key(DeliveryStatus.QUEUED)) == 0
+
+
+def test_a_broker_failure_leaves_a_failed_record_not_a_lost_one(
+    context: OutboxContext,
+) -> None:
+    def broken(_: object) -> None:
+        raise ConnectionError("broker down")
+
+    producer = Producer(
+        context.deliveries, broken, message_id_domain="outbox.test", max_message_bytes=10**6
+    )
+    with pytest.raises(ConnectionError):
+        producer.enqueue(message())
+    [record] = context.deliveries.recent(DeliveryStatus.FAILED)
+    assert "could not be queued" in (record.last_error or "")
+
+
+def test_retry_requeues_failed_deliveries_only(
+    context: OutboxContext, producer: Producer, publisher: CollectingPublisher,
+    redis_client: redis.Redis,
+) -> None:  # fmt: skip
+    created = producer.enqueue(message())
+    with pytest.raises(NotRetryableError, match="queued"):
+        producer.retry([created.id])
+    with pytest.raises(DeliveryNotFoundError):
+        producer.retry(["nope"])
+    redis_client.hset(record_key(created.id), "status", "failed")
+    redis_client.zadd(status_index_key(DeliveryStatus.FAILED), {created.id: time.time()})
+    [record] = producer.retry_all_failed()
+    assert record.id == created.id
+    assert context.deliveries.get(created.id).status is DeliveryStatus.QUEUED
+    assert context.deliveries.ids_with_status(DeliveryStatus.FAILED) == []
+    assert publisher.chunks[-1] == [created.id]
+
+
+def test_recent_lists_newest_first_and_by_status(
+    context: OutboxContext, producer: Producer
+) -> None:
+    ids = [producer.enqueue(message(subject=f"n{n}")).id for n in range(3)]
+    assert [r.id for r in context.deliveries.recent(limit=2)] == ids[:0:-1]
+    assert context.deliveries.recent(DeliveryStatus.SENT) == []
+
+
+def test_purge_removes_old_final_records(
+    context: OutboxContext, producer: Producer, redis_client: redis.Redis
+) -> None:
+    old = producer.enqueue(message(idempotency_key="old")).id
+    fresh = producer.enqueue(message()).id
+    long_ago = time.time() - 10 * 86400
+    redis_client.hset(record_key(old), mapping={"status": "sent", "updated_at": long_ago})
+    redis_client.zrem(status_index_key(DeliveryStatus.QUEUED), old)
+    redis_client.zadd(status_index_key(DeliveryStatus.SENT), {old: long_ago})
+    assert context.deliveries.purge(7 * 86400) == 1
+    with pytest.raises(DeliveryNotFoundError):
+        context.deliveries.get(old)
+    assert context.deliveries.get(fresh).status is DeliveryStatus.QUEUED
+    assert redis_client.exists("outbox:idempotency:old") == 0
