@@ -95,16 +95,25 @@ def _answers(socket_path: Path) -> bool:
 def _start_server(data_dir: Path, socket_path: Path) -> None:
     command = [
         redis_server_binary(),
-        "--port", "0",
-        "--unixsocket", str(socket_path),
-        "--unixsocketperm", "700",
-        "--dir", str(data_dir),
-        "--appendonly", "yes",
-        "--save", "",
-        "--daemonize", "yes",
-        "--pidfile", str(data_dir / "redis.pid"),
-        "--logfile", str(data_dir / "redis.log"),
-    ]  # fmt: skip
+        "--port",
+        "0",
+        "--unixsocket",
+        str(socket_path),
+        "--unixsocketperm",
+        "700",
+        "--dir",
+        str(data_dir),
+        "--appendonly",
+        "yes",
+        "--save",
+        "",
+        "--daemonize",
+        "yes",
+        "--pidfile",
+        str(data_dir / "redis.pid"),
+        "--logfile",
+        str(data_dir / "redis.log"),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
     if result.returncode != 0:
         raise EmbeddedRedisError(f"redis-server failed to start: {result.stderr or result.stdout}")

@@ -25,10 +25,21 @@ _CONTENT_TYPE = re.compile(r"^[\w.+-]+/[\w.+-]+$")
 # Headers outbox writes itself; a producer setting them would corrupt or spoof the message.
 RESERVED_HEADERS = frozenset(
     {
-        "from", "to", "cc", "bcc", "reply-to", "subject", "date", "message-id", "sender",
-        "mime-version", "content-type", "content-transfer-encoding", "content-disposition",
+        "from",
+        "to",
+        "cc",
+        "bcc",
+        "reply-to",
+        "subject",
+        "date",
+        "message-id",
+        "sender",
+        "mime-version",
+        "content-type",
+        "content-transfer-encoding",
+        "content-disposition",
     }
-)  # fmt: skip
+)
 
 Address = Annotated[str, AfterValidator(mailbox_address)]
 

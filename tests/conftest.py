@@ -34,9 +34,12 @@ def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def outbox_env(
-    redis_client: redis.Redis, redis_server: RedisServer, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch, certificate_authority: trustme.CA,
-) -> dict[str, str]:  # fmt: skip
+    redis_client: redis.Redis,
+    redis_server: RedisServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    certificate_authority: trustme.CA,
+) -> dict[str, str]:
     """The OUTBOX_* environment of a process using the test Redis, fast retries."""
     ca_file = tmp_path / "ca.pem"
     certificate_authority.cert_pem.write_to_path(str(ca_file))

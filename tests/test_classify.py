@@ -1,4 +1,4 @@
-"""The failure classifier, table-tested: what is retried, what fails at once, what needs an operator."""
+"""The failure classifier, table-tested: retried, failed at once, or for an operator to fix."""
 
 from __future__ import annotations
 

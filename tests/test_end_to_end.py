@@ -21,9 +21,10 @@ USER, PASSWORD = "robot", "e2e-Secret-Pa55"
 
 @pytest.fixture(scope="module")
 def env(
-    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory,
+    redis_server: RedisServer,
+    tmp_path_factory: pytest.TempPathFactory,
     certificate_authority: trustme.CA,
-) -> dict[str, str]:  # fmt: skip
+) -> dict[str, str]:
     directory = tmp_path_factory.mktemp("e2e")
     ca_file = directory / "ca.pem"
     certificate_authority.cert_pem.write_to_path(str(ca_file))
@@ -64,10 +65,23 @@ def services(env: dict[str, str]) -> Iterator[Service]:
 
 def configure(env: dict[str, str], peer: SmtpPeer, password: str) -> None:
     result = run_outbox(
-        env, "settings", "set", "smtp", "--server", peer.host, "--port", str(peer.port),
-        "--from-mailbox", "robot@example.com", "--username", USER, "--password-stdin",
-        "--tls", "starttls", stdin=password + "\n",
-    )  # fmt: skip
+        env,
+        "settings",
+        "set",
+        "smtp",
+        "--server",
+        peer.host,
+        "--port",
+        str(peer.port),
+        "--from-mailbox",
+        "robot@example.com",
+        "--username",
+        USER,
+        "--password-stdin",
+        "--tls",
+        "starttls",
+        stdin=password + "\n",
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -88,8 +102,9 @@ def test_settings_are_checked_and_shown_masked(env: dict[str, str], peer: SmtpPe
 
     checked = run_outbox(env, "settings", "test-connection")
     assert (checked.returncode, checked.stdout.strip()) == (
-        0, f"connection OK: connected to {peer.host}:{peer.port} as {USER}",
-    )  # fmt: skip
+        0,
+        f"connection OK: connected to {peer.host}:{peer.port} as {USER}",
+    )
     before = len(peer.messages)
     sent = run_outbox(env, "settings", "send-test")
     assert sent.returncode == 0, sent.stderr
@@ -101,9 +116,17 @@ def test_send_wait_reports_sent(env: dict[str, str], peer: SmtpPeer, services: S
     configure(env, peer, PASSWORD)
     before = len(peer.messages)
     result = run_outbox(
-        env, "send", "--to", "alice@example.com", "--subject", "Nightly run",
-        "--text", "42 passed", "--wait", "30",
-    )  # fmt: skip
+        env,
+        "send",
+        "--to",
+        "alice@example.com",
+        "--subject",
+        "Nightly run",
+        "--text",
+        "42 passed",
+        "--wait",
+        "30",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     delivery_id, final = result.stdout.split()
     assert final == "sent"
@@ -123,8 +146,19 @@ def test_same_idempotency_key_sends_once(
 ) -> None:
     configure(env, peer, PASSWORD)
     before = len(peer.messages)
-    args = ["send", "--to", "alice@example.com", "--subject", "Once", "--text", "x",
-            "--idempotency-key", "schedule-7-run-99", "--wait", "30"]  # fmt: skip
+    args = [
+        "send",
+        "--to",
+        "alice@example.com",
+        "--subject",
+        "Once",
+        "--text",
+        "x",
+        "--idempotency-key",
+        "schedule-7-run-99",
+        "--wait",
+        "30",
+    ]
     first = run_outbox(env, *args)
     second = run_outbox(env, *args)
     assert first.returncode == second.returncode == 0, first.stderr + second.stderr
@@ -162,14 +196,22 @@ def test_flower_lists_send_tasks_without_content_or_secrets(
 ) -> None:
     configure(env, peer, PASSWORD)
     result = run_outbox(
-        env, "send", "--to", "dora@example.com", "--subject", "Private subject",
-        "--text", "x", "--wait", "30",
-    )  # fmt: skip
+        env,
+        "send",
+        "--to",
+        "dora@example.com",
+        "--subject",
+        "Private subject",
+        "--text",
+        "x",
+        "--wait",
+        "30",
+    )
     delivery_id = result.stdout.split()[0]
     url = f"http://127.0.0.1:{env['OUTBOX_FLOWER_PORT']}/api/tasks?taskname=outbox.send"
     deadline = time.monotonic() + 30
     while True:
-        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
+        with urllib.request.urlopen(url, timeout=5) as response:
             body = response.read().decode()
         tasks = json.loads(body)
         mine = [t for t in tasks.values() if delivery_id in str(t.get("args"))]

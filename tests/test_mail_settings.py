@@ -61,7 +61,9 @@ def test_oauth_urls_must_be_https() -> None:
 
 
 def test_masked_view_never_shows_the_secret() -> None:
-    settings = SmtpSettings(from_mailbox="r@example.com", username="u", password=SecretStr("hunter2"))
+    settings = SmtpSettings(
+        from_mailbox="r@example.com", username="u", password=SecretStr("hunter2")
+    )
     view = masked(settings)
     assert view["password"] == MASK
     assert view["has_password"] is True
@@ -76,7 +78,9 @@ def store(redis_client: redis.Redis) -> SettingsStore:
 def test_stored_document_holds_no_plaintext_secret(
     store: SettingsStore, redis_client: redis.Redis
 ) -> None:
-    store.save(SmtpSettings(from_mailbox="r@example.com", username="u", password=SecretStr("s3cr3t-pw")))
+    store.save(
+        SmtpSettings(from_mailbox="r@example.com", username="u", password=SecretStr("s3cr3t-pw"))
+    )
     raw = b"".join(redis_client.hgetall(SETTINGS_KEY).values())
     assert b"s3cr3t-pw" not in raw
     loaded = store.require()
@@ -94,7 +98,8 @@ def test_each_save_is_a_new_version_and_a_missing_secret_is_kept(store: Settings
     loaded = store.require().settings
     assert isinstance(loaded, SmtpSettings)
     assert loaded.port == 2525
-    assert loaded.password is not None and loaded.password.get_secret_value() == "pw"
+    assert loaded.password is not None
+    assert loaded.password.get_secret_value() == "pw"
 
 
 def test_a_secret_is_not_carried_across_protocols(store: SettingsStore) -> None:

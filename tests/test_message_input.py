@@ -35,11 +35,13 @@ def test_bad_address_names_its_position() -> None:
         ({"to": ["a@example.com\r\nRCPT TO:<b@example.com>"]}, "to[0]"),
         ({"attachments": [{"name": "../etc/passwd", "content": b"x"}]}, "attachments[0].name"),
         ({"attachments": [{"name": "a", "content_base64": "***"}]}, "attachments[0]"),
-        ({"attachments": [{"name": "a", "content": b"", "content_type": "nope"}]},
-         "attachments[0].content_type"),
+        (
+            {"attachments": [{"name": "a", "content": b"", "content_type": "nope"}]},
+            "attachments[0].content_type",
+        ),
         ({"idempotency_key": "has space"}, "idempotency_key"),
     ],
-)  # fmt: skip
+)
 def test_injection_and_bad_fields_are_refused(fields: dict[str, object], field: str) -> None:
     assert problems(**fields).startswith(f"{field}: ")
 
@@ -53,7 +55,9 @@ def test_attachment_from_base64() -> None:
         {
             "to": ["a@example.com"],
             "subject": "s",
-            "attachments": [{"name": "a.txt", "content_type": "text/plain", "content_base64": "aGk="}],
+            "attachments": [
+                {"name": "a.txt", "content_type": "text/plain", "content_base64": "aGk="}
+            ],
         }
     )
     assert message.attachments[0].content == b"hi"

@@ -51,6 +51,8 @@ def test_lines_end_in_crlf() -> None:
 
 
 def test_html_only() -> None:
-    message = OutgoingMessage(message_id="<m@x>", to=("a@example.com",), subject="s", html="<b>x</b>")
+    message = OutgoingMessage(
+        message_id="<m@x>", to=("a@example.com",), subject="s", html="<b>x</b>"
+    )
     parsed = email.message_from_bytes(build_mime(message, "s@example.com", 0.0))
     assert parsed.get_content_type() == "text/html"

@@ -77,9 +77,11 @@ def test_a_broker_failure_leaves_a_failed_record_not_a_lost_one(
 
 
 def test_retry_requeues_failed_deliveries_only(
-    context: OutboxContext, producer: Producer, publisher: CollectingPublisher,
+    context: OutboxContext,
+    producer: Producer,
+    publisher: CollectingPublisher,
     redis_client: redis.Redis,
-) -> None:  # fmt: skip
+) -> None:
     created = producer.enqueue(message())
     with pytest.raises(NotRetryableError, match="queued"):
         producer.retry([created.id])

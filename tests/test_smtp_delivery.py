@@ -69,13 +69,19 @@ def test_plain_delivery_matches_the_message(
 
     [received] = plain_peer.wait_for_messages(1)
     assert received.mail_from == "robot@example.com"
-    assert sorted(received.rcpt_tos) == ["alice@example.com", "bob@example.com", "carol@example.com"]
+    assert sorted(received.rcpt_tos) == [
+        "alice@example.com",
+        "bob@example.com",
+        "carol@example.com",
+    ]
     mime = parse(received.data)
     record = context.deliveries.get(delivery_id)
     assert mime["Message-ID"] == record.message.message_id
     assert (mime["From"], mime["To"], mime["Cc"]) == (
-        "robot@example.com", "alice@example.com", "bob@example.com",
-    )  # fmt: skip
+        "robot@example.com",
+        "alice@example.com",
+        "bob@example.com",
+    )
     assert mime["Bcc"] is None
     assert mime["Subject"] == "Run results"
     assert mime["X-Schedule"] == "nightly"
@@ -94,33 +100,48 @@ def test_plain_delivery_matches_the_message(
     [("starttls", TlsMode.STARTTLS), ("starttls", TlsMode.AUTO), ("implicit", TlsMode.IMPLICIT)],
 )
 def test_tls_and_login(
-    context: OutboxContext, producer: Producer, worker: InProcessWorker,
-    server_certificate: trustme.LeafCert, peer_tls: str, mode: TlsMode,
-) -> None:  # fmt: skip
+    context: OutboxContext,
+    producer: Producer,
+    worker: InProcessWorker,
+    server_certificate: trustme.LeafCert,
+    peer_tls: str,
+    mode: TlsMode,
+) -> None:
     with smtp_peer(
-        tls=peer_tls, certificate=server_certificate, credentials={USER: PASSWORD}  # type: ignore[arg-type]
+        tls=peer_tls,
+        certificate=server_certificate,
+        credentials={USER: PASSWORD},  # type: ignore[arg-type]
     ) as peer:
         configure(context, peer, tls=mode, username=USER, password=SecretStr(PASSWORD))
         delivery_id = enqueue(producer)
         assert worker.deliver(delivery_id) == ["sent"]
         [received] = peer.wait_for_messages(1)
-        assert parse(received.data)["Message-ID"] == context.deliveries.get(
-            delivery_id
-        ).message.message_id
+        assert (
+            parse(received.data)["Message-ID"]
+            == context.deliveries.get(delivery_id).message.message_id
+        )
 
 
 def test_wrong_password_fails_at_once_with_the_servers_reply(
-    context: OutboxContext, producer: Producer, worker: InProcessWorker,
-    server_certificate: trustme.LeafCert, caplog: pytest.LogCaptureFixture,
-) -> None:  # fmt: skip
+    context: OutboxContext,
+    producer: Producer,
+    worker: InProcessWorker,
+    server_certificate: trustme.LeafCert,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.DEBUG)
-    with smtp_peer(tls="starttls", certificate=server_certificate, credentials={USER: PASSWORD}) as peer:
-        configure(context, peer, tls=TlsMode.STARTTLS, username=USER, password=SecretStr("wrong-pw-123"))
+    with smtp_peer(
+        tls="starttls", certificate=server_certificate, credentials={USER: PASSWORD}
+    ) as peer:
+        configure(
+            context, peer, tls=TlsMode.STARTTLS, username=USER, password=SecretStr("wrong-pw-123")
+        )
         delivery_id = enqueue(producer)
         assert worker.deliver(delivery_id) == ["failed"]
         assert worker.scheduled == []
         record = context.deliveries.get(delivery_id)
-        assert record.last_error is not None and "535" in record.last_error
+        assert record.last_error is not None
+        assert "535" in record.last_error
         assert [(a.outcome, a.code) for a in record.attempts] == [("configuration", 535)]
         assert peer.messages == []
     assert "wrong-pw-123" not in repr(record) + caplog.text
@@ -136,8 +157,10 @@ def test_recipient_550_is_permanent(
     assert worker.scheduled == []
     [recipient] = context.deliveries.get(delivery_id).recipients
     assert (recipient.status, recipient.code, recipient.reply) == (
-        RecipientState.FAILED, 550, "5.1.1 No such user",
-    )  # fmt: skip
+        RecipientState.FAILED,
+        550,
+        "5.1.1 No such user",
+    )
 
 
 def test_451_then_success_is_sent_after_a_retry(
@@ -148,7 +171,8 @@ def test_451_then_success_is_sent_after_a_retry(
     delivery_id = enqueue(producer)
     assert worker.deliver(delivery_id) == ["retrying"]
     record = context.deliveries.get(delivery_id)
-    assert record.next_attempt_at is not None and record.last_error is not None
+    assert record.next_attempt_at is not None
+    assert record.last_error is not None
     assert "451" in record.last_error
     [(scheduled_id, delay)] = worker.scheduled
     assert scheduled_id == delivery_id

@@ -80,6 +80,13 @@ def transition_arguments(
     """ARGV for TRANSITION, in its order."""
     flat = [item for pair in (fields or {}).items() for item in pair]
     return [
-        delivery_id, repr(now), guard[0], guard[1], status, index_prefix,
-        str(expire_seconds), attempt_json, *flat,
-    ]  # fmt: skip
+        delivery_id,
+        repr(now),
+        guard[0],
+        guard[1],
+        status,
+        index_prefix,
+        str(expire_seconds),
+        attempt_json,
+        *flat,
+    ]

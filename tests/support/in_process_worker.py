@@ -23,7 +23,13 @@ class InProcessWorker:
     def deliver(self, *delivery_ids: str) -> list[str]:
         return self.runtime.deliver(delivery_ids)
 
-    def settle(self, delivery_id: str, *, rounds: int = 20, before_retry: Callable[[], object] | None = None) -> str:
+    def settle(
+        self,
+        delivery_id: str,
+        *,
+        rounds: int = 20,
+        before_retry: Callable[[], object] | None = None,
+    ) -> str:
         """Deliver, then run each retry the runtime scheduled at once, until none is left."""
         status = self.deliver(delivery_id)[0]
         for _ in range(rounds):
@@ -35,7 +41,6 @@ class InProcessWorker:
                 before_retry()
             status = self.deliver(delivery_id)[0]
         raise AssertionError(f"{delivery_id} still retrying after {rounds} rounds ({status})")
-
 
     def close(self) -> None:
         self.runtime.close()

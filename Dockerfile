@@ -1,0 +1,10 @@
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY config ./config
+COPY worker ./worker
+COPY tasks ./tasks
+RUN pip install --no-cache-dir . && useradd --create-home outbox
+USER outbox
+ENV OUTBOX_DATA_DIR=/home/outbox/.outbox
+CMD ["outbox", "worker"]

@@ -1,0 +1,45 @@
+# outbox: `make run` starts the service, `make test` runs every check and test.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test check lint typecheck format pytest bench tools clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+## run: worker + Flower from the Procfile (embedded Redis unless OUTBOX_REDIS_URL is set)
+run: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile
+
+## test: lint, type check and the whole test suite
+test: check pytest
+
+check: lint typecheck
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+pytest: $(STAMP) tools
+	$(BIN)/python -m pytest
+
+# docker-compose validates docker-compose.yml offline; Debian's package, installed if missing.
+tools:
+	@command -v docker-compose >/dev/null || { \
+	  echo "installing Debian's docker-compose (to validate docker-compose.yml)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; }
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,100 @@
+"""What can be checked of deployment here: the embedded Redis default and docker-compose.yml."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from config.redis_location import SOCKET_NAME
+from tests.support.processes import ROOT, run_outbox
+
+
+@pytest.fixture
+def embedded_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    data_dir = tmp_path / "data"
+    env = {"OUTBOX_DATA_DIR": str(data_dir), "OUTBOX_REDIS_URL": "", "OUTBOX_SECRET_KEY": ""}
+    yield env
+    socket_path = data_dir / SOCKET_NAME
+    if socket_path.exists():
+        client = redis.Redis(unix_socket_path=str(socket_path))
+        # The server goes away while answering, as a shutdown does.
+        with contextlib.suppress(redis.ConnectionError):
+            client.shutdown(nosave=True)
+
+
+def test_without_redis_url_an_embedded_redis_is_started_and_reused(
+    embedded_env: dict[str, str],
+) -> None:
+    saved = run_outbox(
+        embedded_env,
+        "settings",
+        "set",
+        "smtp",
+        "--from-mailbox",
+        "robot@example.com",
+        "--username",
+        "u",
+        "--password-stdin",
+        stdin="pw\n",
+    )
+    assert saved.returncode == 0, saved.stderr
+    assert "generated a key" in saved.stderr
+    data_dir = Path(embedded_env["OUTBOX_DATA_DIR"])
+    key_file = data_dir / "secret.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+
+    client = redis.Redis(unix_socket_path=str(data_dir / SOCKET_NAME))
+    assert client.config_get("appendonly") == {"appendonly": "yes"}
+    assert client.config_get("port") == {"port": "0"}  # no TCP listener: socket only
+    pid = client.info("server")["process_id"]
+
+    shown = run_outbox(embedded_env, "settings", "show", "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["has_password"] is True
+    assert "generated a key" not in shown.stderr
+    assert client.info("server")["process_id"] == pid  # reused, not restarted
+
+
+def docker_compose() -> str:
+    found = shutil.which("docker-compose")
+    assert found, "docker-compose (Debian package) is needed to validate docker-compose.yml"
+    return found
+
+
+def test_docker_compose_file_is_valid() -> None:
+    env = {**os.environ, "OUTBOX_SECRET_KEY": "k", "FLOWER_BASIC_AUTH": "admin:pw"}
+    result = subprocess.run(
+        [docker_compose(), "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_docker_compose_uses_the_procfile_commands() -> None:
+    env = {**os.environ, "OUTBOX_SECRET_KEY": "k", "FLOWER_BASIC_AUTH": "admin:pw"}
+    rendered = subprocess.run(
+        [docker_compose(), "-f", str(ROOT / "docker-compose.yml"), "config"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    procfile = dict(
+        line.split(": ", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line
+    )
+    assert procfile["worker"] == "outbox worker"
+    assert "- outbox\n    - worker" in rendered
+    assert procfile["flower"].startswith("outbox flower")
+    assert "- outbox\n    - flower" in rendered
+    assert "--appendonly" in rendered
