@@ -36,6 +36,9 @@ class ProcessSettings(BaseSettings):
     max_message_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
     smtp_timeout_seconds: float = Field(default=30.0, gt=0)
     smtp_max_connections: int = Field(default=4, ge=1, le=100)
+    claim_lease_seconds: float = Field(
+        default=300.0, gt=0, description="A claimed delivery is taken over after this."
+    )
     visibility_timeout_seconds: int = Field(default=DEFAULT_VISIBILITY_TIMEOUT_SECONDS, ge=60)
     message_id_domain: str = Field(default_factory=socket.gethostname)
 
@@ -48,6 +51,11 @@ class ProcessSettings(BaseSettings):
                 "OUTBOX_RETRY_MAX_SECONDS must stay below half of "
                 f"OUTBOX_VISIBILITY_TIMEOUT_SECONDS ({self.visibility_timeout_seconds}), "
                 "or the broker would run delayed retries twice"
+            )
+        # A claim must outlive the slowest send, or a live worker's delivery could be taken over.
+        if self.claim_lease_seconds < 2 * self.smtp_timeout_seconds:
+            raise ValueError(
+                "OUTBOX_CLAIM_LEASE_SECONDS must be at least twice OUTBOX_SMTP_TIMEOUT_SECONDS"
             )
         return self
 

@@ -12,7 +12,7 @@ import redis
 import trustme
 from cryptography.fernet import Fernet
 
-from tests.support.processes import HONCHO, ROOT, Service, run_outbox
+from tests.support.processes import ROOT, Service, run_outbox
 from tests.support.redis_server import RedisServer, free_port
 from tests.support.smtp_peer import SmtpPeer, smtp_peer
 
@@ -55,7 +55,7 @@ def peer(server_certificate: trustme.LeafCert) -> Iterator[SmtpPeer]:
 @pytest.fixture(scope="module")
 def services(env: dict[str, str]) -> Iterator[Service]:
     """``honcho start`` on the project's Procfile: the worker and Flower, as `make run` does."""
-    service = Service([HONCHO, "start", "-f", str(ROOT / "Procfile")], env)
+    service = Service(["honcho", "start", "-f", str(ROOT / "Procfile")], env)
     try:
         service.wait_for_output(" ready.", "Visit me at")
         yield service

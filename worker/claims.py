@@ -65,7 +65,7 @@ class DeliveryClaims:
 
     async def claim(self, delivery_id: str, now: float) -> ClaimResult:
         reply = await self._claim(
-            keys=[record_key(delivery_id), SETTINGS_KEY],
+            keys=[record_key(delivery_id), SETTINGS_KEY, attempts_key(delivery_id)],
             args=[delivery_id, repr(now), repr(self._lease_seconds), STATUS_INDEX_PREFIX],
         )
         verdict = reply[0].decode()

@@ -17,7 +17,8 @@ return {1, ARGV[1]}
 """
 
 # Claim a delivery for one attempt, and read it with the settings version in the same trip.
-# KEYS: record, settings hash
+# A claim whose lease ran out belonged to a lost worker: its attempt is recorded as "lost".
+# KEYS: record, settings hash, attempts list
 # ARGV: id, now, lease seconds, status index prefix
 # -> {'missing'} | {'final', status} | {'busy', lease_until} | {'claimed', version, {fields}}
 CLAIM = """
@@ -30,6 +31,11 @@ local now = tonumber(ARGV[2])
 if status == 'sending' then
   local lease = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
   if lease > now then return {'busy', tostring(lease)} end
+  redis.call('RPUSH', KEYS[3], cjson.encode({
+    number = tonumber(redis.call('HGET', KEYS[1], 'attempt_count')),
+    started_at = tonumber(redis.call('HGET', KEYS[1], 'updated_at')),
+    duration_ms = 0, outcome = 'lost',
+    error = 'the worker was lost during this attempt; its claim expired'}))
 end
 redis.call('HINCRBY', KEYS[1], 'attempt_count', 1)
 redis.call('HSET', KEYS[1], 'status', 'sending', 'updated_at', ARGV[2],

@@ -22,10 +22,6 @@ from worker.transports.factory import TransportOptions, create_transport
 
 T = TypeVar("T")
 
-# Longer than any single send can take (connect + TLS + login + DATA at the SMTP timeout),
-# so a claim only expires when its process is really gone.
-LEASE_SECONDS = 300.0
-
 
 class EventLoopThread:
     """An asyncio loop running in a daemon thread; coroutines are submitted to it.
@@ -74,7 +70,7 @@ class WorkerRuntime:
         self._deliverer = Deliverer(
             claims=DeliveryClaims(
                 self._redis,
-                lease_seconds=LEASE_SECONDS,
+                lease_seconds=settings.claim_lease_seconds,
                 retention_seconds=settings.retention_seconds,
             ),
             settings=SettingsCache(self._redis, box),

@@ -13,7 +13,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the environment outbox is installed in
 OUTBOX = str(BIN / "outbox")
-HONCHO = str(BIN / "honcho")
 
 
 def _environment(env: dict[str, str]) -> dict[str, str]:
@@ -42,7 +41,7 @@ class Service:
 
     def __init__(self, command: list[str], env: dict[str, str]) -> None:
         self._process = subprocess.Popen(
-            command,
+            [str(BIN / command[0]) if (BIN / command[0]).exists() else command[0], *command[1:]],
             env=_environment(env),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -58,6 +57,10 @@ class Service:
         assert self._process.stdout is not None
         for line in self._process.stdout:
             self._lines.append(line)
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
 
     @property
     def output(self) -> str:
