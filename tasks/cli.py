@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
 import time
@@ -458,4 +459,5 @@ def _exec_celery(arguments: list[str]) -> NoReturn:
 
 
 def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     app()

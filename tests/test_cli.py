@@ -1,0 +1,254 @@
+"""The outbox command line as scripts use it: outputs, exit codes, field-named errors."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+
+from tasks.context import OutboxContext
+from tests.support.in_process_worker import InProcessWorker
+from tests.support.processes import run_outbox
+from tests.support.redis_server import free_port
+from tests.support.smtp_peer import SmtpPeer, smtp_peer
+from worker.records import DeliveryStatus
+
+
+@pytest.fixture
+def peer() -> Iterator[SmtpPeer]:
+    with smtp_peer() as running:
+        yield running
+
+
+def set_smtp(env: dict[str, str], *args: str, stdin: str | None = None) -> None:
+    result = run_outbox(env, "settings", "set", "smtp", *args, stdin=stdin)
+    assert result.returncode == 0, result.stderr
+
+
+def plain(peer: SmtpPeer) -> list[str]:
+    return ["--server", peer.host, "--port", str(peer.port), "--tls", "none"]
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["--from-mailbox", "robot@example.com", "--port", "0"], "port"),
+        (["--from-mailbox", "robot"], "from_mailbox"),
+        (["--from-mailbox", "robot@example.com", "--server", "not a host"], "server"),
+    ],
+)
+def test_invalid_settings_exit_2_naming_the_field(
+    outbox_env: dict[str, str], args: list[str], field: str
+) -> None:
+    result = run_outbox(outbox_env, "settings", "set", "smtp", *args)
+    assert result.returncode == 2
+    assert f"error: {field}: " in result.stderr
+
+
+def test_checks_without_settings_fail_clearly(outbox_env: dict[str, str]) -> None:
+    for command in ("test-connection", "send-test"):
+        result = run_outbox(outbox_env, "settings", command)
+        assert result.returncode == 1
+        assert "not configured" in result.stderr
+
+
+def test_test_connection_reports_precise_reasons(
+    outbox_env: dict[str, str], server_certificate: trustme.LeafCert
+) -> None:
+    closed_port = free_port()
+    set_smtp(
+        outbox_env,
+        "--from-mailbox",
+        "r@example.com",
+        "--server",
+        "127.0.0.1",
+        "--port",
+        str(closed_port),
+    )
+    refused = run_outbox(outbox_env, "settings", "test-connection")
+    assert refused.returncode == 1
+    assert f"connection to 127.0.0.1:{closed_port} refused" in refused.stderr
+
+    with smtp_peer(
+        tls="starttls", certificate=server_certificate, credentials={"u": "right"}
+    ) as peer:
+        set_smtp(
+            outbox_env,
+            "--from-mailbox",
+            "r@example.com",
+            "--server",
+            peer.host,
+            "--port",
+            str(peer.port),
+            "--username",
+            "u",
+            "--password-stdin",
+            stdin="wrong\n",
+        )
+        rejected = run_outbox(outbox_env, "settings", "test-connection")
+        assert rejected.returncode == 1
+        assert "rejected the login: 535" in rejected.stderr
+        assert "wrong" not in rejected.stderr.replace("rejected", "")
+
+    with smtp_peer(tls="implicit", certificate=trustme.CA().issue_cert("127.0.0.1")) as peer:
+        set_smtp(
+            outbox_env,
+            "--from-mailbox",
+            "r@example.com",
+            "--server",
+            peer.host,
+            "--port",
+            str(peer.port),
+            "--tls",
+            "implicit",
+        )
+        untrusted = run_outbox(outbox_env, "settings", "test-connection")
+        assert untrusted.returncode == 1
+        assert "not trusted" in untrusted.stderr
+        assert "accept any certificate" in untrusted.stderr
+
+
+def test_plaintext_login_is_refused_unless_tls_none(outbox_env: dict[str, str]) -> None:
+    with smtp_peer(credentials={"u": "pw"}) as peer:
+        set_smtp(
+            outbox_env,
+            "--from-mailbox",
+            "r@example.com",
+            "--server",
+            peer.host,
+            "--port",
+            str(peer.port),
+            "--username",
+            "u",
+            "--password-stdin",
+            stdin="pw\n",
+        )
+        refused = run_outbox(outbox_env, "settings", "test-connection")
+        assert refused.returncode == 1
+        assert "refusing to send the password unencrypted" in refused.stderr
+        set_smtp(outbox_env, "--from-mailbox", "r@example.com", *plain(peer), "--username", "u")
+        allowed = run_outbox(outbox_env, "settings", "test-connection")
+        assert allowed.returncode == 0, allowed.stderr
+
+
+def test_send_test_goes_to_the_from_mailbox(outbox_env: dict[str, str], peer: SmtpPeer) -> None:
+    set_smtp(outbox_env, "--from-mailbox", "robot@example.com", *plain(peer))
+    result = run_outbox(outbox_env, "settings", "send-test")
+    assert (result.returncode, result.stdout.strip()) == (
+        0,
+        "test e-mail sent to robot@example.com",
+    )
+    [message] = peer.wait_for_messages(1)
+    assert message.rcpt_tos == ("robot@example.com",)
+
+    peer.rcpt_replies["robot@example.com"] = "550 5.7.1 Relaying denied"
+    refused = run_outbox(outbox_env, "settings", "send-test")
+    assert refused.returncode == 1
+    assert "550 5.7.1 Relaying denied" in refused.stderr
+
+
+def test_send_with_files_then_delivered(
+    outbox_env: dict[str, str],
+    context: OutboxContext,
+    worker: InProcessWorker,
+    peer: SmtpPeer,
+    tmp_path: Path,
+) -> None:
+    set_smtp(outbox_env, "--from-mailbox", "robot@example.com", *plain(peer))
+    (tmp_path / "body.txt").write_text("plain text\n")
+    (tmp_path / "body.html").write_text("<p>html</p>\n")
+    (tmp_path / "report.pdf").write_bytes(b"%PDF-1.4 fake")
+    result = run_outbox(
+        outbox_env,
+        "send",
+        "--to",
+        "a@example.com",
+        "--bcc",
+        "hidden@example.com",
+        "--subject",
+        "Files",
+        "--text-file",
+        str(tmp_path / "body.txt"),
+        "--html-file",
+        str(tmp_path / "body.html"),
+        "--attach",
+        str(tmp_path / "report.pdf"),
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    delivery_id = json.loads(result.stdout)["id"]
+    assert worker.deliver(delivery_id) == ["sent"]
+    [received] = peer.wait_for_messages(1)
+    assert received.rcpt_tos == ("a@example.com", "hidden@example.com")
+    assert b"hidden@example.com" not in received.data
+    assert b'filename="report.pdf"' in received.data
+    assert base64.b64encode(b"%PDF-1.4 fake") in received.data
+
+
+def test_batch_enqueues_valid_lines_and_reports_invalid_ones(
+    outbox_env: dict[str, str], context: OutboxContext, tmp_path: Path
+) -> None:
+    lines = [
+        {"to": ["a@example.com"], "subject": "one", "text": "1"},
+        {"to": ["broken"], "subject": "two"},
+        {
+            "to": ["b@example.com"],
+            "subject": "three",
+            "html": "<b>3</b>",
+            "attachments": [
+                {
+                    "name": "x.txt",
+                    "content_type": "text/plain",
+                    "content_base64": base64.b64encode(b"x").decode(),
+                }
+            ],
+        },
+    ]
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    result = run_outbox(outbox_env, "send", "--batch", str(batch), "--json")
+    assert result.returncode == 2
+    rows = json.loads(result.stdout)
+    assert [row["line"] for row in rows] == [1, 2, 3]
+    assert rows[1]["error"].startswith("to[0]: ")
+    assert "line 2: to[0]" in result.stderr
+    queued = {r.id: r.message.subject for r in context.deliveries.recent(DeliveryStatus.QUEUED)}
+    assert queued == {rows[0]["id"]: "one", rows[2]["id"]: "three"}
+
+
+def test_list_status_and_purge(
+    outbox_env: dict[str, str], context: OutboxContext, worker: InProcessWorker, peer: SmtpPeer
+) -> None:
+    set_smtp(outbox_env, "--from-mailbox", "robot@example.com", *plain(peer))
+    sent_id = run_outbox(
+        outbox_env, "send", "--to", "a@example.com", "--subject", "x", "--text", "x"
+    ).stdout.strip()
+    queued_id = run_outbox(
+        outbox_env, "send", "--to", "b@example.com", "--subject", "y", "--text", "y"
+    ).stdout.strip()
+    worker.deliver(sent_id)
+
+    listed = run_outbox(outbox_env, "list", "--status", "sent", "--json")
+    assert [row["id"] for row in json.loads(listed.stdout)] == [sent_id]
+    everything = run_outbox(outbox_env, "list")
+    assert sent_id in everything.stdout
+    assert queued_id in everything.stdout
+    bad_status = run_outbox(outbox_env, "list", "--status", "lost")
+    assert bad_status.returncode == 2
+
+    human = run_outbox(outbox_env, "status", sent_id)
+    assert "sent      a@example.com 250" in human.stdout
+    assert "attempt 1" in human.stdout
+
+    assert run_outbox(outbox_env, "purge", "--older-than", "1").stdout.strip() == (
+        "purged 0 deliveries"
+    )
+    assert run_outbox(outbox_env, "purge", "--older-than", "0").stdout.strip() == (
+        "purged 1 deliveries"
+    )
+    assert run_outbox(outbox_env, "status", sent_id).returncode == 1
+    assert run_outbox(outbox_env, "status", queued_id).returncode == 0
