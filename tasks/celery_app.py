@@ -29,6 +29,9 @@ def create_celery_app(context: OutboxContext) -> Celery:
         task_acks_late=True,
         # A worker process killed mid-task: the job goes back to the queue, not to "done".
         task_reject_on_worker_lost=True,
+        # A task that raised (only when the record store was unreachable) stays unacknowledged
+        # and comes back after the visibility timeout instead of being dropped.
+        task_acks_on_failure_or_timeout=False,
         worker_prefetch_multiplier=1,
         worker_send_task_events=True,
         task_send_sent_event=True,

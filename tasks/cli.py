@@ -69,9 +69,13 @@ def _fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
 
 def _context() -> OutboxContext:
     try:
-        return OutboxContext.from_environment()
+        context = OutboxContext.from_environment()
+        _ = context.secret_box  # a malformed key is reported here, not mid-command
     except ValidationError as exc:
         _fail(f"invalid environment: {describe_validation_error(exc)}", EXIT_USAGE)
+    except SecretKeyError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    return context
 
 
 def _producer(context: OutboxContext) -> Producer:

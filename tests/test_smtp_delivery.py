@@ -9,7 +9,9 @@ from collections.abc import Iterator
 from email.message import EmailMessage
 
 import pytest
+import redis
 import trustme
+from cryptography.fernet import Fernet
 from pydantic import SecretStr
 
 from config.mail_settings import SmtpSettings, TlsMode
@@ -18,7 +20,7 @@ from tasks.message_input import MessageInput
 from tasks.producer import Producer
 from tests.support.in_process_worker import InProcessWorker
 from tests.support.smtp_peer import SmtpPeer, smtp_peer
-from worker.records import DeliveryStatus, RecipientState
+from worker.records import DeliveryStatus, RecipientState, record_key
 
 USER, PASSWORD = "robot", "correct horse battery staple"
 
@@ -54,7 +56,11 @@ def parse(data: bytes) -> EmailMessage:
 
 
 def test_plain_delivery_matches_the_message(
-    context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
+    context: OutboxContext,
+    producer: Producer,
+    worker: InProcessWorker,
+    plain_peer: SmtpPeer,
+    redis_client: redis.Redis,
 ) -> None:
     configure(context, plain_peer)
     delivery_id = enqueue(
@@ -93,6 +99,8 @@ def test_plain_delivery_matches_the_message(
     assert record.status is DeliveryStatus.SENT
     assert [r.status for r in record.recipients] == [RecipientState.SENT] * 3
     assert [a.outcome for a in record.attempts] == ["sent"]
+    retention = context.settings.retention_seconds
+    assert retention - 60 < redis_client.ttl(record_key(delivery_id)) <= retention
 
 
 @pytest.mark.parametrize(
@@ -314,4 +322,23 @@ def test_no_settings_fails_with_a_configuration_reason(
     assert worker.deliver(delivery_id) == ["failed"]
     record = context.deliveries.get(delivery_id)
     assert "not configured" in (record.last_error or "")
+    assert [a.outcome for a in record.attempts] == ["configuration"]
+
+
+def test_settings_saved_with_another_key_fail_with_a_configuration_reason(
+    context: OutboxContext,
+    producer: Producer,
+    plain_peer: SmtpPeer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    configure(context, plain_peer, password=SecretStr("pw"))
+    monkeypatch.setenv("OUTBOX_SECRET_KEY", Fernet.generate_key().decode())
+    other_key_worker = InProcessWorker(OutboxContext.from_environment())
+    try:
+        delivery_id = enqueue(producer)
+        assert other_key_worker.deliver(delivery_id) == ["failed"]
+    finally:
+        other_key_worker.close()
+    record = context.deliveries.get(delivery_id)
+    assert "OUTBOX_SECRET_KEY" in (record.last_error or "")
     assert [a.outcome for a in record.attempts] == ["configuration"]

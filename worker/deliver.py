@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+import redis
+
 from config.settings_store import StoredSettings
 from worker.backoff import RetryPolicy
 from worker.claims import AlreadyFinal, Busy, Claimed, DeliveryClaims, Missing
@@ -45,14 +47,15 @@ class TransportCache:
         self._transport: Transport | None = None
 
     async def get(self, stored: StoredSettings) -> Transport:
-        if self._transport is None or self._version != stored.version:
-            retired = self._transport
-            self._transport, self._version = None, None
+        transport = self._transport
+        if transport is None or self._version != stored.version:
+            retired = transport
+            # Swap before awaiting the close, so concurrent sends never build a second one.
+            transport = self._transport = self._factory(stored)
+            self._version = stored.version
             if retired is not None:
                 await retired.aclose()
-            self._transport = self._factory(stored)
-            self._version = stored.version
-        return self._transport
+        return transport
 
     async def aclose(self) -> None:
         if self._transport is not None:
@@ -100,6 +103,10 @@ class Deliverer:
             result = await self._send(record, settings_version, pending)
         except DeliveryError as exc:
             error = exc
+        except redis.RedisError:
+            # The record store itself is unreachable: nothing can be recorded; the job is
+            # retried as a whole by the task layer, and this claim expires meanwhile.
+            raise
         except Exception as exc:
             # A bug or an unexpected library error fails this delivery, not the worker.
             log.exception("delivery %s: unexpected %s", record.id, type(exc).__name__)

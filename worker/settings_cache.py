@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from config.secret_box import SecretBox
+from config.secret_box import SecretBox, SecretKeyError
 from config.settings_store import SETTINGS_KEY, StoredSettings, decode_stored
+from worker.errors import ConfigurationError
 
 
 class SettingsCache:
@@ -22,5 +23,8 @@ class SettingsCache:
         if self._current is not None and self._current.version == version:
             return self._current
         fields: dict[bytes, bytes] = await self._redis.hgetall(SETTINGS_KEY)  # type: ignore[assignment]
-        self._current = decode_stored(fields, self._box)
+        try:
+            self._current = decode_stored(fields, self._box)
+        except SecretKeyError as exc:
+            raise ConfigurationError(str(exc)) from exc
         return self._current
