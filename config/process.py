@@ -36,6 +36,11 @@ class ProcessSettings(BaseSettings):
     max_message_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
     smtp_timeout_seconds: float = Field(default=30.0, gt=0)
     smtp_max_connections: int = Field(default=4, ge=1, le=100)
+    graph_max_concurrency: int = Field(
+        default=4, ge=1, le=100, description="Graph requests in flight per mailbox and process."
+    )
+    graph_timeout_seconds: float = Field(default=30.0, gt=0)
+    graph_save_to_sent_items: bool = False
     claim_lease_seconds: float = Field(
         default=300.0, gt=0, description="A claimed delivery is taken over after this."
     )

@@ -12,8 +12,7 @@ from config.redis_location import RedisLocation, resolve_redis
 from config.secret_box import SecretBox, load_secret_key
 from config.settings_store import SettingsStore
 from worker.delivery_store import DeliveryStore
-from worker.tls import build_tls_contexts
-from worker.transports.factory import TransportOptions
+from worker.transports.factory import TransportOptions, transport_options
 
 
 @dataclass(frozen=True)
@@ -51,9 +50,4 @@ class OutboxContext:
 
     @cached_property
     def transport_options(self) -> TransportOptions:
-        return TransportOptions(
-            tls=build_tls_contexts(self.settings.ca_bundle),
-            smtp_timeout_seconds=self.settings.smtp_timeout_seconds,
-            smtp_max_connections=self.settings.smtp_max_connections,
-            local_hostname=self.settings.message_id_domain,
-        )
+        return transport_options(self.settings)

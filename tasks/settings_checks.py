@@ -2,31 +2,45 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
+from collections.abc import AsyncIterator
 
 from config.mail_settings import OAuthSettings, SmtpSettings
 from worker.errors import PermanentError
 from worker.message import OutgoingMessage
 from worker.records import RecipientState
-from worker.transports.factory import TransportOptions, create_transport
+from worker.transports.base import Transport
+from worker.transports.factory import HttpClients, TransportOptions, create_transport
 
 TEST_SUBJECT = "outbox test e-mail"
+
+
+@contextlib.asynccontextmanager
+async def _transport(
+    settings: SmtpSettings | OAuthSettings, options: TransportOptions
+) -> AsyncIterator[Transport]:
+    """A transport for one check, with HTTP clients of its own, all closed afterwards."""
+    http = HttpClients.build(options)
+    transport = create_transport(settings, options, http)
+    try:
+        yield transport
+    finally:
+        await transport.aclose()
+        await http.aclose()
 
 
 async def check_connection(
     settings: SmtpSettings | OAuthSettings, options: TransportOptions
 ) -> str:
     """Connect, secure and log in as configured; raises DeliveryError with the precise reason."""
-    transport = create_transport(settings, options)
-    try:
+    async with _transport(settings, options) as transport:
         await transport.verify()
-    finally:
-        await transport.aclose()
     if isinstance(settings, SmtpSettings):
         who = f" as {settings.username}" if settings.username else ""
         return f"connected to {settings.server}:{settings.port}{who}"
-    return "token acquired"
+    return f"token acquired from {settings.instance}{settings.tenant} for {settings.api_url}"
 
 
 async def send_test_email(
@@ -39,11 +53,8 @@ async def send_test_email(
         subject=TEST_SUBJECT,
         text="This test e-mail was sent by outbox to check the mail settings.\n",
     )
-    transport = create_transport(settings, options)
-    try:
+    async with _transport(settings, options) as transport:
         result = await transport.send(message, message.recipients, time.time())
-    finally:
-        await transport.aclose()
     refused = [r for r in result.recipients if r.status is not RecipientState.SENT]
     if refused:
         raise PermanentError(

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from worker.classify import ConnectionProblem, Failure, FailureKind, SmtpReply, classify
+from worker.classify import (
+    ConnectionProblem,
+    Failure,
+    FailureKind,
+    HttpStatus,
+    SmtpReply,
+    classify,
+)
 
 T, P, C = FailureKind.TRANSIENT, FailureKind.PERMANENT, FailureKind.CONFIGURATION
 
@@ -33,6 +40,15 @@ T, P, C = FailureKind.TRANSIENT, FailureKind.PERMANENT, FailureKind.CONFIGURATIO
         (ConnectionProblem("dns"), T),
         (ConnectionProblem("certificate"), C),
         (ConnectionProblem("tls"), C),
+        (HttpStatus(429), T),
+        (HttpStatus(503), T),
+        (HttpStatus(504), T),
+        (HttpStatus(500), T),
+        (HttpStatus(401), C),
+        (HttpStatus(400), P),
+        (HttpStatus(403), P),
+        (HttpStatus(404), P),
+        (HttpStatus(413), P),
     ],
 )
 def test_classify(failure: Failure, expected: FailureKind) -> None:

@@ -31,12 +31,21 @@ class ConnectionProblem:
     kind: ConnectionProblemKind
 
 
-Failure = SmtpReply | ConnectionProblem
+@dataclass(frozen=True, slots=True)
+class HttpStatus:
+    """An error status from Microsoft Graph (or the identity platform)."""
+
+    status: int
+
+
+Failure = SmtpReply | ConnectionProblem | HttpStatus
 
 # Replies that mean "your credentials or authorization are wrong" whatever the phase:
 # 530 authentication required, 534 mechanism too weak, 535 credentials invalid,
 # 538 encryption required for the mechanism.
 _AUTH_CODES = frozenset({530, 534, 535, 538})
+# Graph: throttled (429) or a server-side hiccup worth retrying, honouring Retry-After.
+_TRANSIENT_HTTP = frozenset({408, 429, 500, 502, 503, 504})
 
 
 def classify(failure: Failure) -> FailureKind:
@@ -56,3 +65,10 @@ def classify(failure: Failure) -> FailureKind:
             return FailureKind.CONFIGURATION
         case ConnectionProblem():
             return FailureKind.TRANSIENT
+        case HttpStatus(status=status) if status in _TRANSIENT_HTTP:
+            return FailureKind.TRANSIENT
+        case HttpStatus(status=401):
+            # Reached only after the token was refreshed once: the credentials are wrong.
+            return FailureKind.CONFIGURATION
+        case HttpStatus():
+            return FailureKind.PERMANENT

@@ -16,9 +16,8 @@ from worker.backoff import RetryPolicy
 from worker.claims import DeliveryClaims
 from worker.deliver import Deliverer, RetryScheduler, TransportCache
 from worker.settings_cache import SettingsCache
-from worker.tls import build_tls_contexts
 from worker.transports.base import Transport
-from worker.transports.factory import TransportOptions, create_transport
+from worker.transports.factory import HttpClients, create_transport, transport_options
 
 T = TypeVar("T")
 
@@ -56,15 +55,11 @@ class WorkerRuntime:
     ) -> None:
         self._loop = EventLoopThread()
         self._redis = aioredis.Redis.from_url(redis_url)
-        options = TransportOptions(
-            tls=build_tls_contexts(settings.ca_bundle),
-            smtp_timeout_seconds=settings.smtp_timeout_seconds,
-            smtp_max_connections=settings.smtp_max_connections,
-            local_hostname=settings.message_id_domain,
-        )
+        options = transport_options(settings)
+        self._http = HttpClients.build(options)
 
         def transport_for(stored: StoredSettings) -> Transport:
-            return create_transport(stored.settings, options)
+            return create_transport(stored.settings, options, self._http)
 
         self._transports = TransportCache(transport_for)
         self._deliverer = Deliverer(
@@ -96,4 +91,5 @@ class WorkerRuntime:
 
     async def _aclose(self) -> None:
         await self._transports.aclose()
+        await self._http.aclose()
         await self._redis.aclose()

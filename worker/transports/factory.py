@@ -1,13 +1,17 @@
-"""Builds the transport for a version of the mail settings."""
+"""Builds the transport for a version of the mail settings, and the HTTP clients they share."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import httpx
+
 from config.mail_settings import OAuthSettings, SmtpSettings
-from worker.errors import ConfigurationError
-from worker.tls import TlsContexts
+from config.process import ProcessSettings
+from worker.tls import TlsContexts, build_tls_contexts
+from worker.tokens import TokenSource
 from worker.transports.base import Transport
+from worker.transports.graph import GraphTransport
 from worker.transports.smtp import SmtpTransport
 
 
@@ -19,10 +23,56 @@ class TransportOptions:
     smtp_timeout_seconds: float
     smtp_max_connections: int
     local_hostname: str
+    graph_timeout_seconds: float = 30.0
+    graph_max_concurrency: int = 4
+    graph_save_to_sent_items: bool = False
+
+
+def transport_options(settings: ProcessSettings) -> TransportOptions:
+    """The options of a process, from its settings; the TLS contexts are built here, once."""
+    return TransportOptions(
+        tls=build_tls_contexts(settings.ca_bundle),
+        smtp_timeout_seconds=settings.smtp_timeout_seconds,
+        smtp_max_connections=settings.smtp_max_connections,
+        local_hostname=settings.message_id_domain,
+        graph_timeout_seconds=settings.graph_timeout_seconds,
+        graph_max_concurrency=settings.graph_max_concurrency,
+        graph_save_to_sent_items=settings.graph_save_to_sent_items,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class HttpClients:
+    """One client for Graph (async) and one for the identity platform (msal is synchronous).
+
+    Both trust exactly the process's TLS context (system CAs plus OUTBOX_CA_BUNDLE) and ignore
+    the environment (trust_env=False), so another library's CA-bundle variable cannot
+    silently replace that trust.
+    """
+
+    graph: httpx.AsyncClient
+    identity: httpx.Client
+
+    @classmethod
+    def build(cls, options: TransportOptions) -> HttpClients:
+        timeout = httpx.Timeout(options.graph_timeout_seconds)
+        return cls(
+            graph=httpx.AsyncClient(
+                verify=options.tls.verified,
+                trust_env=False,
+                timeout=timeout,
+                limits=httpx.Limits(max_keepalive_connections=options.graph_max_concurrency * 2),
+            ),
+            identity=httpx.Client(verify=options.tls.verified, trust_env=False, timeout=timeout),
+        )
+
+    async def aclose(self) -> None:
+        await self.graph.aclose()
+        self.identity.close()
 
 
 def create_transport(
-    settings: SmtpSettings | OAuthSettings, options: TransportOptions
+    settings: SmtpSettings | OAuthSettings, options: TransportOptions, http: HttpClients
 ) -> Transport:
     if isinstance(settings, SmtpSettings):
         return SmtpTransport(
@@ -32,7 +82,10 @@ def create_transport(
             max_connections=options.smtp_max_connections,
             local_hostname=options.local_hostname,
         )
-    raise ConfigurationError(
-        "the OAuth (Microsoft Graph) protocol is not supported by this version of outbox yet; "
-        "configure SMTP"
+    return GraphTransport(
+        settings,
+        tokens=TokenSource(settings, http.identity),
+        http=http.graph,
+        mailbox_concurrency=options.graph_max_concurrency,
+        save_to_sent_items=options.graph_save_to_sent_items,
     )

@@ -1,0 +1,106 @@
+"""OAuth 2.0 client-credentials tokens from msal, one application per settings version."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import msal
+
+from config.mail_settings import OAuthSettings
+from worker.errors import ConfigurationError, DeliveryError, TransientError
+
+# Identity platform errors that mean "the settings are wrong", not "try again later".
+_CONFIGURATION_ERRORS = frozenset(
+    {
+        "invalid_client",
+        "unauthorized_client",
+        "invalid_tenant",
+        "invalid_scope",
+        "invalid_request",
+        "invalid_grant",
+        "unsupported_grant_type",
+    }
+)
+
+
+class TokenSource:
+    """Access tokens for Graph; msal's in-memory cache serves them until they expire.
+
+    msal is synchronous: its calls run in a worker thread, one at a time (a lock), so that
+    concurrent sends at start-up make one token request, not one each.
+    """
+
+    def __init__(self, settings: OAuthSettings, http_client: httpx.Client) -> None:
+        self._settings = settings
+        self._http_client = http_client
+        self._application: msal.ConfidentialClientApplication | None = None
+        self._lock = asyncio.Lock()
+        self._scope = f"{settings.api_url}.default"
+
+    async def token(self) -> str:
+        async with self._lock:
+            return await asyncio.to_thread(self._acquire)
+
+    async def refresh(self) -> str:
+        """Drop the cached token (Graph said it is no longer valid) and get a new one."""
+        async with self._lock:
+            if self._application is not None:
+                self._application.remove_tokens_for_client()
+            return await asyncio.to_thread(self._acquire)
+
+    def _acquire(self) -> str:
+        try:
+            result: dict[str, Any] = self._app().acquire_token_for_client(scopes=[self._scope])
+        except httpx.TransportError as exc:
+            raise TransientError(
+                f"cannot reach the identity platform at {self._settings.instance}: {exc}"
+            ) from exc
+        token = result.get("access_token")
+        if isinstance(token, str):
+            return token
+        raise self._token_error(result)
+
+    def _app(self) -> msal.ConfidentialClientApplication:
+        if self._application is None:
+            secret = self._settings.client_secret
+            if secret is None:
+                raise ConfigurationError("the OAuth settings have no client secret")
+            try:
+                # Reads the authority's OpenID configuration: the first network call.
+                self._application = msal.ConfidentialClientApplication(
+                    self._settings.client_id,
+                    client_credential=secret.get_secret_value(),
+                    authority=f"{self._settings.instance}{self._settings.tenant}",
+                    instance_discovery=False,
+                    http_client=self._http_client,
+                )
+            except httpx.TransportError as exc:
+                raise TransientError(
+                    f"cannot reach the identity platform at {self._settings.instance}: {exc}"
+                ) from exc
+            except ValueError as exc:
+                raise ConfigurationError(
+                    f"identity platform: tenant {self._settings.tenant!r} unusable: "
+                    f"{self._scrub(str(exc))}"
+                ) from None
+        return self._application
+
+    def _token_error(self, result: dict[str, Any]) -> DeliveryError:
+        error = str(result.get("error", "unknown_error"))
+        lines = str(result.get("error_description") or "").splitlines()
+        description = self._scrub(lines[0] if lines else "")
+        codes = result.get("error_codes") or []
+        code = int(codes[0]) if codes and str(codes[0]).isdigit() else None
+        reason = f"identity platform refused the token request: {error}: {description}"
+        if error in _CONFIGURATION_ERRORS:
+            return ConfigurationError(reason, code=code, reply=f"{error}: {description}")
+        return TransientError(reason, code=code, reply=f"{error}: {description}")
+
+    def _scrub(self, text: str) -> str:
+        # The identity platform does not echo secrets, but a proxy or a future message might.
+        secret = self._settings.client_secret
+        if secret is not None and secret.get_secret_value():
+            text = text.replace(secret.get_secret_value(), "********")
+        return text

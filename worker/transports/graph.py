@@ -1,0 +1,172 @@
+"""Microsoft Graph transport: sendMail, or a draft with upload sessions for large attachments."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from config.mail_settings import OAuthSettings
+from worker.classify import FailureKind, HttpStatus, classify
+from worker.errors import ConfigurationError, DeliveryError, PermanentError, TransientError
+from worker.graph_message import GraphMessage, build_graph_message
+from worker.message import Attachment, OutgoingMessage
+from worker.records import RecipientOutcome, RecipientState
+from worker.retry_after import parse_retry_after
+from worker.tokens import TokenSource
+from worker.transports.base import SendResult
+
+# Upload chunks: at most 4 MB as Graph requires, and a multiple of 320 KiB as upload
+# sessions prefer (3.75 MiB).
+UPLOAD_CHUNK_BYTES = 12 * 320 * 1024
+
+_ERROR_FOR_KIND: dict[FailureKind, type[DeliveryError]] = {
+    FailureKind.TRANSIENT: TransientError,
+    FailureKind.PERMANENT: PermanentError,
+    FailureKind.CONFIGURATION: ConfigurationError,
+}
+
+
+def graph_error(response: httpx.Response, now: float) -> DeliveryError:
+    """The error for a Graph error response, with Graph's own code and message."""
+    code, message = "", response.reason_phrase
+    try:
+        detail = response.json().get("error", {})
+        code, message = str(detail.get("code", "")), str(detail.get("message", message))
+    except (ValueError, AttributeError):
+        pass
+    reply = f"{code}: {message}" if code else message
+    reason = f"Microsoft Graph answered {response.status_code} {reply}"
+    kind = classify(HttpStatus(response.status_code))
+    if kind is FailureKind.TRANSIENT:
+        retry_after = parse_retry_after(response.headers.get("Retry-After"), now)
+        return TransientError(
+            reason, code=response.status_code, reply=reply, retry_after=retry_after
+        )
+    return _ERROR_FOR_KIND[kind](reason, code=response.status_code, reply=reply)
+
+
+def transport_error(exc: httpx.TransportError, where: str) -> DeliveryError:
+    """Connection-level failures: untrusted certificates need an operator, the rest a retry."""
+    current: BaseException | None = exc
+    while current is not None:
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return ConfigurationError(
+                f"certificate of {where} not trusted ({current.verify_message}); "
+                "trust its CA with OUTBOX_CA_BUNDLE"
+            )
+        current = current.__cause__ or current.__context__
+    if isinstance(exc, httpx.TimeoutException):
+        return TransientError(f"timed out talking to {where}")
+    return TransientError(f"cannot reach {where}: {type(exc).__name__}: {exc}")
+
+
+class GraphTransport:
+    """Sends as one mailbox through Graph, never more than ``mailbox_concurrency`` at a time."""
+
+    def __init__(
+        self,
+        settings: OAuthSettings,
+        *,
+        tokens: TokenSource,
+        http: httpx.AsyncClient,
+        mailbox_concurrency: int,
+        save_to_sent_items: bool,
+    ) -> None:
+        self._settings = settings
+        self._tokens = tokens
+        self._http = http
+        # Graph allows 4 concurrent requests per mailbox; more only earns 429s.
+        self._slots = asyncio.Semaphore(mailbox_concurrency)
+        self._save_to_sent_items = save_to_sent_items
+        self._user_url = f"{settings.api_url}v1.0/users/{quote(settings.from_mailbox, safe='@')}"
+
+    async def send(
+        self, message: OutgoingMessage, recipients: Sequence[str], date: float
+    ) -> SendResult:
+        graph = build_graph_message(message, recipients)
+        if graph.large_attachments:
+            await self._send_draft(graph)
+        else:
+            payload = {"message": graph.json, "saveToSentItems": self._save_to_sent_items}
+            await self._call("POST", f"{self._user_url}/sendMail", json=payload)
+        return SendResult(
+            tuple(RecipientOutcome(r, RecipientState.SENT, 202, "Accepted") for r in recipients),
+            code=202,
+            reply="Accepted",
+        )
+
+    async def verify(self) -> None:
+        await self._tokens.token()
+
+    async def aclose(self) -> None:
+        """Nothing of its own to close: the HTTP clients belong to the process."""
+
+    async def _send_draft(self, graph: GraphMessage) -> None:
+        draft = await self._call("POST", f"{self._user_url}/messages", json=graph.json)
+        draft_url = f"{self._user_url}/messages/{quote(str(draft.json()['id']), safe='')}"
+        try:
+            for attachment in graph.large_attachments:
+                await self._upload(draft_url, attachment)
+            await self._call("POST", f"{draft_url}/send")
+        except Exception:
+            # Leave no half-built draft behind; the next attempt builds a new one.
+            with contextlib.suppress(DeliveryError):
+                await self._call("DELETE", draft_url)
+            raise
+
+    async def _upload(self, draft_url: str, attachment: Attachment) -> None:
+        size = len(attachment.content)
+        session = await self._call(
+            "POST",
+            f"{draft_url}/attachments/createUploadSession",
+            json={
+                "AttachmentItem": {
+                    "attachmentType": "file",
+                    "name": attachment.name,
+                    "size": size,
+                    "contentType": attachment.content_type,
+                }
+            },
+        )
+        upload_url = str(session.json()["uploadUrl"])
+        for start in range(0, size, UPLOAD_CHUNK_BYTES):
+            chunk = attachment.content[start : start + UPLOAD_CHUNK_BYTES]
+            headers = {
+                "Content-Range": f"bytes {start}-{start + len(chunk) - 1}/{size}",
+                "Content-Type": "application/octet-stream",
+            }
+            # The upload URL carries its own credential; Graph refuses an Authorization header.
+            await self._request("PUT", upload_url, content=chunk, headers=headers)
+
+    async def _call(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """An authorized Graph request; a 401 refreshes the token once and tries again."""
+        async with self._slots:
+            token = await self._tokens.token()
+            response = await self._request(method, url, token=token, **kwargs)
+            if response.status_code == 401:
+                token = await self._tokens.refresh()
+                response = await self._request(method, url, token=token, **kwargs)
+        if response.is_error:
+            raise graph_error(response, time.time())
+        return response
+
+    async def _request(
+        self, method: str, url: str, *, token: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        headers = dict(kwargs.pop("headers", {}))
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        try:
+            response = await self._http.request(method, url, headers=headers, **kwargs)
+        except httpx.TransportError as exc:
+            raise transport_error(exc, self._settings.api_url) from exc
+        if token is None and response.is_error:
+            raise graph_error(response, time.time())
+        return response
