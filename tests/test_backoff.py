@@ -15,10 +15,13 @@ def test_full_jitter_scales_the_ceiling() -> None:
     assert policy.delay(3) == 10.0  # 0.25 * 40
 
 
-def test_retry_after_is_a_floor_but_never_beyond_the_cap() -> None:
-    policy = RetryPolicy(base_seconds=10, max_seconds=600, random=lambda: 0.0)
+def test_retry_after_is_honoured_up_to_its_own_bound() -> None:
+    policy = RetryPolicy(
+        base_seconds=10, max_seconds=60, max_retry_after_seconds=1800, random=lambda: 0.0
+    )
     assert policy.delay(1, retry_after=2.5) == 2.5
-    assert policy.delay(1, retry_after=3600) == 600
+    assert policy.delay(1, retry_after=120) == 120  # beyond max_seconds: the server asked
+    assert policy.delay(1, retry_after=7200) == 1800
 
 
 def test_attempt_budget() -> None:

@@ -14,6 +14,9 @@ class RetryPolicy:
     base_seconds: float = 10.0
     max_seconds: float = 600.0
     max_attempts: int = 8
+    # A server's Retry-After is honoured beyond max_seconds, up to this bound (kept below the
+    # broker's visibility timeout by the process settings).
+    max_retry_after_seconds: float = 1800.0
     random: Callable[[], float] = field(default=random.random, compare=False)
 
     def allows_another_attempt(self, attempts_made: int) -> bool:
@@ -24,6 +27,6 @@ class RetryPolicy:
         ceiling = min(self.max_seconds, self.base_seconds * 2 ** max(attempts_made - 1, 0))
         # Full jitter spreads the retries of a failed batch instead of synchronizing them.
         wait = self.random() * ceiling
-        if retry_after is not None:
-            wait = max(wait, retry_after)
-        return float(min(wait, self.max_seconds))
+        if retry_after is None:
+            return wait
+        return float(min(max(wait, retry_after), self.max_retry_after_seconds))

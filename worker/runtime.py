@@ -74,6 +74,7 @@ class WorkerRuntime:
                 base_seconds=settings.retry_base_seconds,
                 max_seconds=settings.retry_max_seconds,
                 max_attempts=settings.max_attempts,
+                max_retry_after_seconds=settings.visibility_timeout_seconds / 2,
             ),
             schedule_retry=schedule_retry,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from tasks.context import OutboxContext
@@ -29,14 +30,17 @@ class InProcessWorker:
         *,
         rounds: int = 20,
         before_retry: Callable[[], object] | None = None,
+        honour_delays: bool = False,
     ) -> str:
-        """Deliver, then run each retry the runtime scheduled at once, until none is left."""
+        """Deliver, then run each retry the runtime scheduled (at once, or after its delay)."""
         status = self.deliver(delivery_id)[0]
         for _ in range(rounds):
             due = [entry for entry in self.scheduled if entry[0] == delivery_id]
             if not due:
                 return status
             self.scheduled = [entry for entry in self.scheduled if entry[0] != delivery_id]
+            if honour_delays:
+                time.sleep(max(delay for _, delay in due))
             if before_retry is not None:
                 before_retry()
             status = self.deliver(delivery_id)[0]

@@ -307,6 +307,12 @@ class _PeerSMTP(SMTP):
             return
         super().connection_lost(error)
 
+    def eof_received(self) -> bool | None:
+        if self._dropped:
+            # A dropped TLS connection still gets the client's close_notify.
+            return False
+        return super().eof_received()
+
     async def check_auth_needed(self, caller_method: str) -> bool:
         if self._peer.auth_required and not (self.session and self.session.authenticated):
             await self.push("530 5.7.0 Authentication required")

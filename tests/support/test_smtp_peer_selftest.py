@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import ssl
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import aiosmtplib
 import pytest
 import trustme
 
 from tests.support.smtp_peer import ReceivedMessage, SmtpPeer, smtp_peer
+
+T = TypeVar("T")
 
 MESSAGE = (
     b"From: a@example.com\r\nTo: b@example.com\r\nSubject: hi\r\n\r\n"
@@ -35,6 +40,21 @@ def client_tls(ca: trustme.CA) -> ssl.SSLContext:
     return ctx
 
 
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run() that gives closing TLS connections time to finish."""
+
+    async def settled() -> T:
+        try:
+            return await coro
+        finally:
+            # aiosmtplib's close() returns before the TLS close_notify exchange
+            # is over; closing the loop right away leaks the socket
+            # (ResourceWarning, fatal under -W error).
+            await asyncio.sleep(0.05)
+
+    return asyncio.run(settled())
+
+
 def client(peer: SmtpPeer, **kwargs: object) -> aiosmtplib.SMTP:
     return aiosmtplib.SMTP(hostname=peer.host, port=peer.port, timeout=5, **kwargs)  # type: ignore[arg-type]
 
@@ -51,7 +71,7 @@ async def send(
 
 def test_plain_send_is_recorded_with_its_bytes() -> None:
     with smtp_peer() as peer:
-        errors, reply = asyncio.run(send(peer, ["b@example.com", "c@example.com"]))
+        errors, reply = run(send(peer, ["b@example.com", "c@example.com"]))
         assert errors == {}
         assert reply == "OK"
         [msg] = peer.wait_for_messages(1)
@@ -75,7 +95,7 @@ def test_starttls_with_auth(leaf: trustme.LeafCert, client_tls: ssl.SSLContext) 
                 await smtp.sendmail("a@example.com", ["b@example.com"], MESSAGE)
                 return smtp.supports_extension("starttls"), smtp.server_auth_methods
 
-        still_offers_starttls, auth_methods = asyncio.run(go())
+        still_offers_starttls, auth_methods = run(go())
         assert not still_offers_starttls
         assert set(auth_methods) >= {"plain", "login"}
         assert len(peer.wait_for_messages(1)) == 1
@@ -85,26 +105,24 @@ def test_starttls_with_auth(leaf: trustme.LeafCert, client_tls: ssl.SSLContext) 
 def test_starttls_refuses_mail_before_tls(leaf: trustme.LeafCert) -> None:
     with smtp_peer(tls="starttls", certificate=leaf) as peer:
         with pytest.raises(aiosmtplib.SMTPSenderRefused) as excinfo:
-            asyncio.run(send(peer, start_tls=False))
+            run(send(peer, start_tls=False))
         assert excinfo.value.code == 530
 
 
 def test_auth_is_required(leaf: trustme.LeafCert, client_tls: ssl.SSLContext) -> None:
     with smtp_peer(credentials={"user": "secret"}) as peer:
         with pytest.raises(aiosmtplib.SMTPSenderRefused) as excinfo:
-            asyncio.run(send(peer))
+            run(send(peer))
         assert excinfo.value.code == 530
         # LOGIN works over plain text when no TLS is configured.
-        asyncio.run(send(peer, username="user", password="secret"))
+        run(send(peer, username="user", password="secret"))
         assert len(peer.wait_for_messages(1)) == 1
 
 
 def test_implicit_tls(leaf: trustme.LeafCert, client_tls: ssl.SSLContext) -> None:
     peer = smtp_peer(tls="implicit", certificate=leaf, credentials={"user": "secret"})
     with peer:
-        asyncio.run(
-            send(peer, use_tls=True, tls_context=client_tls, username="user", password="secret")
-        )
+        run(send(peer, use_tls=True, tls_context=client_tls, username="user", password="secret"))
         assert len(peer.wait_for_messages(1)) == 1
         assert peer.connections == 1
 
@@ -112,7 +130,7 @@ def test_implicit_tls(leaf: trustme.LeafCert, client_tls: ssl.SSLContext) -> Non
 def test_wrong_password_is_535(leaf: trustme.LeafCert, client_tls: ssl.SSLContext) -> None:
     with smtp_peer(tls="starttls", certificate=leaf, credentials={"user": "secret"}) as peer:
         with pytest.raises(aiosmtplib.SMTPAuthenticationError) as excinfo:
-            asyncio.run(send(peer, tls_context=client_tls, username="user", password="nope"))
+            run(send(peer, tls_context=client_tls, username="user", password="nope"))
         assert excinfo.value.code == 535
         assert excinfo.value.message == "5.7.8 Authentication credentials invalid"
         assert peer.messages == []
@@ -121,7 +139,7 @@ def test_wrong_password_is_535(leaf: trustme.LeafCert, client_tls: ssl.SSLContex
 def test_rcpt_replies_reject_one_recipient() -> None:
     with smtp_peer() as peer:
         peer.rcpt_replies["bad@example.com"] = "550 5.1.1 No such user"
-        errors, _ = asyncio.run(send(peer, ["good@example.com", "bad@example.com"]))
+        errors, _ = run(send(peer, ["good@example.com", "bad@example.com"]))
         assert errors == {"bad@example.com": aiosmtplib.SMTPResponse(550, "5.1.1 No such user")}
         [msg] = peer.wait_for_messages(1)
         assert msg.rcpt_tos == ("good@example.com",)
@@ -131,7 +149,7 @@ def test_rcpt_replies_reject_all_recipients() -> None:
     with smtp_peer() as peer:
         peer.rcpt_replies["bad@example.com"] = "451 4.3.0 Try later"
         with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as excinfo:
-            asyncio.run(send(peer, ["bad@example.com"]))
+            run(send(peer, ["bad@example.com"]))
         [refused] = excinfo.value.recipients
         assert (refused.code, refused.message) == (451, "4.3.0 Try later")
 
@@ -140,10 +158,10 @@ def test_data_replies_fail_once_then_succeed() -> None:
     with smtp_peer() as peer:
         peer.data_replies.append("451 4.3.0 Busy")
         with pytest.raises(aiosmtplib.SMTPDataError) as excinfo:
-            asyncio.run(send(peer))
+            run(send(peer))
         assert (excinfo.value.code, excinfo.value.message) == (451, "4.3.0 Busy")
         assert peer.messages == []
-        asyncio.run(send(peer))
+        run(send(peer))
         assert len(peer.wait_for_messages(1)) == 1
         assert peer.data_replies == []
 
@@ -156,7 +174,7 @@ def test_two_messages_over_one_connection() -> None:
                 await smtp.sendmail("a@example.com", ["b@example.com"], MESSAGE)
                 await smtp.sendmail("a@example.com", ["c@example.com"], MESSAGE)
 
-        asyncio.run(go())
+        run(go())
         assert len(peer.wait_for_messages(2)) == 2
         assert peer.connections == 1
 
@@ -164,13 +182,13 @@ def test_two_messages_over_one_connection() -> None:
 def test_stop_then_start_on_same_port() -> None:
     with smtp_peer() as peer:
         port = peer.port
-        asyncio.run(send(peer))
+        run(send(peer))
         peer.stop()
         with pytest.raises(aiosmtplib.SMTPConnectError):
-            asyncio.run(send(peer))
+            run(send(peer))
         peer.start()
         assert peer.port == port
-        asyncio.run(send(peer))
+        run(send(peer))
         assert len(peer.wait_for_messages(2)) == 2
         assert peer.connections == 2
 
@@ -185,7 +203,7 @@ def test_stop_with_a_connected_client() -> None:
                 with pytest.raises(aiosmtplib.SMTPServerDisconnected):
                     await smtp.noop()
 
-        asyncio.run(go())
+        run(go())
         # The port is really free again.
         with socket.socket() as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -196,21 +214,25 @@ def test_drop_next_connection() -> None:
     with smtp_peer() as peer:
         peer.drop_next_connections = 1
         with pytest.raises(aiosmtplib.SMTPConnectError):
-            asyncio.run(send(peer))
+            run(send(peer))
         assert peer.drop_next_connections == 0
-        asyncio.run(send(peer))
+        run(send(peer))
         assert len(peer.wait_for_messages(1)) == 1
         assert peer.connections == 2
 
 
-def test_drop_with_implicit_tls(leaf: trustme.LeafCert, client_tls: ssl.SSLContext) -> None:
+def test_drop_with_implicit_tls(
+    leaf: trustme.LeafCert, client_tls: ssl.SSLContext, caplog: pytest.LogCaptureFixture
+) -> None:
     with smtp_peer(tls="implicit", certificate=leaf) as peer:
         peer.drop_next_connections = 1
         with pytest.raises(aiosmtplib.SMTPConnectError):
-            asyncio.run(send(peer, use_tls=True, tls_context=client_tls))
-        asyncio.run(send(peer, use_tls=True, tls_context=client_tls))
+            run(send(peer, use_tls=True, tls_context=client_tls))
+        run(send(peer, use_tls=True, tls_context=client_tls))
         assert len(peer.wait_for_messages(1)) == 1
         assert peer.connections == 2
+    # The server thread must not log errors (e.g. from eof_received) for the drop.
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 def test_data_delay_causes_client_timeout() -> None:
@@ -222,12 +244,12 @@ def test_data_delay_causes_client_timeout() -> None:
                 await smtp.sendmail("a@example.com", ["b@example.com"], MESSAGE, timeout=0.2)
 
         with pytest.raises(aiosmtplib.SMTPTimeoutError):
-            asyncio.run(go())
+            run(go())
 
 
 def test_wait_for_messages_reports_what_arrived() -> None:
     with smtp_peer() as peer:
-        asyncio.run(send(peer))
+        run(send(peer))
         with pytest.raises(AssertionError, match="got 1"):
             peer.wait_for_messages(2, timeout=0.2)
 
