@@ -12,6 +12,7 @@ import redis
 import trustme
 from cryptography.fernet import Fernet
 
+from tests.support.graph_standin import GraphStandIn
 from tests.support.processes import ROOT, Service, run_outbox
 from tests.support.redis_server import RedisServer, free_port
 from tests.support.smtp_peer import SmtpPeer, smtp_peer
@@ -233,3 +234,76 @@ def test_cli_exit_codes(env: dict[str, str]) -> None:
     assert "no delivery" in missing.stderr
     usage = run_outbox(env, "retry")
     assert usage.returncode == 2
+
+
+@pytest.fixture(scope="module")
+def graph(server_certificate: trustme.LeafCert) -> Iterator[GraphStandIn]:
+    with GraphStandIn(server_certificate) as running:
+        yield running
+
+
+def configure_oauth(env: dict[str, str], graph: GraphStandIn, secret: str) -> None:
+    result = run_outbox(
+        env,
+        "settings",
+        "set",
+        "oauth",
+        "--from-mailbox",
+        "robot@contoso.com",
+        "--tenant",
+        "contoso-tenant",
+        "--client-id",
+        "app-client-id",
+        "--client-secret-stdin",
+        "--instance",
+        graph.base_url,
+        "--api-url",
+        graph.base_url,
+        stdin=secret + "\n",
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_graph_validate_and_send_through_the_running_worker(
+    env: dict[str, str], peer: SmtpPeer, graph: GraphStandIn, services: Service
+) -> None:
+    configure(env, peer, PASSWORD)  # the worker is sending over SMTP ...
+    assert (
+        run_outbox(
+            env, "send", "--to", "a@example.com", "--subject", "smtp", "--text", "x", "--wait", "30"
+        ).returncode
+        == 0
+    )
+
+    configure_oauth(env, graph, "wrong-secret-value")  # ... switched to Graph, no restart
+    refused = run_outbox(env, "settings", "test-connection")
+    assert refused.returncode == 1
+    assert "invalid_client" in refused.stderr
+    assert "wrong-secret-value" not in refused.stderr
+    configure_oauth(env, graph, "app-secret-value")
+    validated = run_outbox(env, "settings", "test-connection")
+    assert validated.returncode == 0, validated.stderr
+    assert validated.stdout.startswith("connection OK: token acquired")
+
+    result = run_outbox(
+        env,
+        "send",
+        "--to",
+        "alice@example.com",
+        "--cc",
+        "bob@example.com",
+        "--subject",
+        "Through Graph",
+        "--text",
+        "body text",
+        "--wait",
+        "30",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    [message] = [m for m in graph.sent_messages() if m["subject"] == "Through Graph"]
+    assert message["toRecipients"] == [{"emailAddress": {"address": "alice@example.com"}}]
+    assert message["ccRecipients"] == [{"emailAddress": {"address": "bob@example.com"}}]
+    assert message["body"] == {"contentType": "Text", "content": "body text"}
+    sent_test = run_outbox(env, "settings", "send-test")
+    assert sent_test.returncode == 0, sent_test.stderr
+    assert any(m["subject"] == "outbox test e-mail" for m in graph.sent_messages())

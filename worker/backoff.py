@@ -26,7 +26,7 @@ class RetryPolicy:
         """Seconds to wait after ``attempts_made`` failed attempts (1 for the first retry)."""
         ceiling = min(self.max_seconds, self.base_seconds * 2 ** max(attempts_made - 1, 0))
         # Full jitter spreads the retries of a failed batch instead of synchronizing them.
-        wait = self.random() * ceiling
+        wait = float(self.random() * ceiling)
         if retry_after is None:
             return wait
-        return float(min(max(wait, retry_after), self.max_retry_after_seconds))
+        return min(max(wait, retry_after), self.max_retry_after_seconds)

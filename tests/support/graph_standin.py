@@ -59,7 +59,7 @@ _ITEM_NOT_FOUND: Final = "The specified object was not found in the store."
 
 @dataclass(frozen=True, slots=True)
 class RecordedRequest:
-    """One HTTP request exactly as the stand-in received it."""
+    """One HTTP request as received; ``path`` is still percent-encoded, without the query."""
 
     method: str
     path: str
@@ -125,8 +125,8 @@ def _json_bytes(value: Any) -> bytes:
 
 
 def _get_ci(mapping: dict[str, Any], key: str) -> Any:
-    # OData property names arrive with either casing ("AttachmentItem" in the
-    # docs, "attachmentItem" from some SDKs).
+    # Graph's docs spell the parameter "AttachmentItem" while its own SDK
+    # models use camelCase; accept both rather than fail on spelling.
     for name, value in mapping.items():
         if name.lower() == key.lower():
             return value
@@ -250,8 +250,9 @@ class GraphStandIn:
     def _handle(self, req: RecordedRequest) -> _Reply:
         with self._lock:
             self.requests.append(req)
-        # Empty segments are dropped because Entra accepts "tenant//v2.0/..."
-        # (msal builds that from an authority with a trailing slash).
+        # Empty segments are dropped: msal turns an authority with a trailing
+        # slash (its own default is ".../common/") into "tenant//v2.0/...",
+        # which Entra evidently serves.
         segments = [unquote(part) for part in req.path.split("/") if part]
         if segments[:1] == ["v1.0"]:
             return self._graph(req, segments[1:])
@@ -511,8 +512,9 @@ class GraphStandIn:
         if not route or action[0] not in ("sendmail", "messages"):
             return self._not_found(req)
         if "content-length" not in req.headers and "transfer-encoding" not in req.headers:
-            # Graph's front end insists on a length even for body-less POSTs
-            # such as /send.
+            # Graph's front end (HTTP.sys) answers 411 to a POST with neither
+            # a length nor chunking, which bites body-less calls like /send.
+            # The real body is an HTML page; JSON keeps tests simple.
             return self._graph_error(
                 req, 411, "LengthRequired", "The request must be chunked or have a content length."
             )

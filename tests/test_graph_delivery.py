@@ -1,0 +1,275 @@
+"""Graph delivery through the real worker runtime against the local identity+Graph stand-in."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Iterator
+
+import pytest
+import trustme
+from pydantic import SecretStr
+
+from config.mail_settings import OAuthSettings, SmtpSettings, TlsMode
+from tasks.context import OutboxContext
+from tasks.message_input import MessageInput
+from tasks.producer import Producer
+from tests.support.graph_standin import GraphStandIn, ScriptedResponse
+from tests.support.in_process_worker import InProcessWorker
+from tests.support.smtp_peer import smtp_peer
+from worker.records import DeliveryStatus, RecipientState
+
+TENANT, CLIENT_ID, SECRET = "contoso-tenant", "app-client-id", "app-secret-value"
+MAILBOX = "robot@contoso.com"
+
+
+@pytest.fixture
+def graph(server_certificate: trustme.LeafCert) -> Iterator[GraphStandIn]:
+    with GraphStandIn(
+        server_certificate, tenant=TENANT, client_id=CLIENT_ID, client_secret=SECRET
+    ) as running:
+        yield running
+
+
+def configure(context: OutboxContext, graph: GraphStandIn, **overrides: object) -> None:
+    fields: dict[str, object] = {
+        "from_mailbox": MAILBOX,
+        "instance": graph.base_url,
+        "api_url": graph.base_url,
+        "tenant": TENANT,
+        "client_id": CLIENT_ID,
+        "client_secret": SecretStr(SECRET),
+        **overrides,
+    }
+    context.settings_store.save(OAuthSettings.model_validate(fields))
+
+
+def enqueue(producer: Producer, **fields: object) -> str:
+    message = MessageInput.model_validate(
+        {"to": ["alice@example.com"], "subject": "Run results", "text": "All green.", **fields}
+    )
+    return producer.enqueue(message).id
+
+
+def send_mail_requests(graph: GraphStandIn) -> list[float]:
+    return [r.at for r in graph.requests if r.path.endswith("/sendMail")]
+
+
+def test_send_mail_request_matches_the_message(
+    context: OutboxContext, producer: Producer, worker: InProcessWorker, graph: GraphStandIn
+) -> None:
+    configure(context, graph)
+    delivery_id = enqueue(
+        producer,
+        cc=["bob@example.com"],
+        bcc=["carol@example.com"],
+        reply_to=["replies@example.com"],
+        html="<p>All <b>green</b>.</p>",
+        headers={"X-Schedule": "nightly"},
+        attachments=[{"name": "log.txt", "content_type": "text/plain", "content": b"ok\n"}],
+    )
+    assert worker.deliver(delivery_id) == ["sent"]
+
+    [request] = [r for r in graph.requests if r.path.endswith("/sendMail")]
+    assert request.path == f"/v1.0/users/{MAILBOX}/sendMail"
+    body = request.json()
+    assert body["saveToSentItems"] is False
+    message = body["message"]
+    record = context.deliveries.get(delivery_id)
+    assert message["subject"] == "Run results"
+    assert message["body"] == {"contentType": "HTML", "content": "<p>All <b>green</b>.</p>"}
+    assert message["toRecipients"] == [{"emailAddress": {"address": "alice@example.com"}}]
+    assert message["ccRecipients"] == [{"emailAddress": {"address": "bob@example.com"}}]
+    assert message["bccRecipients"] == [{"emailAddress": {"address": "carol@example.com"}}]
+    assert message["replyTo"] == [{"emailAddress": {"address": "replies@example.com"}}]
+    assert message["internetMessageHeaders"] == [{"name": "X-Schedule", "value": "nightly"}]
+    assert message["internetMessageId"] == record.message.message_id
+    assert message["attachments"] == [
+        {
+            "@odata.type": "#microsoft.graph.fileAttachment",
+            "name": "log.txt",
+            "contentType": "text/plain",
+            "contentBytes": base64.b64encode(b"ok\n").decode(),
+        }
+    ]
+    assert record.status is DeliveryStatus.SENT
+    assert [(r.status, r.code) for r in record.recipients] == [(RecipientState.SENT, 202)] * 3
+
+
+def test_many_emails_one_token_request(
+    context: OutboxContext, producer: Producer, worker: InProcessWorker, graph: GraphStandIn
+) -> None:
+    configure(context, graph)
+    created = producer.enqueue_many(
+        [MessageInput(to=["a@example.com"], subject=f"n{n}", text="x") for n in range(200)]
+    )
+    ids = [c.id for c in created]
+    for start in range(0, 200, 50):
+        assert worker.deliver(*ids[start : start + 50]) == ["sent"] * 50
+    assert len(send_mail_requests(graph)) == 200
+    assert graph.token_requests == 1
+    assert graph.max_in_flight <= context.settings.graph_max_concurrency
+
+
+def test_wrong_client_secret_is_a_configuration_failure(
+    context: OutboxContext,
+    producer: Producer,
+    worker: InProcessWorker,
+    graph: GraphStandIn,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    configure(context, graph, client_secret=SecretStr("not-the-Secret-42"))
+    delivery_id = enqueue(producer)
+    assert worker.deliver(delivery_id) == ["failed"]
+    assert worker.scheduled == []
+    record = context.deliveries.get(delivery_id)
+    [attempt] = record.attempts
+    assert (attempt.outcome, attempt.code) == ("configuration", 7000215)
+    assert "invalid_client" in (record.last_error or "")
+    assert "not-the-Secret-42" not in repr(record) + caplog.text
+    assert send_mail_requests(graph) == []
+
+
+def test_unknown_tenant_is_a_configuration_failure(
+    context: OutboxContext, producer: Producer, worker: InProcessWorker, graph: GraphStandIn
+) -> None:
+    configure(context, graph, tenant="no-such-tenant")
+    delivery_id = enqueue(producer)
+    assert worker.deliver(delivery_id) == ["failed"]
+    record = context.deliveries.get(delivery_id)
+    assert [a.outcome for a in record.attempts] == ["configuration"]
+    assert "no-such-tenant" in (record.last_error or "")
+
+
+def test_429_retry_after_is_honoured(
+    context: OutboxContext, producer: Producer, worker: InProcessWorker, graph: GraphStandIn
+) -> None:
+    configure(context, graph)
+    graph.send_mail_faults.append(
+        ScriptedResponse(
+            429,
+            {"Retry-After": "2"},
+            {"error": {"code": "ApplicationThrottled", "message": "Too many requests"}},
+        )
+    )
+    delivery_id = enqueue(producer)
+    assert worker.settle(delivery_id, honour_delays=True) == "sent"
+    first, second = send_mail_requests(graph)
+    assert second - first >= 2.0
+    record = context.deliveries.get(delivery_id)
+    assert [(a.outcome, a.code) for a in record.attempts] == [("transient", 429), ("sent", 202)]
+    assert "ApplicationThrottled" in (record.attempts[0].reply or "")
+
+
+def test_503_storm_then_recovery_is_sent(
+    context: OutboxContext, producer: Producer, worker: InProcessWorker, graph: GraphStandIn
+) -> None:
+    configure(context, graph)
+    unavailable = ScriptedResponse(
+        503, {}, {"error": {"code": "ServiceUnavailable", "message": "Try later"}}
+    )
+    graph.send_mail_faults.extend([unavailable] * 3)
+    delivery_id = enqueue(producer)
+    assert worker.settle(delivery_id) == "sent"
+    outcomes = [a.outcome for a in context.deliveries.get(delivery_id).attempts]
+    assert outcomes == ["transient", "transient", "transient", "sent"]
+
+
+def test_other_4xx_is_permanent_with_graphs_code(
+    context: OutboxContext, producer: Producer, worker: InProcessWorker, graph: GraphStandIn
+) -> None:
+    configure(context, graph)
+    graph.send_mail_faults.append(
+        ScriptedResponse(
+            400, {}, {"error": {"code": "ErrorInvalidRecipients", "message": "Bad recipient"}}
+        )
+    )
+    delivery_id = enqueue(producer)
+    assert worker.deliver(delivery_id) == ["failed"]
+    assert worker.scheduled == []
+    record = context.deliveries.get(delivery_id)
+    assert [(a.outcome, a.code) for a in record.attempts] == [("permanent", 400)]
+    assert "ErrorInvalidRecipients: Bad recipient" in (record.last_error or "")
+
+
+def test_a_stale_token_is_refreshed_once_and_the_send_retried_in_place(
+    context: OutboxContext, producer: Producer, worker: InProcessWorker, graph: GraphStandIn
+) -> None:
+    configure(context, graph)
+    assert worker.deliver(enqueue(producer)) == ["sent"]
+    graph.invalidate_tokens()
+    delivery_id = enqueue(producer)
+    assert worker.deliver(delivery_id) == ["sent"]
+    assert graph.token_requests == 2
+    assert len(context.deliveries.get(delivery_id).attempts) == 1
+
+
+def test_a_large_attachment_goes_through_an_upload_session(
+    context: OutboxContext, producer: Producer, worker: InProcessWorker, graph: GraphStandIn
+) -> None:
+    configure(context, graph)
+    content = bytes(range(256)) * (5 * 1024 * 1024 // 256)
+    delivery_id = enqueue(
+        producer,
+        attachments=[
+            {"name": "big.bin", "content_type": "application/octet-stream", "content": content},
+            {"name": "small.txt", "content_type": "text/plain", "content": b"small"},
+        ],
+    )
+    assert worker.deliver(delivery_id) == ["sent"]
+    uploads = [r for r in graph.requests if r.method == "PUT"]
+    assert len(uploads) >= 2
+    assert all(len(r.body) <= 4 * 1024 * 1024 for r in uploads)
+    assert all("authorization" not in r.headers for r in uploads)
+    assert b"".join(r.body for r in uploads) == content
+    assert send_mail_requests(graph) == []
+    [sent] = graph.sent_messages()
+    by_name = {a["name"]: a for a in sent["attachments"]}
+    assert base64.b64decode(by_name["big.bin"]["contentBytes"]) == content
+    assert base64.b64decode(by_name["small.txt"]["contentBytes"]) == b"small"
+
+
+def test_concurrency_per_mailbox_stays_under_graphs_limit(
+    context: OutboxContext, producer: Producer, worker: InProcessWorker, graph: GraphStandIn
+) -> None:
+    configure(context, graph)
+    graph.mailbox_concurrency_limit = 4
+    graph.send_mail_delay_seconds = 0.05
+    created = producer.enqueue_many(
+        [MessageInput(to=["a@example.com"], subject=f"n{n}", text="x") for n in range(40)]
+    )
+    assert worker.deliver(*[c.id for c in created]) == ["sent"] * 40
+    assert graph.throttled == 0
+    assert graph.max_in_flight == 4
+
+
+def test_switching_from_smtp_to_oauth_applies_to_the_next_job(
+    context: OutboxContext, producer: Producer, worker: InProcessWorker, graph: GraphStandIn
+) -> None:
+    with smtp_peer() as peer:
+        context.settings_store.save(
+            SmtpSettings(server=peer.host, port=peer.port, from_mailbox=MAILBOX, tls=TlsMode.NONE)
+        )
+        assert worker.deliver(enqueue(producer)) == ["sent"]
+        configure(context, graph)
+        assert worker.deliver(enqueue(producer)) == ["sent"]
+        assert len(peer.messages) == 1
+    assert len(send_mail_requests(graph)) == 1
+
+
+def test_other_libraries_ca_variables_do_not_override_the_bundle(
+    context: OutboxContext,
+    producer: Producer,
+    graph: GraphStandIn,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: object,
+) -> None:
+    for variable in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE"):
+        monkeypatch.setenv(variable, "/nonexistent/ca.pem")
+    configure(context, graph)
+    worker = InProcessWorker(OutboxContext.from_environment())
+    try:
+        assert worker.deliver(enqueue(producer)) == ["sent"]
+    finally:
+        worker.close()
