@@ -14,6 +14,8 @@ holds a secret).
 
 from __future__ import annotations
 
+from worker.classify import FailureKind
+
 
 class DeliveryError(Exception):
     """A delivery attempt did not succeed; ``reason`` says why in one line."""
@@ -46,3 +48,12 @@ class PermanentError(DeliveryError):
 
 class ConfigurationError(DeliveryError):
     """The mail settings are missing or rejected; an operator must fix them, then retry."""
+
+
+def error_type(kind: FailureKind) -> type[DeliveryError]:
+    """The error class for what the classifier decided."""
+    return {
+        FailureKind.TRANSIENT: TransientError,
+        FailureKind.PERMANENT: PermanentError,
+        FailureKind.CONFIGURATION: ConfigurationError,
+    }[kind]

@@ -10,6 +10,7 @@ import msal
 
 from config.mail_settings import OAuthSettings
 from worker.errors import ConfigurationError, DeliveryError, TransientError
+from worker.http_errors import transport_error
 
 # Identity platform errors that mean "the settings are wrong", not "try again later".
 _CONFIGURATION_ERRORS = frozenset(
@@ -54,9 +55,7 @@ class TokenSource:
         try:
             result: dict[str, Any] = self._app().acquire_token_for_client(scopes=[self._scope])
         except httpx.TransportError as exc:
-            raise TransientError(
-                f"cannot reach the identity platform at {self._settings.instance}: {exc}"
-            ) from exc
+            raise transport_error(exc, self._settings.instance) from exc
         token = result.get("access_token")
         if isinstance(token, str):
             return token
@@ -77,9 +76,7 @@ class TokenSource:
                     http_client=self._http_client,
                 )
             except httpx.TransportError as exc:
-                raise TransientError(
-                    f"cannot reach the identity platform at {self._settings.instance}: {exc}"
-                ) from exc
+                raise transport_error(exc, self._settings.instance) from exc
             except ValueError as exc:
                 raise ConfigurationError(
                     f"identity platform: tenant {self._settings.tenant!r} unusable: "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -13,58 +12,17 @@ from urllib.parse import quote
 import httpx
 
 from config.mail_settings import OAuthSettings
-from worker.classify import FailureKind, HttpStatus, classify
-from worker.errors import ConfigurationError, DeliveryError, PermanentError, TransientError
+from worker.errors import DeliveryError
 from worker.graph_message import GraphMessage, build_graph_message
+from worker.http_errors import graph_error, transport_error
 from worker.message import Attachment, OutgoingMessage
 from worker.records import RecipientOutcome, RecipientState
-from worker.retry_after import parse_retry_after
 from worker.tokens import TokenSource
 from worker.transports.base import SendResult
 
 # Upload chunks: at most 4 MB as Graph requires, and a multiple of 320 KiB as upload
 # sessions prefer (3.75 MiB).
 UPLOAD_CHUNK_BYTES = 12 * 320 * 1024
-
-_ERROR_FOR_KIND: dict[FailureKind, type[DeliveryError]] = {
-    FailureKind.TRANSIENT: TransientError,
-    FailureKind.PERMANENT: PermanentError,
-    FailureKind.CONFIGURATION: ConfigurationError,
-}
-
-
-def graph_error(response: httpx.Response, now: float) -> DeliveryError:
-    """The error for a Graph error response, with Graph's own code and message."""
-    code, message = "", response.reason_phrase
-    try:
-        detail = response.json().get("error", {})
-        code, message = str(detail.get("code", "")), str(detail.get("message", message))
-    except (ValueError, AttributeError):
-        pass
-    reply = f"{code}: {message}" if code else message
-    reason = f"Microsoft Graph answered {response.status_code} {reply}"
-    kind = classify(HttpStatus(response.status_code))
-    if kind is FailureKind.TRANSIENT:
-        retry_after = parse_retry_after(response.headers.get("Retry-After"), now)
-        return TransientError(
-            reason, code=response.status_code, reply=reply, retry_after=retry_after
-        )
-    return _ERROR_FOR_KIND[kind](reason, code=response.status_code, reply=reply)
-
-
-def transport_error(exc: httpx.TransportError, where: str) -> DeliveryError:
-    """Connection-level failures: untrusted certificates need an operator, the rest a retry."""
-    current: BaseException | None = exc
-    while current is not None:
-        if isinstance(current, ssl.SSLCertVerificationError):
-            return ConfigurationError(
-                f"certificate of {where} not trusted ({current.verify_message}); "
-                "trust its CA with OUTBOX_CA_BUNDLE"
-            )
-        current = current.__cause__ or current.__context__
-    if isinstance(exc, httpx.TimeoutException):
-        return TransientError(f"timed out talking to {where}")
-    return TransientError(f"cannot reach {where}: {type(exc).__name__}: {exc}")
 
 
 class GraphTransport:

@@ -18,18 +18,17 @@ from worker.classify import (
     SmtpReply,
     classify,
 )
-from worker.errors import ConfigurationError, DeliveryError, PermanentError, TransientError
+from worker.errors import (
+    ConfigurationError,
+    DeliveryError,
+    PermanentError,
+    error_type,
+)
 from worker.message import OutgoingMessage
 from worker.mime import build_mime
 from worker.records import RecipientOutcome, RecipientState
 from worker.tls import TlsContexts
 from worker.transports.base import SendResult
-
-_ERROR_FOR_KIND: dict[FailureKind, type[DeliveryError]] = {
-    FailureKind.TRANSIENT: TransientError,
-    FailureKind.PERMANENT: PermanentError,
-    FailureKind.CONFIGURATION: ConfigurationError,
-}
 
 _PHASE_WORDS: dict[SmtpPhase, str] = {
     "connect": "refused the connection",
@@ -43,14 +42,13 @@ _PHASE_WORDS: dict[SmtpPhase, str] = {
 
 def reply_error(code: int, message: str, phase: SmtpPhase) -> DeliveryError:
     """The error for an SMTP error reply, classed by the one classifier."""
-    error_type = _ERROR_FOR_KIND[classify(SmtpReply(code, phase))]
-    return error_type(
+    return error_type(classify(SmtpReply(code, phase)))(
         f"SMTP server {_PHASE_WORDS[phase]}: {code} {message}", code=code, reply=message
     )
 
 
 def _problem_error(kind: ConnectionProblemKind, reason: str) -> DeliveryError:
-    return _ERROR_FOR_KIND[classify(ConnectionProblem(kind))](reason)
+    return error_type(classify(ConnectionProblem(kind)))(reason)
 
 
 class _ConnectionLostError(Exception):
