@@ -6,6 +6,7 @@ import json
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -265,7 +266,7 @@ def configure_oauth(env: dict[str, str], graph: GraphStandIn, secret: str) -> No
 
 
 def test_graph_validate_and_send_through_the_running_worker(
-    env: dict[str, str], peer: SmtpPeer, graph: GraphStandIn, services: Service
+    env: dict[str, str], peer: SmtpPeer, graph: GraphStandIn, services: Service, tmp_path: Path
 ) -> None:
     configure(env, peer, PASSWORD)  # the worker is sending over SMTP ...
     assert (
@@ -285,25 +286,43 @@ def test_graph_validate_and_send_through_the_running_worker(
     assert validated.returncode == 0, validated.stderr
     assert validated.stdout.startswith("connection OK: token acquired")
 
-    result = run_outbox(
-        env,
-        "send",
-        "--to",
-        "alice@example.com",
-        "--cc",
-        "bob@example.com",
-        "--subject",
-        "Through Graph",
-        "--text",
-        "body text",
-        "--wait",
-        "30",
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    line = {
+        "to": ["alice@example.com"],
+        "cc": ["bob@example.com"],
+        "bcc": ["carol@example.com"],
+        "subject": "Through Graph",
+        "text": "body text",
+        "html": "<p>body html</p>",
+        "reply_to": ["replies@example.com"],
+        "headers": {"X-Flow": "checkout"},
+        "attachments": [
+            {"name": "r.csv", "content_type": "text/csv", "content_base64": "YSxiCjEsMgo="}
+        ],
+    }
+    batch = tmp_path / "graph.jsonl"
+    batch.write_text(json.dumps(line) + "\n")
+    queued = run_outbox(env, "send", "--batch", str(batch))
+    assert queued.returncode == 0, queued.stderr
+    delivery_id = queued.stdout.strip()
+    deadline = time.monotonic() + 30
+    while status_of(env, delivery_id)["status"] != "sent":
+        assert time.monotonic() < deadline, status_of(env, delivery_id)
+        time.sleep(0.2)
     [message] = [m for m in graph.sent_messages() if m["subject"] == "Through Graph"]
     assert message["toRecipients"] == [{"emailAddress": {"address": "alice@example.com"}}]
     assert message["ccRecipients"] == [{"emailAddress": {"address": "bob@example.com"}}]
-    assert message["body"] == {"contentType": "Text", "content": "body text"}
+    assert message["bccRecipients"] == [{"emailAddress": {"address": "carol@example.com"}}]
+    assert message["replyTo"] == [{"emailAddress": {"address": "replies@example.com"}}]
+    assert message["body"] == {"contentType": "HTML", "content": "<p>body html</p>"}
+    assert message["internetMessageHeaders"] == [{"name": "X-Flow", "value": "checkout"}]
+    assert message["attachments"] == [
+        {
+            "@odata.type": "#microsoft.graph.fileAttachment",
+            "name": "r.csv",
+            "contentType": "text/csv",
+            "contentBytes": "YSxiCjEsMgo=",
+        }
+    ]
     sent_test = run_outbox(env, "settings", "send-test")
     assert sent_test.returncode == 0, sent_test.stderr
     assert any(m["subject"] == "outbox test e-mail" for m in graph.sent_messages())
