@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -61,6 +62,14 @@ def outbox_env(
 @pytest.fixture(scope="session")
 def certificate_authority() -> trustme.CA:
     return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def client_tls_context(certificate_authority: trustme.CA) -> ssl.SSLContext:
+    """A client context trusting only the test CA."""
+    context = ssl.create_default_context()
+    certificate_authority.configure_trust(context)
+    return context
 
 
 @pytest.fixture(scope="session")

@@ -29,8 +29,12 @@ def set_smtp(env: dict[str, str], *args: str, stdin: str | None = None) -> None:
     assert result.returncode == 0, result.stderr
 
 
+def server(peer: SmtpPeer) -> list[str]:
+    return ["--from-mailbox", "robot@example.com", "--server", peer.host, "--port", str(peer.port)]
+
+
 def plain(peer: SmtpPeer) -> list[str]:
-    return ["--server", peer.host, "--port", str(peer.port), "--tls", "none"]
+    return [*server(peer), "--tls", "none"]
 
 
 @pytest.mark.parametrize(
@@ -76,36 +80,15 @@ def test_test_connection_reports_precise_reasons(
     with smtp_peer(
         tls="starttls", certificate=server_certificate, credentials={"u": "right"}
     ) as peer:
-        set_smtp(
-            outbox_env,
-            "--from-mailbox",
-            "r@example.com",
-            "--server",
-            peer.host,
-            "--port",
-            str(peer.port),
-            "--username",
-            "u",
-            "--password-stdin",
-            stdin="wrong\n",
-        )
+        login = ["--username", "u", "--password-stdin"]
+        set_smtp(outbox_env, *server(peer), *login, stdin="wrong\n")
         rejected = run_outbox(outbox_env, "settings", "test-connection")
         assert rejected.returncode == 1
         assert "rejected the login: 535" in rejected.stderr
         assert "wrong" not in rejected.stderr.replace("rejected", "")
 
     with smtp_peer(tls="implicit", certificate=trustme.CA().issue_cert("127.0.0.1")) as peer:
-        set_smtp(
-            outbox_env,
-            "--from-mailbox",
-            "r@example.com",
-            "--server",
-            peer.host,
-            "--port",
-            str(peer.port),
-            "--tls",
-            "implicit",
-        )
+        set_smtp(outbox_env, *server(peer), "--tls", "implicit")
         untrusted = run_outbox(outbox_env, "settings", "test-connection")
         assert untrusted.returncode == 1
         assert "not trusted" in untrusted.stderr
@@ -114,29 +97,17 @@ def test_test_connection_reports_precise_reasons(
 
 def test_plaintext_login_is_refused_unless_tls_none(outbox_env: dict[str, str]) -> None:
     with smtp_peer(credentials={"u": "pw"}) as peer:
-        set_smtp(
-            outbox_env,
-            "--from-mailbox",
-            "r@example.com",
-            "--server",
-            peer.host,
-            "--port",
-            str(peer.port),
-            "--username",
-            "u",
-            "--password-stdin",
-            stdin="pw\n",
-        )
+        set_smtp(outbox_env, *server(peer), "--username", "u", "--password-stdin", stdin="pw\n")
         refused = run_outbox(outbox_env, "settings", "test-connection")
         assert refused.returncode == 1
         assert "refusing to send the password unencrypted" in refused.stderr
-        set_smtp(outbox_env, "--from-mailbox", "r@example.com", *plain(peer), "--username", "u")
+        set_smtp(outbox_env, *plain(peer), "--username", "u")
         allowed = run_outbox(outbox_env, "settings", "test-connection")
         assert allowed.returncode == 0, allowed.stderr
 
 
 def test_send_test_goes_to_the_from_mailbox(outbox_env: dict[str, str], peer: SmtpPeer) -> None:
-    set_smtp(outbox_env, "--from-mailbox", "robot@example.com", *plain(peer))
+    set_smtp(outbox_env, *plain(peer))
     result = run_outbox(outbox_env, "settings", "send-test")
     assert (result.returncode, result.stdout.strip()) == (
         0,
@@ -158,7 +129,7 @@ def test_send_with_files_then_delivered(
     peer: SmtpPeer,
     tmp_path: Path,
 ) -> None:
-    set_smtp(outbox_env, "--from-mailbox", "robot@example.com", *plain(peer))
+    set_smtp(outbox_env, *plain(peer))
     (tmp_path / "body.txt").write_text("plain text\n")
     (tmp_path / "body.html").write_text("<p>html</p>\n")
     (tmp_path / "report.pdf").write_bytes(b"%PDF-1.4 fake")
@@ -223,7 +194,7 @@ def test_batch_enqueues_valid_lines_and_reports_invalid_ones(
 def test_list_status_and_purge(
     outbox_env: dict[str, str], context: OutboxContext, worker: InProcessWorker, peer: SmtpPeer
 ) -> None:
-    set_smtp(outbox_env, "--from-mailbox", "robot@example.com", *plain(peer))
+    set_smtp(outbox_env, *plain(peer))
     sent_id = run_outbox(
         outbox_env, "send", "--to", "a@example.com", "--subject", "x", "--text", "x"
     ).stdout.strip()

@@ -34,39 +34,24 @@ MESSAGE: dict[str, Any] = {
 }
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def leaf(ca: trustme.CA) -> trustme.LeafCert:
-    return ca.issue_cert("127.0.0.1", "localhost")
-
-
-@pytest.fixture(scope="module")
-def client_tls(ca: trustme.CA) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ca.configure_trust(ctx)
-    return ctx
-
-
 @pytest.fixture
-def ca_pem(ca: trustme.CA, tmp_path: Path) -> str:
+def ca_pem(certificate_authority: trustme.CA, tmp_path: Path) -> str:
     path = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(path))
+    certificate_authority.cert_pem.write_to_path(str(path))
     return str(path)
 
 
 @pytest.fixture
-def standin(leaf: trustme.LeafCert) -> Iterator[GraphStandIn]:
-    with GraphStandIn(leaf) as server:
+def standin(server_certificate: trustme.LeafCert) -> Iterator[GraphStandIn]:
+    with GraphStandIn(server_certificate) as server:
         yield server
 
 
 @pytest.fixture
-def graph(standin: GraphStandIn, client_tls: ssl.SSLContext) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=standin.base_url, verify=client_tls, trust_env=False) as client:
+def graph(standin: GraphStandIn, client_tls_context: ssl.SSLContext) -> Iterator[httpx.Client]:
+    with httpx.Client(
+        base_url=standin.base_url, verify=client_tls_context, trust_env=False
+    ) as client:
         yield client
 
 
@@ -152,8 +137,10 @@ def test_msal_wrong_secret_is_invalid_client_without_the_secret(
     assert standin.token_requests == 1
 
 
-def test_msal_accepts_an_httpx_client(standin: GraphStandIn, client_tls: ssl.SSLContext) -> None:
-    with httpx.Client(verify=client_tls, trust_env=False) as http_client:
+def test_msal_accepts_an_httpx_client(
+    standin: GraphStandIn, client_tls_context: ssl.SSLContext
+) -> None:
+    with httpx.Client(verify=client_tls_context, trust_env=False) as http_client:
         app = app_for(standin, http_client)
         first = app.acquire_token_for_client(scopes=[standin.base_url + ".default"])
         second = app.acquire_token_for_client(scopes=[standin.base_url + ".default"])
@@ -169,10 +156,10 @@ def test_msal_accepts_an_httpx_client(standin: GraphStandIn, client_tls: ssl.SSL
 
 
 def test_unknown_tenant_makes_msal_raise_value_error(
-    standin: GraphStandIn, client_tls: ssl.SSLContext
+    standin: GraphStandIn, client_tls_context: ssl.SSLContext
 ) -> None:
     with (
-        httpx.Client(verify=client_tls, trust_env=False) as http_client,
+        httpx.Client(verify=client_tls_context, trust_env=False) as http_client,
         pytest.raises(ValueError, match="Unable to get authority configuration") as raised,
     ):
         msal.ConfidentialClientApplication(
@@ -259,11 +246,13 @@ def test_scripted_faults_are_returned_as_given(standin: GraphStandIn, graph: htt
 
 
 def test_invalidated_and_expired_tokens_are_refused(
-    leaf: trustme.LeafCert, client_tls: ssl.SSLContext
+    server_certificate: trustme.LeafCert, client_tls_context: ssl.SSLContext
 ) -> None:
     with (
-        GraphStandIn(leaf) as standin,
-        httpx.Client(base_url=standin.base_url, verify=client_tls, trust_env=False) as graph,
+        GraphStandIn(server_certificate) as standin,
+        httpx.Client(
+            base_url=standin.base_url, verify=client_tls_context, trust_env=False
+        ) as graph,
     ):
         token = token_for(standin, graph)
         standin.invalidate_tokens()
@@ -277,7 +266,7 @@ def test_invalidated_and_expired_tokens_are_refused(
 
 
 def test_large_attachment_via_draft_and_upload_session(
-    standin: GraphStandIn, graph: httpx.Client, client_tls: ssl.SSLContext
+    standin: GraphStandIn, graph: httpx.Client, client_tls_context: ssl.SSLContext
 ) -> None:
     payload = os.urandom(5_000_000)
     auth = {"Authorization": f"Bearer {token_for(standin, graph)}"}
@@ -312,7 +301,7 @@ def test_large_attachment_via_draft_and_upload_session(
         )
 
     # A separate client: the pre-authenticated URL must not see the bearer token.
-    with httpx.Client(verify=client_tls, trust_env=False) as uploader:
+    with httpx.Client(verify=client_tls_context, trust_env=False) as uploader:
         assert put(0, MAX_UPLOAD_CHUNK_BYTES + 1).status_code == 413
         assert put(0, 10, auth).status_code == 401
         assert put(10, 20).status_code == 416

@@ -23,23 +23,6 @@ MESSAGE = (
 )
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def leaf(ca: trustme.CA) -> trustme.LeafCert:
-    return ca.issue_cert("127.0.0.1", "localhost")
-
-
-@pytest.fixture(scope="module")
-def client_tls(ca: trustme.CA) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ca.configure_trust(ctx)
-    return ctx
-
-
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """asyncio.run() that gives closing TLS connections time to finish."""
 
@@ -84,12 +67,16 @@ def test_plain_send_is_recorded_with_its_bytes() -> None:
     assert peer.connections == 1
 
 
-def test_starttls_with_auth(leaf: trustme.LeafCert, client_tls: ssl.SSLContext) -> None:
-    with smtp_peer(tls="starttls", certificate=leaf, credentials={"user": "secret"}) as peer:
+def test_starttls_with_auth(
+    server_certificate: trustme.LeafCert, client_tls_context: ssl.SSLContext
+) -> None:
+    with smtp_peer(
+        tls="starttls", certificate=server_certificate, credentials={"user": "secret"}
+    ) as peer:
 
         async def go() -> tuple[bool, list[str]]:
             async with client(
-                peer, tls_context=client_tls, username="user", password="secret"
+                peer, tls_context=client_tls_context, username="user", password="secret"
             ) as smtp:
                 assert smtp.get_transport_info("sslcontext") is not None
                 await smtp.sendmail("a@example.com", ["b@example.com"], MESSAGE)
@@ -102,14 +89,16 @@ def test_starttls_with_auth(leaf: trustme.LeafCert, client_tls: ssl.SSLContext) 
         assert peer.connections == 1
 
 
-def test_starttls_refuses_mail_before_tls(leaf: trustme.LeafCert) -> None:
-    with smtp_peer(tls="starttls", certificate=leaf) as peer:
+def test_starttls_refuses_mail_before_tls(server_certificate: trustme.LeafCert) -> None:
+    with smtp_peer(tls="starttls", certificate=server_certificate) as peer:
         with pytest.raises(aiosmtplib.SMTPSenderRefused) as excinfo:
             run(send(peer, start_tls=False))
         assert excinfo.value.code == 530
 
 
-def test_auth_is_required(leaf: trustme.LeafCert, client_tls: ssl.SSLContext) -> None:
+def test_auth_is_required(
+    server_certificate: trustme.LeafCert, client_tls_context: ssl.SSLContext
+) -> None:
     with smtp_peer(credentials={"user": "secret"}) as peer:
         with pytest.raises(aiosmtplib.SMTPSenderRefused) as excinfo:
             run(send(peer))
@@ -119,18 +108,32 @@ def test_auth_is_required(leaf: trustme.LeafCert, client_tls: ssl.SSLContext) ->
         assert len(peer.wait_for_messages(1)) == 1
 
 
-def test_implicit_tls(leaf: trustme.LeafCert, client_tls: ssl.SSLContext) -> None:
-    peer = smtp_peer(tls="implicit", certificate=leaf, credentials={"user": "secret"})
+def test_implicit_tls(
+    server_certificate: trustme.LeafCert, client_tls_context: ssl.SSLContext
+) -> None:
+    peer = smtp_peer(tls="implicit", certificate=server_certificate, credentials={"user": "secret"})
     with peer:
-        run(send(peer, use_tls=True, tls_context=client_tls, username="user", password="secret"))
+        run(
+            send(
+                peer,
+                use_tls=True,
+                tls_context=client_tls_context,
+                username="user",
+                password="secret",
+            )
+        )
         assert len(peer.wait_for_messages(1)) == 1
         assert peer.connections == 1
 
 
-def test_wrong_password_is_535(leaf: trustme.LeafCert, client_tls: ssl.SSLContext) -> None:
-    with smtp_peer(tls="starttls", certificate=leaf, credentials={"user": "secret"}) as peer:
+def test_wrong_password_is_535(
+    server_certificate: trustme.LeafCert, client_tls_context: ssl.SSLContext
+) -> None:
+    with smtp_peer(
+        tls="starttls", certificate=server_certificate, credentials={"user": "secret"}
+    ) as peer:
         with pytest.raises(aiosmtplib.SMTPAuthenticationError) as excinfo:
-            run(send(peer, tls_context=client_tls, username="user", password="nope"))
+            run(send(peer, tls_context=client_tls_context, username="user", password="nope"))
         assert excinfo.value.code == 535
         assert excinfo.value.message == "5.7.8 Authentication credentials invalid"
         assert peer.messages == []
@@ -222,13 +225,15 @@ def test_drop_next_connection() -> None:
 
 
 def test_drop_with_implicit_tls(
-    leaf: trustme.LeafCert, client_tls: ssl.SSLContext, caplog: pytest.LogCaptureFixture
+    server_certificate: trustme.LeafCert,
+    client_tls_context: ssl.SSLContext,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with smtp_peer(tls="implicit", certificate=leaf) as peer:
+    with smtp_peer(tls="implicit", certificate=server_certificate) as peer:
         peer.drop_next_connections = 1
         with pytest.raises(aiosmtplib.SMTPConnectError):
-            run(send(peer, use_tls=True, tls_context=client_tls))
-        run(send(peer, use_tls=True, tls_context=client_tls))
+            run(send(peer, use_tls=True, tls_context=client_tls_context))
+        run(send(peer, use_tls=True, tls_context=client_tls_context))
         assert len(peer.wait_for_messages(1)) == 1
         assert peer.connections == 2
     # The server thread must not log errors (e.g. from eof_received) for the drop.
