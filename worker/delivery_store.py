@@ -17,7 +17,6 @@ from worker.records import (
     STATUS_INDEX_PREFIX,
     DeliveryRecord,
     DeliveryStatus,
-    RecipientOutcome,
     RecipientState,
     attempts_key,
     decode_record,
@@ -68,21 +67,15 @@ class DeliveryStore:
         now = time.time()
         pipe = self._redis.pipeline(transaction=False)
         for delivery in deliveries:
+            # Only what a queued record needs: counters start at their defaults, and until the
+            # first attempt every recipient is pending. Fewer fields, less memory per message.
             fields: dict[str, str | bytes] = {
                 **message_to_fields(delivery.message),
                 "status": DeliveryStatus.QUEUED.value,
                 "created_at": repr(now),
-                "updated_at": repr(now),
-                "attempt_count": "0",
-                "retry_base": "0",
-                "recipients": encode_recipients(
-                    tuple(
-                        RecipientOutcome(address, RecipientState.PENDING)
-                        for address in delivery.message.recipients
-                    )
-                ),
-                "idempotency_key": delivery.idempotency_key or "",
             }
+            if delivery.idempotency_key:
+                fields["idempotency_key"] = delivery.idempotency_key
             self._create(
                 keys=[
                     record_key(delivery.id),

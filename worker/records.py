@@ -117,17 +117,25 @@ def decode_record(
         value = fields.get(name.encode())
         return value.decode() if value is not None and value != b"" else None
 
+    message = message_from_fields(fields)
+    created_at = float(text("created_at") or 0)
+    stored_recipients = text("recipients")
+    recipients = (
+        tuple(
+            RecipientOutcome(r["address"], RecipientState(r["status"]), r["code"], r["reply"])
+            for r in json.loads(stored_recipients)
+        )
+        if stored_recipients
+        else tuple(RecipientOutcome(a, RecipientState.PENDING) for a in message.recipients)
+    )
     return DeliveryRecord(
         id=delivery_id,
         status=DeliveryStatus(text("status") or DeliveryStatus.QUEUED.value),
-        message=message_from_fields(fields),
-        created_at=float(text("created_at") or 0),
-        updated_at=float(text("updated_at") or 0),
+        message=message,
+        created_at=created_at,
+        updated_at=float(text("updated_at") or created_at),
         attempt_count=int(text("attempt_count") or 0),
-        recipients=tuple(
-            RecipientOutcome(r["address"], RecipientState(r["status"]), r["code"], r["reply"])
-            for r in json.loads(text("recipients") or "[]")
-        ),
+        recipients=recipients,
         last_error=text("last_error"),
         next_attempt_at=float(value) if (value := text("next_attempt_at")) else None,
         idempotency_key=text("idempotency_key"),

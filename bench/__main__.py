@@ -1,0 +1,297 @@
+"""Run every benchmark in one go and print the figures (``python -m bench [--json]``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+import trustme
+from cryptography.fernet import Fernet
+from pydantic import SecretStr
+
+from bench.limit import measure_limit
+from bench.messages import BODY, message, message_fields
+from bench.sink import PASSWORD, USERNAME, Sink
+from config.mail_settings import OAuthSettings, SmtpSettings, TlsMode
+from tasks.celery_app import celery_publisher, create_celery_app
+from tasks.context import OutboxContext
+from tasks.message_input import MessageInput
+from tasks.producer import Producer
+from tests.support.graph_standin import GraphStandIn
+from tests.support.processes import Service
+from tests.support.redis_server import RedisServer
+from worker.records import DeliveryStatus, record_key, status_index_key
+
+WORKER_PROCESSES = os.cpu_count() or 1  # `outbox worker` runs Celery's default: one per core
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.001)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.ca = trustme.CA()
+        self.certificate = self.ca.issue_cert("127.0.0.1", "localhost")
+        self.ca_file = workdir / "ca.pem"
+        self.ca.cert_pem.write_to_path(str(self.ca_file))
+        self.client_tls = ssl.create_default_context()
+        self.ca.configure_trust(self.client_tls)
+        self.redis_server = RedisServer(workdir)
+        self.redis_server.start()
+        self.redis = redis.Redis.from_url(self.redis_server.url)
+        self.env = {
+            "OUTBOX_REDIS_URL": self.redis_server.url,
+            "OUTBOX_SECRET_KEY": Fernet.generate_key().decode(),
+            "OUTBOX_DATA_DIR": str(workdir / "data"),
+            "OUTBOX_CA_BUNDLE": str(self.ca_file),
+        }
+        os.environ.update(self.env)
+        self.context = OutboxContext.from_environment()
+        self.producer = Producer(
+            self.context.deliveries,
+            celery_publisher(create_celery_app(self.context)),
+            message_id_domain="bench.outbox",
+            max_message_bytes=self.context.settings.max_message_bytes,
+        )
+        self.connections = WORKER_PROCESSES * self.context.settings.smtp_max_connections
+        self.results: dict[str, Any] = {}
+
+    def log(self, text: str) -> None:
+        if not self.args.json:
+            print(text, file=sys.stderr, flush=True)
+
+    def configure_smtp(self, sink: Sink) -> None:
+        self.context.settings_store.save(
+            SmtpSettings(
+                server="127.0.0.1",
+                port=sink.port,
+                from_mailbox="robot@example.com",
+                username=USERNAME,
+                password=SecretStr(PASSWORD),
+                tls=TlsMode.STARTTLS,
+            )
+        )
+
+    def sent_count(self) -> int:
+        return int(self.redis.zcard(status_index_key(DeliveryStatus.SENT)))
+
+    def run_outbox(self, count: int) -> float:
+        """Enqueue ``count`` through the producer API; messages per second until all are sent."""
+        before = self.sent_count()
+        started = time.perf_counter()
+        self.producer.enqueue_many([message(n) for n in range(count)])
+        wait_until(lambda: self.sent_count() - before >= count, 600, "outbox deliveries")
+        return count / (time.perf_counter() - started)
+
+    def measure_naive(self, sink: Sink, count: int) -> float:
+        broker = self.redis_server.url.removesuffix("/0") + "/2"
+        env = {
+            "NAIVE_BROKER_URL": broker,
+            "NAIVE_CA_FILE": str(self.ca_file),
+            "NAIVE_SMTP_PORT": str(sink.port),
+            "NAIVE_USERNAME": USERNAME,
+            "NAIVE_PASSWORD": PASSWORD,
+        }
+        os.environ.update(env)
+        from bench.naive_app import send
+
+        worker = Service(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "--app",
+                "bench.naive_app",
+                "worker",
+                "--concurrency",
+                str(WORKER_PROCESSES),
+                "--loglevel",
+                "WARNING",
+            ],
+            env,
+        )
+        try:
+            time.sleep(3)  # let the worker connect; its start-up is not what is measured
+            before = sink.accepted
+            started = time.perf_counter()
+            for n in range(count):
+                fields = message_fields(n)
+                send.delay({"from": "robot@example.com", **fields})
+            wait_until(lambda: sink.accepted - before >= count, 900, "naive deliveries")
+            return count / (time.perf_counter() - started)
+        finally:
+            worker.stop()
+
+    def measure_latency(self, count: int) -> tuple[float, float]:
+        latencies = []
+        for n in range(count):
+            started = time.perf_counter()
+            delivery_id = self.producer.enqueue(message(n)).id
+            key = record_key(delivery_id)
+            wait_until(lambda key=key: self.redis.hget(key, "status") == b"sent", 30, "a send")
+            latencies.append((time.perf_counter() - started) * 1000)
+        latencies.sort()
+        return statistics.median(latencies), latencies[int(len(latencies) * 0.99) - 1]
+
+    def measure_graph(self, count: int) -> dict[str, Any]:
+        with GraphStandIn(self.certificate) as graph:
+            graph.send_mail_delay_seconds = 0.1
+            graph.mailbox_concurrency_limit = 4
+            self.context.settings_store.save(
+                OAuthSettings(
+                    from_mailbox="robot@contoso.com",
+                    instance=graph.base_url,
+                    api_url=graph.base_url,
+                    tenant=graph.tenant,
+                    client_id=graph.client_id,
+                    client_secret=SecretStr("app-secret-value"),
+                )
+            )
+            per_s = self.run_outbox(count)
+            return {
+                "graph_per_s": per_s,
+                "graph_bound_per_s": 4 / 0.1,
+                "graph_token_requests": graph.token_requests,
+                "graph_throttled": graph.throttled,
+            }
+
+    def measure_enqueue_and_memory(self, count: int) -> tuple[float, float]:
+        self.redis.flushdb()
+        fields = [message_fields(n) for n in range(count)]
+        used_before = int(self.redis.info("memory")["used_memory"])
+        started = time.perf_counter()
+        for start in range(0, count, 1000):
+            batch = [MessageInput.model_validate(f) for f in fields[start : start + 1000]]
+            self.producer.enqueue_many(batch)
+        elapsed = time.perf_counter() - started
+        used_after = int(self.redis.info("memory")["used_memory"])
+        body = len(BODY.encode())
+        return count / elapsed, (used_after - used_before) / count - body
+
+    def run(self) -> dict[str, Any]:
+        args = self.args
+        sink = Sink(self.certificate)
+        try:
+            self.log(f"limit: raw aiosmtplib, {self.connections} connections, {args.n} messages")
+            self.results["limit_per_s"] = measure_limit(
+                sink, self.client_tls, args.n, self.connections
+            )
+            self.log(f"naive: a Celery task and a new connection per e-mail, {args.naive_n}")
+            self.results["naive_per_s"] = self.measure_naive(sink, args.naive_n)
+
+            self.configure_smtp(sink)
+            worker = Service(["outbox", "worker", "--loglevel", "WARNING"], self.env)
+            try:
+                wait_until(lambda: self._workers_ready(), 60, "the outbox worker")
+                self.run_outbox(50)  # warm-up: connections and tokens, as in steady state
+                self.log(f"outbox: producer API and default worker, {args.n} messages")
+                self.results["outbox_per_s"] = self.run_outbox(args.n)
+                self.log(f"latency: {args.latency_n} single messages one after another")
+                p50, p99 = self.measure_latency(args.latency_n)
+                self.results["latency_p50_ms"], self.results["latency_p99_ms"] = p50, p99
+
+                slow = Sink(self.certificate, data_delay_seconds=0.05)
+                try:
+                    self.configure_smtp(slow)
+                    self.log(f"slow server: 50 ms before each DATA reply, {args.slow_n} messages")
+                    self.run_outbox(2 * self.connections)  # warm-up: open the connections
+                    self.results["slow_server_per_s"] = self.run_outbox(args.slow_n)
+                    self.results["slow_server_bound_per_s"] = self.connections / 0.05
+                finally:
+                    slow.stop()
+                self.log(f"graph: 100 ms per sendMail, 429 above 4 in flight, {args.graph_n}")
+                self.results.update(self.measure_graph(args.graph_n))
+                self.results["worker_rss_mb"] = worker_peak_rss_mb(worker.pid)
+            finally:
+                worker.stop()
+            self.log(f"enqueue: {args.enqueue_n} messages with no worker running")
+            rate, overhead = self.measure_enqueue_and_memory(args.enqueue_n)
+            self.results["enqueue_per_s"], self.results["redis_bytes_per_message"] = rate, overhead
+        finally:
+            sink.stop()
+            self.redis_server.stop()
+        r = self.results
+        r["outbox_vs_naive"] = r["outbox_per_s"] / r["naive_per_s"]
+        r["outbox_vs_limit"] = r["outbox_per_s"] / r["limit_per_s"]
+        r["slow_server_vs_bound"] = r["slow_server_per_s"] / r["slow_server_bound_per_s"]
+        r["graph_vs_bound"] = r["graph_per_s"] / r["graph_bound_per_s"]
+        r["worker_processes"] = WORKER_PROCESSES
+        r["smtp_connections"] = self.connections
+        r["messages"] = args.n
+        r["commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],  # noqa: S607 - git from PATH
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        r["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        return r
+
+    def _workers_ready(self) -> bool:
+        app = create_celery_app(self.context)
+        replies = app.control.ping(timeout=0.5) or []
+        return len(replies) >= 1
+
+
+def worker_peak_rss_mb(main_pid: int) -> dict[str, float]:
+    """VmHWM (peak resident set) of the worker's main process and each pool process."""
+    peaks = {}
+    for pid in [main_pid, *children(main_pid)]:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                peaks[str(pid)] = int(line.split()[1]) / 1024
+    return peaks
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("-n", type=int, default=2000, help="messages for limit and outbox")
+    parser.add_argument("--naive-n", type=int, default=500, help="messages for naive")
+    parser.add_argument("--latency-n", type=int, default=200)
+    parser.add_argument("--slow-n", type=int, default=1000)
+    parser.add_argument("--graph-n", type=int, default=400)
+    parser.add_argument("--enqueue-n", type=int, default=10_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="outbox-bench-") as workdir:
+        results = Bench(args, Path(workdir)).run()
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    for name, value in results.items():
+        shown = f"{value:,.2f}" if isinstance(value, float) else value
+        print(f"{name:26} {shown}")
+
+
+if __name__ == "__main__":
+    main()
