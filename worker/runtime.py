@@ -21,6 +21,9 @@ from worker.transports.factory import HttpClients, create_transport, transport_o
 
 T = TypeVar("T")
 
+# Deliveries in progress per connection a process may use: one sending, one being prepared.
+IN_FLIGHT_PER_CONNECTION = 2
+
 
 class EventLoopThread:
     """An asyncio loop running in a daemon thread; coroutines are submitted to it.
@@ -62,6 +65,10 @@ class WorkerRuntime:
             return create_transport(stored.settings, options, self._http)
 
         self._transports = TransportCache(transport_for)
+        self._in_flight = asyncio.Semaphore(
+            IN_FLIGHT_PER_CONNECTION
+            * max(settings.smtp_max_connections, settings.graph_max_concurrency)
+        )
         self._deliverer = Deliverer(
             claims=DeliveryClaims(
                 self._redis,
@@ -84,7 +91,14 @@ class WorkerRuntime:
         return self._loop.run(self._deliver_all(delivery_ids))
 
     async def _deliver_all(self, delivery_ids: Sequence[str]) -> list[str]:
-        return list(await asyncio.gather(*(self._deliverer.deliver(i) for i in delivery_ids)))
+        return list(await asyncio.gather(*(self._deliver_one(i) for i in delivery_ids)))
+
+    async def _deliver_one(self, delivery_id: str) -> str:
+        # A chunk's deliveries all start at once; letting only a few more than there are
+        # connections run keeps the loop's CPU work (MIME, records) from delaying the replies
+        # that the open connections are waiting for.
+        async with self._in_flight:
+            return await self._deliverer.deliver(delivery_id)
 
     def close(self) -> None:
         self._loop.run(self._aclose())
