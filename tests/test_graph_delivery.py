@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import trustme
@@ -273,3 +274,27 @@ def test_other_libraries_ca_variables_do_not_override_the_bundle(
         assert worker.deliver(enqueue(producer)) == ["sent"]
     finally:
         worker.close()
+
+
+def test_the_mailbox_limit_holds_across_worker_processes(
+    context: OutboxContext, producer: Producer, worker: InProcessWorker, graph: GraphStandIn
+) -> None:
+    configure(context, graph)
+    graph.mailbox_concurrency_limit = 4
+    graph.send_mail_delay_seconds = 0.05
+    ids = [
+        c.id
+        for c in producer.enqueue_many(
+            [MessageInput(to=["a@example.com"], subject=f"n{n}", text="x") for n in range(60)]
+        )
+    ]
+    second = InProcessWorker(OutboxContext.from_environment())  # another process's runtime
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            first_half = pool.submit(worker.deliver, *ids[:30])
+            second_half = pool.submit(second.deliver, *ids[30:])
+            assert first_half.result() + second_half.result() == ["sent"] * 60
+    finally:
+        second.close()
+    assert graph.throttled == 0
+    assert graph.max_in_flight == 4

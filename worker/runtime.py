@@ -62,7 +62,7 @@ class WorkerRuntime:
         self._http = HttpClients.build(options)
 
         def transport_for(stored: StoredSettings) -> Transport:
-            return create_transport(stored.settings, options, self._http)
+            return create_transport(stored.settings, options, self._http, self._redis)
 
         self._transports = TransportCache(transport_for)
         self._in_flight = asyncio.Semaphore(

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import httpx
+import redis.asyncio as aioredis
 
 from config.mail_settings import OAuthSettings, SmtpSettings
 from config.process import ProcessSettings
+from worker.concurrency import ConcurrencyLimit, LocalLimit, SharedLimit
 from worker.tls import TlsContexts, build_tls_contexts
 from worker.tokens import TokenSource
 from worker.transports.base import Transport
@@ -72,8 +74,13 @@ class HttpClients:
 
 
 def create_transport(
-    settings: SmtpSettings | OAuthSettings, options: TransportOptions, http: HttpClients
+    settings: SmtpSettings | OAuthSettings,
+    options: TransportOptions,
+    http: HttpClients,
+    shared_state: aioredis.Redis | None = None,
 ) -> Transport:
+    """The transport for ``settings``; with ``shared_state`` (the worker's Redis), limits that
+    hold per mailbox are shared by every worker process, not counted per process."""
     if isinstance(settings, SmtpSettings):
         return SmtpTransport(
             settings,
@@ -82,10 +89,19 @@ def create_transport(
             max_connections=options.smtp_max_connections,
             local_hostname=options.local_hostname,
         )
+    limit: ConcurrencyLimit = LocalLimit(options.graph_max_concurrency)
+    if shared_state is not None:
+        limit = SharedLimit(
+            shared_state,
+            f"outbox:graph-slots:{settings.from_mailbox}",
+            options.graph_max_concurrency,
+            # A slot outlives the longest request it guards, so only a lost worker frees it late.
+            lease_seconds=2 * options.graph_timeout_seconds,
+        )
     return GraphTransport(
         settings,
         tokens=TokenSource(settings, http.identity),
         http=http.graph,
-        mailbox_concurrency=options.graph_max_concurrency,
+        limit=limit,
         save_to_sent_items=options.graph_save_to_sent_items,
     )

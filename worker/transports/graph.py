@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import Sequence
@@ -12,6 +11,7 @@ from urllib.parse import quote
 import httpx
 
 from config.mail_settings import OAuthSettings
+from worker.concurrency import ConcurrencyLimit
 from worker.errors import DeliveryError
 from worker.graph_message import GraphMessage, build_graph_message
 from worker.http_errors import graph_error, transport_error
@@ -34,14 +34,14 @@ class GraphTransport:
         *,
         tokens: TokenSource,
         http: httpx.AsyncClient,
-        mailbox_concurrency: int,
+        limit: ConcurrencyLimit,
         save_to_sent_items: bool,
     ) -> None:
         self._settings = settings
         self._tokens = tokens
         self._http = http
         # Graph allows 4 concurrent requests per mailbox; more only earns 429s.
-        self._slots = asyncio.Semaphore(mailbox_concurrency)
+        self._limit = limit
         self._save_to_sent_items = save_to_sent_items
         self._user_url = f"{settings.api_url}v1.0/users/{quote(settings.from_mailbox, safe='@')}"
 
@@ -105,7 +105,7 @@ class GraphTransport:
 
     async def _call(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         """An authorized Graph request; a 401 refreshes the token once and tries again."""
-        async with self._slots:
+        async with self._limit.slot():
             token = await self._tokens.token()
             response = await self._request(method, url, token=token, **kwargs)
             if response.status_code == 401:
