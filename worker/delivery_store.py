@@ -70,9 +70,8 @@ class DeliveryStore:
             # Only what a queued record needs: counters start at their defaults, and until the
             # first attempt every recipient is pending. Fewer fields, less memory per message.
             fields: dict[str, str | bytes] = {
-                **message_to_fields(delivery.message),
+                **message_to_fields(delivery.message, created_at=now),
                 "status": DeliveryStatus.QUEUED.value,
-                "created_at": repr(now),
             }
             if delivery.idempotency_key:
                 fields["idempotency_key"] = delivery.idempotency_key

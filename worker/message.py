@@ -38,10 +38,12 @@ class OutgoingMessage:
 _ATTACHMENT_FIELD = "att:{}"
 
 
-def message_to_fields(message: OutgoingMessage) -> dict[str, str | bytes]:
-    """Hash fields: the envelope and headers as JSON; bodies and attachments raw, each in a
-    field of its own, so large contents are neither escaped into JSON nor base64-inflated."""
+def message_to_fields(message: OutgoingMessage, **extra: Any) -> dict[str, str | bytes]:
+    """Hash fields: the envelope and headers as JSON (with ``extra`` immutable facts such as
+    the creation time); bodies and attachments raw, each in a field of its own, so large
+    contents are neither escaped into JSON nor base64-inflated."""
     document: dict[str, Any] = {
+        **extra,
         "message_id": message.message_id,
         "to": message.to,
         "cc": message.cc,
@@ -51,6 +53,8 @@ def message_to_fields(message: OutgoingMessage) -> dict[str, str | bytes]:
         "headers": message.headers,
         "attachments": [[a.name, a.content_type] for a in message.attachments],
     }
+    # Empty lists stay out: every queued message pays for each byte kept in Redis.
+    document = {name: value for name, value in document.items() if value != () and value != []}
     fields: dict[str, str | bytes] = {"message": json.dumps(document, separators=(",", ":"))}
     if message.text is not None:
         fields["text"] = message.text.encode()
@@ -61,22 +65,31 @@ def message_to_fields(message: OutgoingMessage) -> dict[str, str | bytes]:
     return fields
 
 
-def message_from_fields(fields: dict[bytes, bytes]) -> OutgoingMessage:
-    document = json.loads(fields[b"message"])
+def message_document(fields: dict[bytes, bytes]) -> dict[str, Any]:
+    """The JSON document of the message fields (the message and its ``extra`` facts)."""
+    document: dict[str, Any] = json.loads(fields[b"message"])
+    return document
+
+
+def message_from_fields(
+    fields: dict[bytes, bytes], document: dict[str, Any] | None = None
+) -> OutgoingMessage:
+    if document is None:
+        document = message_document(fields)
     attachments = tuple(
         Attachment(name, content_type, fields[_ATTACHMENT_FIELD.format(index).encode()])
-        for index, (name, content_type) in enumerate(document["attachments"])
+        for index, (name, content_type) in enumerate(document.get("attachments", ()))
     )
     return OutgoingMessage(
         message_id=document["message_id"],
-        to=tuple(document["to"]),
-        cc=tuple(document["cc"]),
-        bcc=tuple(document["bcc"]),
+        to=tuple(document.get("to", ())),
+        cc=tuple(document.get("cc", ())),
+        bcc=tuple(document.get("bcc", ())),
         subject=document["subject"],
         text=_decoded(fields.get(b"text")),
         html=_decoded(fields.get(b"html")),
-        reply_to=tuple(document["reply_to"]),
-        headers=tuple((name, value) for name, value in document["headers"]),
+        reply_to=tuple(document.get("reply_to", ())),
+        headers=tuple((name, value) for name, value in document.get("headers", ())),
         attachments=attachments,
     )
 

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
 
-from worker.message import OutgoingMessage, message_from_fields
+from worker.message import OutgoingMessage, message_document, message_from_fields
 
 KEY_PREFIX = "outbox:"
 STATUS_INDEX_PREFIX = f"{KEY_PREFIX}status:"
@@ -117,8 +117,9 @@ def decode_record(
         value = fields.get(name.encode())
         return value.decode() if value is not None and value != b"" else None
 
-    message = message_from_fields(fields)
-    created_at = float(text("created_at") or 0)
+    document = message_document(fields)
+    message = message_from_fields(fields, document)
+    created_at = float(document["created_at"])
     stored_recipients = text("recipients")
     recipients = (
         tuple(
