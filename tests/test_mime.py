@@ -5,6 +5,8 @@ from __future__ import annotations
 import email
 import email.policy
 
+import pytest
+
 from worker.message import Attachment, OutgoingMessage
 from worker.mime import build_mime
 
@@ -56,3 +58,18 @@ def test_html_only() -> None:
     )
     parsed = email.message_from_bytes(build_mime(message, "s@example.com", 0.0))
     assert parsed.get_content_type() == "text/html"
+
+
+def test_long_address_lists_fold_and_parse_back() -> None:
+    recipients = tuple(f"recipient.number.{n}@example.com" for n in range(12))
+    message = OutgoingMessage(message_id="<m@x>", to=recipients, subject="s", text="t")
+    raw = build_mime(message, "s@example.com", 0.0)
+    assert all(len(line) <= 78 for line in raw.split(b"\r\n"))
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    assert [a.addr_spec for a in parsed["To"].addresses] == list(recipients)
+
+
+def test_a_line_break_never_reaches_the_headers() -> None:
+    message = OutgoingMessage(message_id="<m@x>", to=("a@example.com",), subject="x\r\nBcc: y")
+    with pytest.raises(ValueError, match="line breaks"):
+        build_mime(message, "s@example.com", 0.0)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import email.policy
+from datetime import UTC, datetime
 from email.headerregistry import Address, BaseHeader, HeaderRegistry
 from email.message import EmailMessage
-from email.utils import formatdate
+from email.utils import format_datetime
 
 from worker.message import OutgoingMessage
 
@@ -32,27 +33,45 @@ class _CachingHeaderRegistry(HeaderRegistry):
 _POLICY = email.policy.SMTP.clone(header_factory=_CachingHeaderRegistry())
 
 
-def _addresses(addresses: tuple[str, ...]) -> list[Address]:
-    # Address objects (of addresses validated at enqueue) skip re-parsing a joined string.
-    return [Address(addr_spec=address) for address in addresses]
+# A header this short and plain folds to itself: the policy's parse-and-fold round trip would
+# produce the same bytes, at twice the cost of the whole message.
+_FOLD_FREE_LENGTH = 76
+
+
+def _set_header(mime: EmailMessage, name: str, value: str) -> None:
+    if "\r" in value or "\n" in value:
+        raise ValueError(f"header {name} must not contain line breaks")
+    if value.isascii() and len(name) + 2 + len(value) <= _FOLD_FREE_LENGTH:
+        mime.set_raw(name, value)
+    else:
+        mime[name] = value
+
+
+def _set_addresses(mime: EmailMessage, name: str, addresses: tuple[str, ...]) -> None:
+    joined = ", ".join(addresses)
+    if joined.isascii() and len(name) + 2 + len(joined) <= _FOLD_FREE_LENGTH:
+        _set_header(mime, name, joined)
+    else:
+        # Address objects (validated at enqueue) skip re-parsing, and fold and encode right.
+        mime[name] = [Address(addr_spec=address) for address in addresses]
 
 
 def build_mime(message: OutgoingMessage, sender: str, date: float) -> bytes:
     """The RFC 5322 message; Bcc recipients stay out of the headers (envelope only)."""
     mime = EmailMessage(policy=_POLICY)
-    mime["From"] = Address(addr_spec=sender)
+    _set_addresses(mime, "From", (sender,))
     if message.to:
-        mime["To"] = _addresses(message.to)
+        _set_addresses(mime, "To", message.to)
     if message.cc:
-        mime["Cc"] = _addresses(message.cc)
+        _set_addresses(mime, "Cc", message.cc)
     if message.reply_to:
-        mime["Reply-To"] = _addresses(message.reply_to)
-    mime["Subject"] = message.subject
-    mime["Date"] = formatdate(date, localtime=False, usegmt=True)
+        _set_addresses(mime, "Reply-To", message.reply_to)
+    _set_header(mime, "Subject", message.subject)
+    _set_header(mime, "Date", format_datetime(datetime.fromtimestamp(date, UTC)))
     # Fixed at enqueue, so every attempt carries the same id and receivers can drop duplicates.
-    mime["Message-ID"] = message.message_id
+    _set_header(mime, "Message-ID", message.message_id)
     for name, value in message.headers:
-        mime[name] = value
+        _set_header(mime, name, value)
 
     if message.text is not None:
         mime.set_content(message.text)
