@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -53,31 +55,28 @@ ClaimResult = Claimed | AlreadyFinal | Busy | Missing
 
 
 class DeliveryClaims:
-    """Claims and finishes deliveries, each in one Redis round trip."""
+    """Claims deliveries (a task's in one round trip) and records each one's outcome."""
 
     def __init__(
         self, client: aioredis.Redis, *, lease_seconds: float, retention_seconds: int
     ) -> None:
         self._lease_seconds = lease_seconds
         self._retention_seconds = retention_seconds
+        self._client = client
         self._claim = client.register_script(CLAIM)
         self._transition = client.register_script(TRANSITION)
 
-    async def claim(self, delivery_id: str, now: float) -> ClaimResult:
-        reply = await self._claim(
-            keys=[record_key(delivery_id), SETTINGS_KEY, attempts_key(delivery_id)],
-            args=[delivery_id, repr(now), repr(self._lease_seconds), STATUS_INDEX_PREFIX],
-        )
-        verdict = reply[0].decode()
-        if verdict == "missing":
-            return Missing()
-        if verdict == "final":
-            return AlreadyFinal(DeliveryStatus(reply[1].decode()))
-        if verdict == "busy":
-            return Busy(float(reply[1]))
-        flat = reply[2]
-        fields = dict(zip(flat[::2], flat[1::2], strict=True))
-        return Claimed(decode_record(delivery_id, fields), settings_version=int(reply[1]))
+    async def claim_many(self, delivery_ids: Sequence[str], now: float) -> list[ClaimResult]:
+        """Claim a task's deliveries in one round trip (each still claimed on its own)."""
+        pipe = self._client.pipeline(transaction=False)
+        for delivery_id in delivery_ids:
+            await self._claim(
+                keys=[record_key(delivery_id), SETTINGS_KEY, attempts_key(delivery_id)],
+                args=[delivery_id, repr(now), repr(self._lease_seconds), STATUS_INDEX_PREFIX],
+                client=pipe,
+            )
+        replies = await pipe.execute()
+        return [_claim_result(i, reply) for i, reply in zip(delivery_ids, replies, strict=True)]
 
     async def finish(
         self,
@@ -111,3 +110,16 @@ class DeliveryClaims:
             ),
         )
         return bool(applied)
+
+
+def _claim_result(delivery_id: str, reply: list[Any]) -> ClaimResult:
+    verdict = reply[0].decode()
+    if verdict == "missing":
+        return Missing()
+    if verdict == "final":
+        return AlreadyFinal(DeliveryStatus(reply[1].decode()))
+    if verdict == "busy":
+        return Busy(float(reply[1]))
+    flat = reply[2]
+    fields = dict(zip(flat[::2], flat[1::2], strict=True))
+    return Claimed(decode_record(delivery_id, fields), settings_version=int(reply[1]))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -12,7 +13,14 @@ import redis
 
 from config.settings_store import StoredSettings
 from worker.backoff import RetryPolicy
-from worker.claims import AlreadyFinal, Busy, Claimed, DeliveryClaims, Missing
+from worker.claims import (
+    AlreadyFinal,
+    Busy,
+    Claimed,
+    ClaimResult,
+    DeliveryClaims,
+    Missing,
+)
 from worker.errors import (
     ConfigurationError,
     DeliveryError,
@@ -72,11 +80,20 @@ class Deliverer:
     transports: TransportCache
     policy: RetryPolicy
     schedule_retry: RetryScheduler
+    in_flight: asyncio.Semaphore
     clock: Callable[[], float] = field(default=time.time)
 
-    async def deliver(self, delivery_id: str) -> str:
-        """Attempt one delivery; returns the status it ends in (or why it was skipped)."""
-        claim = await self.claims.claim(delivery_id, self.clock())
+    async def deliver_many(self, delivery_ids: Sequence[str]) -> list[str]:
+        """Attempt each delivery; returns the status each ends in (or why it was skipped).
+
+        All are claimed in one round trip; at most ``in_flight`` are then worked on at once,
+        so the loop's CPU work never delays the replies open connections are waiting for.
+        """
+        claims = await self.claims.claim_many(delivery_ids, self.clock())
+        handled = (self._handle(i, c) for i, c in zip(delivery_ids, claims, strict=True))
+        return list(await asyncio.gather(*handled))
+
+    async def _handle(self, delivery_id: str, claim: ClaimResult) -> str:
         match claim:
             case Missing():
                 log.warning(
@@ -92,7 +109,8 @@ class Deliverer:
                 self.schedule_retry(delivery_id, max(lease_until - self.clock(), 0) + 1)
                 return "busy"
             case Claimed(record=record, settings_version=version):
-                return await self._attempt(record, version)
+                async with self.in_flight:
+                    return await self._attempt(record, version)
 
     async def _attempt(self, record: DeliveryRecord, settings_version: int) -> str:
         started = self.clock()
@@ -219,6 +237,3 @@ def _refusals(recipients: tuple[RecipientOutcome, ...]) -> str | None:
         return None
     details = "; ".join(f"{r.address}: {r.code} {r.reply}" for r in refused)
     return f"{len(refused)} of {len(recipients)} recipients not accepted ({details})"
-
-
-AsyncRunner = Callable[[Awaitable[object]], object]

@@ -65,10 +65,6 @@ class WorkerRuntime:
             return create_transport(stored.settings, options, self._http, self._redis)
 
         self._transports = TransportCache(transport_for)
-        self._in_flight = asyncio.Semaphore(
-            IN_FLIGHT_PER_CONNECTION
-            * max(settings.smtp_max_connections, settings.graph_max_concurrency)
-        )
         self._deliverer = Deliverer(
             claims=DeliveryClaims(
                 self._redis,
@@ -84,6 +80,10 @@ class WorkerRuntime:
                 max_retry_after_seconds=settings.visibility_timeout_seconds / 2,
             ),
             schedule_retry=schedule_retry,
+            in_flight=asyncio.Semaphore(
+                IN_FLIGHT_PER_CONNECTION
+                * max(settings.smtp_max_connections, settings.graph_max_concurrency)
+            ),
         )
 
     def deliver(self, delivery_ids: Sequence[str]) -> list[str]:
@@ -91,14 +91,7 @@ class WorkerRuntime:
         return self._loop.run(self._deliver_all(delivery_ids))
 
     async def _deliver_all(self, delivery_ids: Sequence[str]) -> list[str]:
-        return list(await asyncio.gather(*(self._deliver_one(i) for i in delivery_ids)))
-
-    async def _deliver_one(self, delivery_id: str) -> str:
-        # A chunk's deliveries all start at once; letting only a few more than there are
-        # connections run keeps the loop's CPU work (MIME, records) from delaying the replies
-        # that the open connections are waiting for.
-        async with self._in_flight:
-            return await self._deliverer.deliver(delivery_id)
+        return await self._deliverer.deliver_many(delivery_ids)
 
     def close(self) -> None:
         self._loop.run(self._aclose())
