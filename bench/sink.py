@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 import signal
 import ssl
@@ -45,6 +46,8 @@ def _authenticate(
 
 
 def _serve(port: int, cert_dir: str, delay: float, counter: Synchronized[int], ready: Any) -> None:
+    # aiosmtpd warns about its own deprecated login_data on every login: not our concern here.
+    logging.getLogger("mail.log").setLevel(logging.ERROR)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(f"{cert_dir}/cert.pem", f"{cert_dir}/key.pem")
     controller = Controller(

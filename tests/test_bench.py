@@ -1,0 +1,64 @@
+"""The benchmark runs end to end and reports every figure (its numbers are not judged here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.support.processes import ROOT
+
+FIGURES = {
+    "limit_per_s",
+    "naive_per_s",
+    "outbox_per_s",
+    "outbox_vs_naive",
+    "outbox_vs_limit",
+    "latency_p50_ms",
+    "latency_p99_ms",
+    "slow_server_per_s",
+    "slow_server_bound_per_s",
+    "graph_per_s",
+    "graph_token_requests",
+    "enqueue_per_s",
+    "redis_bytes_per_message",
+    "worker_rss_mb",
+    "commit",
+}
+
+
+def test_bench_reports_every_figure() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--json",
+            "-n",
+            "40",
+            "--naive-n",
+            "10",
+            "--latency-n",
+            "5",
+            "--slow-n",
+            "20",
+            "--graph-n",
+            "10",
+            "--enqueue-n",
+            "200",
+            "--rounds",
+            "1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout)
+    assert figures.keys() >= FIGURES
+    for name in FIGURES - {"commit", "worker_rss_mb", "redis_bytes_per_message"}:
+        assert figures[name] > 0, name
+    assert figures["graph_throttled"] == 0
+    assert all(0 < rss < 1000 for rss in figures["worker_rss_mb"].values())
