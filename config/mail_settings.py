@@ -26,12 +26,21 @@ class TlsMode(StrEnum):
     NONE = "none"  # plain text, never upgraded
 
 
-def mailbox_address(value: str) -> str:
-    """Validate one e-mail address (syntax only, no DNS) and return its normalized form."""
-    if "\r" in value or "\n" in value:
+def single_line(value: str) -> str:
+    """Refuse line breaks of every kind (CR, LF and Unicode's, such as U+2028)."""
+    if "\r" in value or "\n" in value or len(value.splitlines()) > 1:
         raise ValueError("must not contain line breaks")
+    return value
+
+
+def mailbox_address(value: str) -> str:
+    """Validate one e-mail address (syntax only, no DNS) and return its normalized form.
+
+    Non-ASCII local parts need SMTPUTF8, which outbox does not negotiate: refused here.
+    """
+    single_line(value)
     try:
-        return validate_email(value, check_deliverability=False).normalized
+        return validate_email(value, check_deliverability=False, allow_smtputf8=False).normalized
     except EmailNotValidError as exc:
         raise ValueError(str(exc)) from None
 
@@ -49,9 +58,7 @@ def _host_name_or_ip(value: str) -> str:
 
 
 def _single_line(value: str | None) -> str | None:
-    if value is not None and ("\r" in value or "\n" in value):
-        raise ValueError("must not contain line breaks")
-    return value
+    return single_line(value) if value is not None else None
 
 
 def _https_url(value: str) -> str:

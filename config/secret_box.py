@@ -51,13 +51,18 @@ def load_secret_key(configured: str | None, data_dir: Path) -> bytes:
         return key_file.read_bytes().strip()
     data_dir.mkdir(parents=True, exist_ok=True)
     key = Fernet.generate_key()
-    # O_EXCL: if another process created the file meanwhile, use its key instead of ours.
-    try:
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return key_file.read_bytes().strip()
+    # Written whole under another name, then linked into place: a process starting at the
+    # same moment sees either no key file or a complete one, and the first link wins.
+    partial = data_dir / f".{KEY_FILE_NAME}.{os.getpid()}"
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(key)
+    try:
+        os.link(partial, key_file)
+    except FileExistsError:
+        return key_file.read_bytes().strip()
+    finally:
+        partial.unlink()
     log.warning(
         "OUTBOX_SECRET_KEY is not set: generated a key in %s. Back it up, or set "
         "OUTBOX_SECRET_KEY for every process; without it stored secrets cannot be read.",

@@ -45,7 +45,7 @@ Address = Annotated[str, AfterValidator(mailbox_address)]
 
 
 def _no_line_breaks(value: str) -> str:
-    if "\r" in value or "\n" in value:
+    if "\r" in value or "\n" in value or len(value.splitlines()) > 1:
         raise ValueError("must not contain line breaks (CR/LF)")
     return value
 
@@ -120,7 +120,7 @@ class MessageInput(BaseModel):
                 raise ValueError(f"header name {name!r} is not a valid field name")
             if name.lower() in RESERVED_HEADERS:
                 raise ValueError(f"header {name!r} is set by outbox and cannot be given")
-            if "\r" in value or "\n" in value:
+            if "\r" in value or "\n" in value or len(value.splitlines()) > 1:
                 raise ValueError(f"header {name!r} must not contain line breaks (CR/LF)")
         return headers
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
@@ -45,6 +46,13 @@ class EventLoopThread:
         self._thread.join(timeout=5)
 
 
+def quiet_http_logs() -> None:
+    """httpx logs each request's URL at INFO: the sender's mailbox, and the credential that an
+    upload session URL carries. Worker logs must hold neither."""
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 class WorkerRuntime:
     """Owns one process's loop, Redis client, settings cache and transports."""
 
@@ -56,6 +64,7 @@ class WorkerRuntime:
         box: SecretBox,
         schedule_retry: RetryScheduler,
     ) -> None:
+        quiet_http_logs()
         self._loop = EventLoopThread()
         self._redis = aioredis.Redis.from_url(redis_url)
         options = transport_options(settings)

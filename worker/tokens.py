@@ -56,6 +56,12 @@ class TokenSource:
             result: dict[str, Any] = self._app().acquire_token_for_client(scopes=[self._scope])
         except httpx.TransportError as exc:
             raise transport_error(exc, self._settings.instance) from exc
+        except (httpx.HTTPStatusError, ValueError) as exc:
+            # A gateway's 5xx page or other non-JSON answer: the platform is having trouble.
+            raise TransientError(
+                f"the identity platform at {self._settings.instance} answered unusably: "
+                f"{type(exc).__name__}"
+            ) from exc
         token = result.get("access_token")
         if isinstance(token, str):
             return token
@@ -77,6 +83,11 @@ class TokenSource:
                 )
             except httpx.TransportError as exc:
                 raise transport_error(exc, self._settings.instance) from exc
+            except httpx.HTTPStatusError as exc:
+                raise TransientError(
+                    f"the identity platform at {self._settings.instance} answered "
+                    f"{exc.response.status_code} to the OpenID configuration request"
+                ) from exc
             except ValueError as exc:
                 raise ConfigurationError(
                     f"identity platform: tenant {self._settings.tenant!r} unusable: "

@@ -231,6 +231,15 @@ class SmtpTransport:
         except aiosmtplib.SMTPResponseException as exc:
             connection.close()
             raise reply_error(exc.code, exc.message, "auth") from exc
+        except (aiosmtplib.SMTPTimeoutError, aiosmtplib.SMTPServerDisconnected) as exc:
+            # A broken connection says nothing about the credentials: retry later.
+            connection.close()
+            kind: ConnectionProblemKind = (
+                "timeout" if isinstance(exc, aiosmtplib.SMTPTimeoutError) else "disconnected"
+            )
+            raise _problem_error(
+                kind, f"connection to {self._where} lost during login: {exc}"
+            ) from exc
         except aiosmtplib.SMTPException as exc:
             connection.close()
             raise ConfigurationError(f"SMTP login to {self._where} impossible: {exc}") from exc
@@ -256,6 +265,10 @@ class SmtpTransport:
                 return _problem_error("refused", f"connection to {self._where} refused")
         if isinstance(exc, aiosmtplib.SMTPTimeoutError | asyncio.TimeoutError):
             return _problem_error("timeout", f"timed out connecting to {self._where}")
+        if type(exc) is aiosmtplib.SMTPException:
+            # Raised by aiosmtplib itself, e.g. "STARTTLS extension not supported by server"
+            # with TLS mode starttls: only a settings change can help.
+            return _problem_error("tls", f"cannot secure the connection to {self._where}: {exc}")
         return _problem_error("disconnected", f"cannot connect to {self._where}: {exc}")
 
 
