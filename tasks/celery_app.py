@@ -8,7 +8,6 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import redis
 from celery import Celery, Task
 from celery.signals import worker_process_shutdown
 
@@ -29,9 +28,6 @@ def create_celery_app(context: OutboxContext) -> Celery:
         task_acks_late=True,
         # A worker process killed mid-task: the job goes back to the queue, not to "done".
         task_reject_on_worker_lost=True,
-        # A task that raised (only when the record store was unreachable) stays unacknowledged
-        # and comes back after the visibility timeout instead of being dropped.
-        task_acks_on_failure_or_timeout=False,
         worker_prefetch_multiplier=1,
         worker_send_task_events=True,
         task_send_sent_event=True,
@@ -86,9 +82,11 @@ def _register_send_task(app: Celery, context: OutboxContext) -> None:
         """Attempt each delivery; the result (shown in Flower) holds statuses only."""
         try:
             statuses = runtime.get().deliver(delivery_ids)
-        except redis.RedisError as exc:
-            # The record store is unreachable: nothing was recorded, so try the job again.
-            log.warning("record store unavailable (%s); retrying the job", type(exc).__name__)
+        except Exception as exc:
+            # Only infrastructure gets here (the record store or the broker unreachable);
+            # every delivery's own failure is recorded on it. Run the job again: what was
+            # recorded meanwhile is skipped, what was interrupted is claimed again.
+            log.warning("job interrupted (%s); running it again", type(exc).__name__)
             raise self.retry(countdown=INFRASTRUCTURE_RETRY_SECONDS) from None
         if len(statuses) == 1:
             return statuses[0]

@@ -6,7 +6,13 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 
 from tasks.message_input import MessageInput
-from worker.delivery_store import Created, DeliveryStore, NewDelivery
+from worker.delivery_store import (
+    Created,
+    DeliveryNotFoundError,
+    DeliveryStore,
+    NewDelivery,
+    NotRetryableError,
+)
 from worker.records import DeliveryRecord, DeliveryStatus
 
 # Ids per task message: one Celery message per e-mail caps throughput far below SMTP's;
@@ -56,17 +62,42 @@ class Producer:
                 NewDelivery(delivery_id, message.to_outgoing(message_id), message.idempotency_key)
             )
         created = self._deliveries.create_many(new)
-        self._queue([c.id for c in created if c.created])
+        repeated = [c.id for c in created if not c.created]
+        # A repeated idempotency key whose delivery is still queued may never have reached
+        # the broker (its producer died in between): queue it again; claims deduplicate.
+        still_queued = [
+            delivery_id
+            for delivery_id, status in zip(
+                repeated, self._deliveries.statuses(repeated), strict=True
+            )
+            if status is DeliveryStatus.QUEUED
+        ]
+        self._queue([c.id for c in created if c.created] + still_queued)
         return created
 
     def retry(self, delivery_ids: Iterable[str]) -> list[DeliveryRecord]:
-        """Queue failed deliveries again (raises for unknown or unretryable ids)."""
-        records = [self._deliveries.reset_for_retry(i) for i in delivery_ids]
-        self._queue([r.id for r in records])
+        """Queue failed deliveries again; raises for an unknown or unretryable id, after
+        queueing every one reset before it (a reset record must never wait unqueued)."""
+        records: list[DeliveryRecord] = []
+        try:
+            for delivery_id in delivery_ids:
+                records.append(self._deliveries.reset_for_retry(delivery_id))
+        finally:
+            self._queue([r.id for r in records])
         return records
 
     def retry_all_failed(self) -> list[DeliveryRecord]:
-        return self.retry(self._deliveries.ids_with_status(DeliveryStatus.FAILED))
+        records = []
+        for delivery_id in self._deliveries.ids_with_status(DeliveryStatus.FAILED):
+            try:
+                records.append(self._deliveries.reset_for_retry(delivery_id))
+            except DeliveryNotFoundError:
+                # Expired with its retention; only its id was left in the index.
+                self._deliveries.forget_ids([delivery_id])
+            except NotRetryableError:
+                continue  # changed meanwhile, e.g. retried by someone else
+        self._queue([r.id for r in records])
+        return records
 
     def _queue(self, delivery_ids: list[str]) -> None:
         if not delivery_ids:

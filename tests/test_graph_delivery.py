@@ -298,3 +298,22 @@ def test_the_mailbox_limit_holds_across_worker_processes(
         second.close()
     assert graph.throttled == 0
     assert graph.max_in_flight == 4
+
+
+def test_a_duplicate_job_does_not_run_a_scheduled_retry_early(
+    context: OutboxContext,
+    producer: Producer,
+    worker: InProcessWorker,
+    graph: GraphStandIn,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    configure(context, graph)
+    graph.send_mail_faults.append(
+        ScriptedResponse(429, {"Retry-After": "30"}, {"error": {"code": "TooManyRequests"}})
+    )
+    delivery_id = enqueue(producer)
+    assert worker.deliver(delivery_id) == ["retrying"]
+    assert worker.deliver(delivery_id) == ["early"]  # e.g. a redelivered task message
+    assert len(send_mail_requests(graph)) == 1
+    assert MAILBOX not in caplog.text  # request URLs carry the mailbox: not logged

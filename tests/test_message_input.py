@@ -40,6 +40,9 @@ def test_bad_address_names_its_position() -> None:
             "attachments[0].content_type",
         ),
         ({"idempotency_key": "has space"}, "idempotency_key"),
+        ({"subject": "line\u2028separator"}, "subject"),
+        ({"headers": {"X-Tag": "a\u0085b"}}, "headers"),
+        ({"to": ["jörg@example.com"]}, "to[0]"),  # needs SMTPUTF8, not negotiated
     ],
 )
 def test_injection_and_bad_fields_are_refused(fields: dict[str, object], field: str) -> None:

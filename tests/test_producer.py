@@ -32,12 +32,16 @@ def test_enqueue_stores_a_queued_record_and_publishes_only_its_id(
 
 
 def test_same_idempotency_key_same_delivery(
-    producer: Producer, publisher: CollectingPublisher
+    producer: Producer, publisher: CollectingPublisher, redis_client: redis.Redis
 ) -> None:
     first = producer.enqueue(message(idempotency_key="run-42"))
     second = producer.enqueue(message(idempotency_key="run-42", subject="changed"))
     assert (second.id, second.created) == (first.id, False)
-    assert publisher.chunks == [[first.id]]
+    # Still queued: perhaps never published (a producer that died in between), so again.
+    assert publisher.chunks == [[first.id], [first.id]]
+    redis_client.hset(record_key(first.id), "status", "sent")
+    assert producer.enqueue(message(idempotency_key="run-42")).id == first.id
+    assert publisher.chunks == [[first.id], [first.id]]  # sent: nothing to queue
 
 
 def test_bulk_enqueue_publishes_chunks_of_ids(
@@ -94,6 +98,37 @@ def test_retry_requeues_failed_deliveries_only(
     assert context.deliveries.get(created.id).status is DeliveryStatus.QUEUED
     assert context.deliveries.ids_with_status(DeliveryStatus.FAILED) == []
     assert publisher.chunks[-1] == [created.id]
+
+
+def test_retry_all_failed_skips_expired_records_and_queues_the_rest(
+    context: OutboxContext,
+    producer: Producer,
+    publisher: CollectingPublisher,
+    redis_client: redis.Redis,
+) -> None:
+    expired, kept = producer.enqueue(message()).id, producer.enqueue(message()).id
+    for delivery_id in (expired, kept):
+        redis_client.hset(record_key(delivery_id), "status", "failed")
+        redis_client.zrem(status_index_key(DeliveryStatus.QUEUED), delivery_id)
+        redis_client.zadd(status_index_key(DeliveryStatus.FAILED), {delivery_id: time.time()})
+    redis_client.delete(record_key(expired))  # its retention ran out; the index lags
+    assert [r.id for r in producer.retry_all_failed()] == [kept]
+    assert publisher.chunks[-1] == [kept]
+    assert context.deliveries.ids_with_status(DeliveryStatus.FAILED) == []
+
+
+def test_retry_queues_what_it_reset_before_an_unknown_id(
+    context: OutboxContext,
+    producer: Producer,
+    publisher: CollectingPublisher,
+    redis_client: redis.Redis,
+) -> None:
+    delivery_id = producer.enqueue(message()).id
+    redis_client.hset(record_key(delivery_id), "status", "failed")
+    with pytest.raises(DeliveryNotFoundError):
+        producer.retry([delivery_id, "no-such-id"])
+    assert context.deliveries.get(delivery_id).status is DeliveryStatus.QUEUED
+    assert publisher.chunks[-1] == [delivery_id]
 
 
 def test_recent_lists_newest_first_and_by_status(

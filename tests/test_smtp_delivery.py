@@ -342,3 +342,28 @@ def test_settings_saved_with_another_key_fail_with_a_configuration_reason(
     record = context.deliveries.get(delivery_id)
     assert "OUTBOX_SECRET_KEY" in (record.last_error or "")
     assert [a.outcome for a in record.attempts] == ["configuration"]
+
+
+def test_starttls_required_but_not_offered_is_a_configuration_failure(
+    context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
+) -> None:
+    configure(context, plain_peer, tls=TlsMode.STARTTLS)
+    delivery_id = enqueue(producer)
+    assert worker.deliver(delivery_id) == ["failed"]
+    assert worker.scheduled == []
+    record = context.deliveries.get(delivery_id)
+    assert "STARTTLS" in (record.last_error or "")
+
+
+def test_an_unreadable_record_fails_alone(
+    context: OutboxContext,
+    producer: Producer,
+    worker: InProcessWorker,
+    plain_peer: SmtpPeer,
+    redis_client: redis.Redis,
+) -> None:
+    configure(context, plain_peer)
+    broken, fine = enqueue(producer), enqueue(producer)
+    redis_client.hset(record_key(broken), "message", "{not json")
+    assert worker.deliver(broken, fine) == ["failed", "sent"]
+    assert "cannot be read" in (redis_client.hget(record_key(broken), "last_error") or b"").decode()

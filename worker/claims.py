@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,15 +46,30 @@ class Busy:
 
 
 @dataclass(frozen=True, slots=True)
+class Early:
+    """A retry is scheduled for later; this job is a duplicate and must not run it early."""
+
+    due_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class Missing:
     """No such record (expired or purged)."""
 
 
-ClaimResult = Claimed | AlreadyFinal | Busy | Missing
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """Claimed, but the record cannot be decoded: it fails instead of blocking its task."""
+
+    attempt_count: int
+    reason: str
+
+
+ClaimResult = Claimed | AlreadyFinal | Busy | Early | Missing | Unreadable
 
 
 class DeliveryClaims:
-    """Claims deliveries (a task's in one round trip) and records each one's outcome."""
+    """Claims deliveries one attempt at a time and records each attempt's outcome."""
 
     def __init__(
         self, client: aioredis.Redis, *, lease_seconds: float, retention_seconds: int
@@ -66,17 +80,27 @@ class DeliveryClaims:
         self._claim = client.register_script(CLAIM)
         self._transition = client.register_script(TRANSITION)
 
-    async def claim_many(self, delivery_ids: Sequence[str], now: float) -> list[ClaimResult]:
-        """Claim a task's deliveries in one round trip (each still claimed on its own)."""
-        pipe = self._client.pipeline(transaction=False)
-        for delivery_id in delivery_ids:
-            await self._claim(
-                keys=[record_key(delivery_id), SETTINGS_KEY, attempts_key(delivery_id)],
-                args=[delivery_id, repr(now), repr(self._lease_seconds), STATUS_INDEX_PREFIX],
-                client=pipe,
-            )
-        replies = await pipe.execute()
-        return [_claim_result(i, reply) for i, reply in zip(delivery_ids, replies, strict=True)]
+    async def claim(self, delivery_id: str, now: float) -> ClaimResult:
+        """Claim one delivery for one attempt, reading it and the settings version at once."""
+        reply = await self._claim(
+            keys=[record_key(delivery_id), SETTINGS_KEY, attempts_key(delivery_id)],
+            args=[delivery_id, repr(now), repr(self._lease_seconds), STATUS_INDEX_PREFIX],
+        )
+        return _claim_result(delivery_id, reply)
+
+    async def fail_unreadable(self, delivery_id: str, claim: Unreadable, now: float) -> None:
+        await self._transition(
+            keys=[record_key(delivery_id), attempts_key(delivery_id)],
+            args=transition_arguments(
+                delivery_id=delivery_id,
+                now=now,
+                guard=("attempt_count", str(claim.attempt_count)),
+                status=DeliveryStatus.FAILED.value,
+                index_prefix=STATUS_INDEX_PREFIX,
+                expire_seconds=self._retention_seconds,
+                fields={"last_error": claim.reason, "lease_until": "0"},
+            ),
+        )
 
     async def finish(
         self,
@@ -120,6 +144,14 @@ def _claim_result(delivery_id: str, reply: list[Any]) -> ClaimResult:
         return AlreadyFinal(DeliveryStatus(reply[1].decode()))
     if verdict == "busy":
         return Busy(float(reply[1]))
+    if verdict == "early":
+        return Early(float(reply[1]))
     flat = reply[2]
     fields = dict(zip(flat[::2], flat[1::2], strict=True))
-    return Claimed(decode_record(delivery_id, fields), settings_version=int(reply[1]))
+    try:
+        return Claimed(decode_record(delivery_id, fields), settings_version=int(reply[1]))
+    except (ValueError, KeyError, TypeError) as exc:
+        return Unreadable(
+            int(fields.get(b"attempt_count", b"0")),
+            f"the stored record cannot be read ({type(exc).__name__}); it was not sent",
+        )

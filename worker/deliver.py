@@ -19,7 +19,9 @@ from worker.claims import (
     Claimed,
     ClaimResult,
     DeliveryClaims,
+    Early,
     Missing,
+    Unreadable,
 )
 from worker.errors import (
     ConfigurationError,
@@ -86,12 +88,24 @@ class Deliverer:
     async def deliver_many(self, delivery_ids: Sequence[str]) -> list[str]:
         """Attempt each delivery; returns the status each ends in (or why it was skipped).
 
-        All are claimed in one round trip; at most ``in_flight`` are then worked on at once,
-        so the loop's CPU work never delays the replies open connections are waiting for.
+        At most ``in_flight`` are worked on at once, so the loop's CPU work never delays the
+        replies open connections are waiting for; each is claimed only when its turn comes, so
+        its lease covers its own attempt, not the wait before it. One failing does not stop
+        the others: they all finish, then the first error is raised (the task is retried, and
+        what was recorded meanwhile is skipped).
         """
-        claims = await self.claims.claim_many(delivery_ids, self.clock())
-        handled = (self._handle(i, c) for i, c in zip(delivery_ids, claims, strict=True))
-        return list(await asyncio.gather(*handled))
+        results = await asyncio.gather(
+            *(self._deliver_one(i) for i in delivery_ids), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return [str(result) for result in results]
+
+    async def _deliver_one(self, delivery_id: str) -> str:
+        async with self.in_flight:
+            claim = await self.claims.claim(delivery_id, self.clock())
+            return await self._handle(delivery_id, claim)
 
     async def _handle(self, delivery_id: str, claim: ClaimResult) -> str:
         match claim:
@@ -108,9 +122,14 @@ class Deliverer:
                 # look again when that claim expires instead of dropping the job.
                 self.schedule_retry(delivery_id, max(lease_until - self.clock(), 0) + 1)
                 return "busy"
+            case Early():
+                return "early"
+            case Unreadable() as unreadable:
+                log.error("delivery %s: %s", delivery_id, unreadable.reason)
+                await self.claims.fail_unreadable(delivery_id, unreadable, self.clock())
+                return DeliveryStatus.FAILED.value
             case Claimed(record=record, settings_version=version):
-                async with self.in_flight:
-                    return await self._attempt(record, version)
+                return await self._attempt(record, version)
 
     async def _attempt(self, record: DeliveryRecord, settings_version: int) -> str:
         started = self.clock()

@@ -95,6 +95,15 @@ class DeliveryStore:
             raise DeliveryNotFoundError(f"no delivery with id {delivery_id!r}")
         return decode_record(delivery_id, fields, attempts)
 
+    def statuses(self, delivery_ids: Sequence[str]) -> list[DeliveryStatus | None]:
+        """Each delivery's status (None for an unknown id), in one round trip."""
+        if not delivery_ids:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for delivery_id in delivery_ids:
+            pipe.hget(record_key(delivery_id), "status")
+        return [DeliveryStatus(_text(raw)) if raw else None for raw in pipe.execute()]
+
     def ids_with_status(self, status: DeliveryStatus) -> list[str]:
         return [_text(raw) for raw in self._redis.zrange(status_index_key(status), 0, -1)]
 
@@ -117,7 +126,7 @@ class DeliveryStore:
             if fields:
                 records.append(decode_record(delivery_id, fields))
             else:
-                self._forget_ids([delivery_id])
+                self.forget_ids([delivery_id])
         return records
 
     def reset_for_retry(self, delivery_id: str) -> DeliveryRecord:
@@ -193,10 +202,11 @@ class DeliveryStore:
         for key in keys:
             pipe.delete(idempotency_key(key))
         pipe.execute()
-        self._forget_ids(doomed)
+        self.forget_ids(doomed)
         return len(doomed)
 
-    def _forget_ids(self, delivery_ids: list[str]) -> None:
+    def forget_ids(self, delivery_ids: list[str]) -> None:
+        """Drop ids from every status index (their records are gone)."""
         pipe = self._redis.pipeline(transaction=False)
         for status in DeliveryStatus:
             pipe.zrem(status_index_key(status), *delivery_ids)

@@ -20,7 +20,8 @@ return {1, ARGV[1]}
 # A claim whose lease ran out belonged to a lost worker: its attempt is recorded as "lost".
 # KEYS: record, settings hash, attempts list
 # ARGV: id, now, lease seconds, status index prefix
-# -> {'missing'} | {'final', status} | {'busy', lease_until} | {'claimed', version, {fields}}
+# -> {'missing'} | {'final', status} | {'busy', lease_until} | {'early', next_attempt_at}
+#    | {'claimed', version, {fields}}
 CLAIM = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing'} end
@@ -36,6 +37,11 @@ if status == 'sending' then
     started_at = tonumber(redis.call('HGET', KEYS[1], 'updated_at')),
     duration_ms = 0, outcome = 'lost',
     error = 'the worker was lost during this attempt; its claim expired'}))
+end
+if status == 'retrying' then
+  -- A duplicate job (its delivery's retry is already scheduled) must not skip the backoff.
+  local due = tonumber(redis.call('HGET', KEYS[1], 'next_attempt_at') or '0') or 0
+  if due > now + 1 then return {'early', tostring(due)} end
 end
 redis.call('HINCRBY', KEYS[1], 'attempt_count', 1)
 redis.call('HSET', KEYS[1], 'status', 'sending', 'updated_at', ARGV[2],
