@@ -153,3 +153,14 @@ def test_purge_removes_old_final_records(
         context.deliveries.get(old)
     assert context.deliveries.get(fresh).status is DeliveryStatus.QUEUED
     assert redis_client.exists("outbox:idempotency:old") == 0
+
+
+def test_purge_keeps_a_record_retried_after_it_was_listed(
+    context: OutboxContext, producer: Producer, redis_client: redis.Redis
+) -> None:
+    delivery_id = producer.enqueue(message()).id
+    long_ago = time.time() - 10 * 86400
+    # As if purge listed it while it was an old `sent` record, and a retry requeued it since.
+    redis_client.zadd(status_index_key(DeliveryStatus.SENT), {delivery_id: long_ago})
+    assert context.deliveries.purge(7 * 86400) == 0
+    assert context.deliveries.get(delivery_id).status is DeliveryStatus.QUEUED

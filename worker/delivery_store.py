@@ -11,7 +11,7 @@ from typing import Any
 import redis
 
 from worker.message import OutgoingMessage, message_to_fields
-from worker.record_scripts import CREATE, TRANSITION, transition_arguments
+from worker.record_scripts import CREATE, PURGE, TRANSITION, transition_arguments
 from worker.records import (
     FINAL_STATUSES,
     STATUS_INDEX_PREFIX,
@@ -61,6 +61,7 @@ class DeliveryStore:
         self._retention_seconds = retention_seconds
         self._create = client.register_script(CREATE)
         self._transition = client.register_script(TRANSITION)
+        self._purge = client.register_script(PURGE)
 
     def create_many(self, deliveries: Sequence[NewDelivery]) -> list[Created]:
         """Store queued records in one round trip; existing idempotency keys return their id."""
@@ -194,19 +195,20 @@ class DeliveryStore:
             return 0
         pipe = self._redis.pipeline(transaction=False)
         for delivery_id in doomed:
-            pipe.hget(record_key(delivery_id), "idempotency_key")
-        keys = [_text(k) for k in pipe.execute() if k]
-        pipe = self._redis.pipeline(transaction=False)
-        for delivery_id in doomed:
-            pipe.delete(record_key(delivery_id), attempts_key(delivery_id))
-        for key in keys:
-            pipe.delete(idempotency_key(key))
-        pipe.execute()
-        self.forget_ids(doomed)
-        return len(doomed)
+            self._purge(
+                keys=[record_key(delivery_id), attempts_key(delivery_id)],
+                args=[delivery_id, repr(cutoff), STATUS_INDEX_PREFIX, idempotency_key("")],
+                client=pipe,
+            )
+        outcomes = pipe.execute()
+        # Ids whose records had already expired linger in the indexes: drop them too.
+        self.forget_ids([i for i, outcome in zip(doomed, outcomes, strict=True) if outcome < 0])
+        return sum(1 for outcome in outcomes if outcome > 0)
 
     def forget_ids(self, delivery_ids: list[str]) -> None:
         """Drop ids from every status index (their records are gone)."""
+        if not delivery_ids:
+            return
         pipe = self._redis.pipeline(transaction=False)
         for status in DeliveryStatus:
             pipe.zrem(status_index_key(status), *delivery_ids)

@@ -78,6 +78,25 @@ return 1
 """
 
 
+# Delete a record if it is still final and last changed before the cutoff (a retry between
+# the purge's listing and this call keeps it), with its attempts, indexes and idempotency key.
+# KEYS: record, attempts list; ARGV: id, cutoff, status index prefix, idempotency key prefix
+# -> 1 when deleted, 0 when kept, -1 when the record was already gone (expired)
+PURGE = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return -1 end
+if status ~= 'sent' and status ~= 'partially_sent' and status ~= 'failed' then return 0 end
+if tonumber(redis.call('HGET', KEYS[1], 'updated_at') or '0') >= tonumber(ARGV[2]) then
+  return 0
+end
+local key = redis.call('HGET', KEYS[1], 'idempotency_key')
+if key then redis.call('DEL', ARGV[4] .. key) end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', ARGV[3] .. status, ARGV[1])
+return 1
+"""
+
+
 def transition_arguments(
     *,
     delivery_id: str,
