@@ -74,6 +74,9 @@ class SharedLimit:
                     break
                 await asyncio.sleep(self.POLL_SECONDS)
             try:
-                yield
+                # A slot is a lease: work that outlives it would let another process in, so
+                # the work is cut off before the lease ends.
+                async with asyncio.timeout(self._lease_seconds * 0.9):
+                    yield
             finally:
                 await self._client.zrem(self._key, token)

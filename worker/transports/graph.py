@@ -12,7 +12,7 @@ import httpx
 
 from config.mail_settings import OAuthSettings
 from worker.concurrency import ConcurrencyLimit
-from worker.errors import DeliveryError
+from worker.errors import DeliveryError, TransientError
 from worker.graph_message import GraphMessage, build_graph_message
 from worker.http_errors import graph_error, transport_error
 from worker.message import Attachment, OutgoingMessage
@@ -105,15 +105,26 @@ class GraphTransport:
 
     async def _call(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         """An authorized Graph request; a 401 refreshes the token once and tries again."""
-        async with self._limit.slot():
-            token = await self._tokens.token()
-            response = await self._request(method, url, token=token, **kwargs)
-            if response.status_code == 401:
-                token = await self._tokens.refresh()
-                response = await self._request(method, url, token=token, **kwargs)
+        # The token first: waiting for the identity platform must not hold a mailbox slot.
+        token = await self._tokens.token()
+        response = await self._request_in_slot(method, url, token, **kwargs)
+        if response.status_code == 401:
+            token = await self._tokens.refresh()
+            response = await self._request_in_slot(method, url, token, **kwargs)
         if response.is_error:
             raise graph_error(response, time.time())
         return response
+
+    async def _request_in_slot(
+        self, method: str, url: str, token: str, **kwargs: Any
+    ) -> httpx.Response:
+        try:
+            async with self._limit.slot():
+                return await self._request(method, url, token=token, **kwargs)
+        except TimeoutError as exc:
+            raise TransientError(
+                f"a request to {self._settings.api_url} outlived its mailbox slot"
+            ) from exc
 
     async def _request(
         self, method: str, url: str, *, token: str | None = None, **kwargs: Any
