@@ -5,10 +5,17 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
-from config.mail_settings import MAIL_SETTINGS_ADAPTER, SECRET_FIELD, OAuthSettings, SmtpSettings
+from config.mail_settings import (
+    MAIL_SETTINGS_ADAPTER,
+    MASK,
+    SECRET_FIELD,
+    OAuthSettings,
+    SmtpSettings,
+)
 from config.secret_box import SecretBox
 
 SETTINGS_KEY = "outbox:settings"
@@ -70,6 +77,23 @@ class SettingsStore:
     def load(self) -> StoredSettings | None:
         fields: dict[bytes, bytes] = self._redis.hgetall(SETTINGS_KEY)  # type: ignore[assignment]
         return decode_stored(fields, self._box)
+
+    def masked_view(self) -> dict[str, Any] | None:
+        """The saved settings as ``masked`` shows them, read without decrypting anything
+        (so it works even when the secret key is not the one that saved them)."""
+        fields: dict[bytes, bytes] = self._redis.hgetall(SETTINGS_KEY)  # type: ignore[assignment]
+        if b"document" not in fields:
+            return None
+        raw = json.loads(fields[b"document"])
+        field = SECRET_FIELD[raw["protocol"]]
+        has_secret = bool(raw.pop(f"{field}_encrypted", None))
+        return {
+            "version": int(fields[b"version"]),
+            "saved_at": float(fields[b"saved_at"]),
+            **raw,
+            field: MASK if has_secret else None,
+            f"has_{field}": has_secret,
+        }
 
     def require(self) -> StoredSettings:
         stored = self.load()

@@ -15,7 +15,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
+import redis
 import typer
+from kombu.exceptions import OperationalError
 from pydantic import SecretStr, ValidationError
 
 from config.mail_settings import (
@@ -24,8 +26,8 @@ from config.mail_settings import (
     OAuthSettings,
     SmtpSettings,
     TlsMode,
-    masked,
 )
+from config.redis_location import EmbeddedRedisError
 from config.secret_box import SecretKeyError
 from config.settings_store import SettingsNotConfiguredError
 from tasks.context import OutboxContext
@@ -182,10 +184,9 @@ def _stored_settings(context: OutboxContext) -> SmtpSettings | OAuthSettings:
 def settings_show(as_json: JsonFlag = False) -> None:
     """Show the saved settings; secrets are masked."""
     context = _context()
-    stored = context.settings_store.load()
-    if stored is None:
+    view = context.settings_store.masked_view()
+    if view is None:
         _fail("mail settings are not configured")
-    view = {"version": stored.version, "saved_at": stored.saved_at, **masked(stored.settings)}
     if as_json:
         typer.echo(json.dumps(view, indent=2))
         return
@@ -464,4 +465,9 @@ def _exec_celery(arguments: list[str]) -> NoReturn:
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
-    app()
+    try:
+        app()
+    except (redis.RedisError, OperationalError, EmbeddedRedisError, SecretKeyError) as exc:
+        # Infrastructure, not input: say what is unreachable instead of a traceback.
+        typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+        sys.exit(EXIT_FAILED)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import trustme
+from cryptography.fernet import Fernet
 
 from tasks.context import OutboxContext
 from tests.support.in_process_worker import InProcessWorker
@@ -223,3 +224,22 @@ def test_list_status_and_purge(
     )
     assert run_outbox(outbox_env, "status", sent_id).returncode == 1
     assert run_outbox(outbox_env, "status", queued_id).returncode == 0
+
+
+def test_unreachable_redis_is_a_clear_error(outbox_env: dict[str, str]) -> None:
+    env = {**outbox_env, "OUTBOX_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    result = run_outbox(env, "status", "0" * 32)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ConnectionError")
+    assert "Traceback" not in result.stderr
+
+
+def test_settings_show_needs_no_secret_key(outbox_env: dict[str, str], peer: SmtpPeer) -> None:
+    set_smtp(outbox_env, *plain(peer), "--username", "u", "--password-stdin", stdin="pw\n")
+    other_key = {**outbox_env, "OUTBOX_SECRET_KEY": Fernet.generate_key().decode()}
+    shown = run_outbox(other_key, "settings", "show", "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["password"] == "********"
+    checked = run_outbox(other_key, "settings", "test-connection")
+    assert checked.returncode == 1
+    assert "OUTBOX_SECRET_KEY" in checked.stderr
