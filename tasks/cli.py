@@ -322,21 +322,23 @@ def _send_batch(path: Path, as_json: bool) -> None:
         lines = path.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         _fail(f"--batch {path}: {exc}", EXIT_USAGE)
+    context = _context()
+    producer = _producer(context)
     valid: list[tuple[int, MessageInput]] = []
     problems: list[tuple[int, str]] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            valid.append((number, MessageInput.model_validate_json(line)))
+            message = MessageInput.model_validate_json(line)
+            producer.check_size(message)
         except ValidationError as exc:
             problems.append((number, describe_validation_error(exc)))
-    context = _context()
-    producer = _producer(context)
-    try:
-        created = producer.enqueue_many([message for _, message in valid]) if valid else []
-    except MessageTooLargeError as exc:
-        _fail(str(exc), EXIT_USAGE)
+        except MessageTooLargeError as exc:
+            problems.append((number, str(exc)))
+        else:
+            valid.append((number, message))
+    created = producer.enqueue_many([message for _, message in valid]) if valid else []
     results: list[dict[str, Any]] = [
         {"line": number, "id": c.id, "created": c.created}
         for (number, _), c in zip(valid, created, strict=True)

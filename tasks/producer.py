@@ -48,11 +48,7 @@ class Producer:
     def enqueue_many(self, messages: Sequence[MessageInput]) -> list[Created]:
         """Store every message, then hand the new ids to the broker in chunks."""
         for message in messages:
-            if message.size() > self._max_message_bytes:
-                raise MessageTooLargeError(
-                    f"attachments: the message is about {message.size()} bytes, over the "
-                    f"limit of {self._max_message_bytes} (OUTBOX_MAX_MESSAGE_BYTES)"
-                )
+            self.check_size(message)
         new = []
         for message in messages:
             delivery_id = uuid.uuid4().hex
@@ -74,6 +70,14 @@ class Producer:
         ]
         self._queue([c.id for c in created if c.created] + still_queued)
         return created
+
+    def check_size(self, message: MessageInput) -> None:
+        """Raise MessageTooLargeError for a message over OUTBOX_MAX_MESSAGE_BYTES."""
+        if message.size() > self._max_message_bytes:
+            raise MessageTooLargeError(
+                f"attachments: the message is about {message.size()} bytes, over the "
+                f"limit of {self._max_message_bytes} (OUTBOX_MAX_MESSAGE_BYTES)"
+            )
 
     def retry(self, delivery_ids: Iterable[str]) -> list[DeliveryRecord]:
         """Queue failed deliveries again; raises for an unknown or unretryable id, after
