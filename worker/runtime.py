@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 from collections.abc import Coroutine, Sequence
@@ -17,10 +18,13 @@ from worker.backoff import RetryPolicy
 from worker.claims import DeliveryClaims
 from worker.deliver import Deliverer, RetryScheduler, TransportCache
 from worker.settings_cache import SettingsCache
+from worker.sweeper import SWEEP_INTERVAL_SECONDS, StuckDeliverySweeper
 from worker.transports.base import Transport
 from worker.transports.factory import HttpClients, create_transport, transport_options
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 # Deliveries in progress per connection a process may use: one sending, one being prepared.
 IN_FLIGHT_PER_CONNECTION = 2
@@ -39,7 +43,10 @@ class EventLoopThread:
         self._thread.start()
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+        return self.submit(coroutine).result()
+
+    def submit(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
 
     def stop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -95,6 +102,28 @@ class WorkerRuntime:
             ),
         )
 
+        self._sweeper = StuckDeliverySweeper(
+            self._redis,
+            lease_seconds=settings.claim_lease_seconds,
+            # A scheduled retry runs at most max_retry_after after it was recorded, and its
+            # task is back from a lost worker within the visibility timeout after that.
+            overdue_retry_seconds=settings.visibility_timeout_seconds * 1.5,
+            schedule_retry=schedule_retry,
+        )
+        self._sweeping = self._loop.submit(self._sweep_forever())
+
+    def sweep_now(self) -> list[str]:
+        """Sweep for stuck deliveries at once (the loop also does it every minute)."""
+        return self._loop.run(self._sweeper.sweep())
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
+            try:
+                await self._sweeper.sweep()
+            except Exception:  # a sweep that failed is tried again next interval
+                log.warning("sweep for stuck deliveries failed", exc_info=True)
+
     def deliver(self, delivery_ids: Sequence[str]) -> list[str]:
         """Attempt each delivery, concurrently; returns their statuses in order."""
         return self._loop.run(self._deliver_all(delivery_ids))
@@ -103,6 +132,7 @@ class WorkerRuntime:
         return await self._deliverer.deliver_many(delivery_ids)
 
     def close(self) -> None:
+        self._sweeping.cancel()
         self._loop.run(self._aclose())
         self._loop.stop()
 
