@@ -29,7 +29,7 @@ from tasks.context import OutboxContext
 from tasks.message_input import MessageInput
 from tasks.producer import Producer
 from tests.support.graph_standin import GraphStandIn
-from tests.support.processes import Service
+from tests.support.processes import Service, child_pids
 from tests.support.redis_server import RedisServer
 from worker.records import DeliveryStatus, record_key, status_index_key
 
@@ -275,23 +275,11 @@ class Bench:
 def worker_peak_rss_mb(main_pid: int) -> dict[str, float]:
     """VmHWM (peak resident set) of the worker's main process and each pool process."""
     peaks = {}
-    for pid in [main_pid, *children(main_pid)]:
+    for pid in [main_pid, *child_pids(main_pid)]:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 peaks[str(pid)] = int(line.split()[1]) / 1024
     return peaks
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
 
 
 def main() -> None:

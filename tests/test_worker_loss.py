@@ -12,21 +12,9 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from tests.support.processes import Service, run_outbox
+from tests.support.processes import Service, child_pids, run_outbox
 from tests.support.redis_server import RedisServer
 from tests.support.smtp_peer import SmtpPeer, smtp_peer
-
-
-def children_of(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
 
 
 @pytest.fixture
@@ -80,7 +68,7 @@ def test_killed_worker_process_job_is_redelivered_and_sent(
         ):
             assert time.monotonic() < deadline
             time.sleep(0.1)
-        [pool_process] = children_of(worker.pid)
+        [pool_process] = child_pids(worker.pid)
         os.kill(pool_process, signal.SIGKILL)
 
         deadline = time.monotonic() + 40

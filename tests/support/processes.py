@@ -82,3 +82,16 @@ class Service:
                 os.killpg(self._process.pid, signal.SIGKILL)
                 self._process.wait()
         self._reader.join(timeout=5)
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (a Celery worker's pool processes)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # it exited while we looked
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
