@@ -74,14 +74,17 @@ class SettingsStore:
         self._redis = client
         self._box = box
 
-    def load(self) -> StoredSettings | None:
+    def _fields(self) -> dict[bytes, bytes]:
         fields: dict[bytes, bytes] = self._redis.hgetall(SETTINGS_KEY)  # type: ignore[assignment]
-        return decode_stored(fields, self._box)
+        return fields
+
+    def load(self) -> StoredSettings | None:
+        return decode_stored(self._fields(), self._box)
 
     def masked_view(self) -> dict[str, Any] | None:
         """The saved settings as ``masked`` shows them, read without decrypting anything
         (so it works even when the secret key is not the one that saved them)."""
-        fields: dict[bytes, bytes] = self._redis.hgetall(SETTINGS_KEY)  # type: ignore[assignment]
+        fields = self._fields()
         if b"document" not in fields:
             return None
         raw = json.loads(fields[b"document"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import mimetypes
 import os
 import sys
 import time
@@ -221,8 +222,6 @@ def settings_send_test() -> None:
 
 
 def _attachment(path: Path) -> dict[str, Any]:
-    import mimetypes
-
     try:
         content = path.read_bytes()
     except OSError as exc:
@@ -264,7 +263,7 @@ def send(
     """Enqueue an e-mail and print its delivery id."""
     if batch is not None:
         if to or cc or bcc or subject or text or text_file or html_file or attach:
-            _fail("--batch takes every message from the file; no other message options", 2)
+            _fail("--batch takes every message from the file; no other message options", EXIT_USAGE)
         _send_batch(batch, as_json)
         return
     if text is not None and text_file is not None:
