@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, field_validator
@@ -118,12 +118,3 @@ MailSettings = Annotated[SmtpSettings | OAuthSettings, Field(discriminator="prot
 MAIL_SETTINGS_ADAPTER: TypeAdapter[SmtpSettings | OAuthSettings] = TypeAdapter(MailSettings)
 
 SECRET_FIELD = {"smtp": "password", "oauth": "client_secret"}
-
-
-def masked(settings: SmtpSettings | OAuthSettings) -> dict[str, Any]:
-    """The settings as an administrator may see them: every secret replaced by a mask."""
-    view = settings.model_dump(mode="json", exclude={SECRET_FIELD[settings.protocol]})
-    has_secret = settings.secret() is not None
-    view[SECRET_FIELD[settings.protocol]] = MASK if has_secret else None
-    view[f"has_{SECRET_FIELD[settings.protocol]}"] = has_secret
-    return view

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import redis
 import trustme
-from cryptography.fernet import Fernet
 
 from tasks.context import OutboxContext
 from tasks.producer import Producer
+from tests.support.environment import outbox_environment
 from tests.support.in_process_worker import InProcessWorker
 from tests.support.redis_server import RedisServer
 
@@ -42,18 +42,7 @@ def outbox_env(
     certificate_authority: trustme.CA,
 ) -> dict[str, str]:
     """The OUTBOX_* environment of a process using the test Redis, fast retries."""
-    ca_file = tmp_path / "ca.pem"
-    certificate_authority.cert_pem.write_to_path(str(ca_file))
-    env = {
-        "OUTBOX_REDIS_URL": redis_server.url,
-        "OUTBOX_SECRET_KEY": Fernet.generate_key().decode(),
-        "OUTBOX_DATA_DIR": str(tmp_path / "data"),
-        "OUTBOX_CA_BUNDLE": str(ca_file),
-        "OUTBOX_RETRY_BASE_SECONDS": "0.2",
-        "OUTBOX_RETRY_MAX_SECONDS": "1",
-        "OUTBOX_MAX_ATTEMPTS": "4",
-        "OUTBOX_SMTP_TIMEOUT_SECONDS": "5",
-    }
+    env = outbox_environment(redis_server.url, tmp_path, certificate_authority)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import redis
 import trustme
-from cryptography.fernet import Fernet
 
+from tests.support.environment import outbox_environment
 from tests.support.graph_standin import GraphStandIn
 from tests.support.processes import ROOT, Service, run_outbox
 from tests.support.redis_server import RedisServer, free_port
@@ -27,23 +27,18 @@ def env(
     tmp_path_factory: pytest.TempPathFactory,
     certificate_authority: trustme.CA,
 ) -> dict[str, str]:
-    directory = tmp_path_factory.mktemp("e2e")
-    ca_file = directory / "ca.pem"
-    certificate_authority.cert_pem.write_to_path(str(ca_file))
     client = redis.Redis.from_url(redis_server.url)
     client.flushdb()
     client.close()
-    return {
-        "OUTBOX_REDIS_URL": redis_server.url,
-        "OUTBOX_SECRET_KEY": Fernet.generate_key().decode(),
-        "OUTBOX_DATA_DIR": str(directory / "data"),
-        "OUTBOX_CA_BUNDLE": str(ca_file),
-        "OUTBOX_RETRY_BASE_SECONDS": "0.5",
-        "OUTBOX_RETRY_MAX_SECONDS": "1",
-        "OUTBOX_MAX_ATTEMPTS": "3",
-        "OUTBOX_FLOWER_PORT": str(free_port()),
-        "FLOWER_UNAUTHENTICATED_API": "true",
-    }
+    return outbox_environment(
+        redis_server.url,
+        tmp_path_factory.mktemp("e2e"),
+        certificate_authority,
+        OUTBOX_RETRY_BASE_SECONDS="0.5",
+        OUTBOX_MAX_ATTEMPTS="3",
+        OUTBOX_FLOWER_PORT=str(free_port()),
+        FLOWER_UNAUTHENTICATED_API="true",
+    )
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from config.mail_settings import (
     OAuthSettings,
     SmtpSettings,
     TlsMode,
-    masked,
 )
 from config.secret_box import SecretBox, SecretKeyError
 from config.settings_store import SETTINGS_KEY, SettingsStore
@@ -60,19 +59,20 @@ def test_oauth_urls_must_be_https() -> None:
     assert describe_validation_error(caught.value).startswith("instance: ")
 
 
-def test_masked_view_never_shows_the_secret() -> None:
-    settings = SmtpSettings(
-        from_mailbox="r@example.com", username="u", password=SecretStr("hunter2")
-    )
-    view = masked(settings)
-    assert view["password"] == MASK
-    assert view["has_password"] is True
-    assert "hunter2" not in repr(view) + repr(settings) + str(settings)
-
-
 @pytest.fixture
 def store(redis_client: redis.Redis) -> SettingsStore:
     return SettingsStore(redis_client, SecretBox(Fernet.generate_key()))
+
+
+def test_masked_view_never_shows_the_secret(store: SettingsStore) -> None:
+    settings = SmtpSettings(
+        from_mailbox="r@example.com", username="u", password=SecretStr("hunter2")
+    )
+    store.save(settings)
+    view = store.masked_view()
+    assert view is not None
+    assert (view["password"], view["has_password"], view["username"]) == (MASK, True, "u")
+    assert "hunter2" not in repr(view) + repr(settings) + str(settings)
 
 
 def test_stored_document_holds_no_plaintext_secret(

@@ -1,0 +1,26 @@
+"""The OUTBOX_* environment of a test process: its own Redis, key, data dir, CA and fast retries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trustme
+from cryptography.fernet import Fernet
+
+
+def outbox_environment(
+    redis_url: str, directory: Path, certificate_authority: trustme.CA, **overrides: str
+) -> dict[str, str]:
+    ca_file = directory / "ca.pem"
+    certificate_authority.cert_pem.write_to_path(str(ca_file))
+    return {
+        "OUTBOX_REDIS_URL": redis_url,
+        "OUTBOX_SECRET_KEY": Fernet.generate_key().decode(),
+        "OUTBOX_DATA_DIR": str(directory / "data"),
+        "OUTBOX_CA_BUNDLE": str(ca_file),
+        "OUTBOX_RETRY_BASE_SECONDS": "0.2",
+        "OUTBOX_RETRY_MAX_SECONDS": "1",
+        "OUTBOX_MAX_ATTEMPTS": "4",
+        "OUTBOX_SMTP_TIMEOUT_SECONDS": "5",
+        **overrides,
+    }
