@@ -28,10 +28,10 @@ from tasks.celery_app import celery_publisher, create_celery_app
 from tasks.context import OutboxContext
 from tasks.message_input import MessageInput
 from tasks.producer import Producer
-from tests.support.graph_standin import GraphStandIn
-from tests.support.processes import Service, child_pids
-from tests.support.redis_server import RedisServer
 from worker.records import DeliveryStatus, record_key, status_index_key
+from worker.testing.graph_standin import GraphStandIn
+from worker.testing.processes import Service, child_pids
+from worker.testing.redis_server import RedisServer
 
 WORKER_PROCESSES = os.cpu_count() or 1  # `outbox worker` runs Celery's default: one per core
 

@@ -10,6 +10,20 @@ from typing import Annotated, Literal
 from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, field_validator
 
+__all__ = [
+    "DEFAULT_API_URL",
+    "DEFAULT_INSTANCE",
+    "MAIL_SETTINGS_ADAPTER",
+    "MASK",
+    "SECRET_FIELD",
+    "MailSettings",
+    "OAuthSettings",
+    "SmtpSettings",
+    "TlsMode",
+    "mailbox_address",
+    "single_line",
+]
+
 MASK = "********"
 DEFAULT_INSTANCE = "https://login.microsoftonline.com/"
 DEFAULT_API_URL = "https://graph.microsoft.com/"
@@ -29,7 +43,7 @@ class TlsMode(StrEnum):
 def single_line(value: str) -> str:
     """Refuse line breaks of every kind (CR, LF and Unicode's, such as U+2028)."""
     if "\r" in value or "\n" in value or len(value.splitlines()) > 1:
-        raise ValueError("must not contain line breaks")
+        raise ValueError("must not contain line breaks (CR/LF)")
     return value
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+__all__ = ["DEFAULT_VISIBILITY_TIMEOUT_SECONDS", "ProcessSettings"]
+
 # The Redis broker redelivers an unacknowledged task after this many seconds; every
 # retry countdown must stay well below it, or ETA tasks run twice (a known kombu trap).
 DEFAULT_VISIBILITY_TIMEOUT_SECONDS = 3600

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import redis
 
+from worker.errors import EmbeddedRedisError
+
+__all__ = ["RedisLocation", "ensure_embedded_redis", "redis_server_binary", "resolve_redis"]
+
 SOCKET_NAME = "redis.sock"
 STARTUP_TIMEOUT_SECONDS = 10.0
-
-
-class EmbeddedRedisError(RuntimeError):
-    """The embedded Redis could not be found or started."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,13 +8,13 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
 
+from worker.errors import SecretKeyError, SecretMismatchError
+
+__all__ = ["KEY_FILE_NAME", "SecretBox", "load_secret_key"]
+
 log = logging.getLogger(__name__)
 
 KEY_FILE_NAME = "secret.key"
-
-
-class SecretKeyError(RuntimeError):
-    """The secret key is malformed or does not decrypt the stored secrets."""
 
 
 class SecretBox:
@@ -36,7 +36,7 @@ class SecretBox:
         try:
             return self._fernet.decrypt(token.encode("ascii")).decode()
         except InvalidToken:
-            raise SecretKeyError(
+            raise SecretMismatchError(
                 "a stored secret cannot be decrypted with the current OUTBOX_SECRET_KEY; "
                 "restore the key that saved it, or enter the secret again"
             ) from None

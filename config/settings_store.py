@@ -17,12 +17,18 @@ from config.mail_settings import (
     SmtpSettings,
 )
 from config.secret_box import SecretBox
+from worker.errors import SettingsNotConfiguredError
+
+__all__ = [
+    "SETTINGS_KEY",
+    "SettingsStore",
+    "StoredSettings",
+    "decode_document",
+    "decode_stored",
+    "encode_document",
+]
 
 SETTINGS_KEY = "outbox:settings"
-
-
-class SettingsNotConfiguredError(LookupError):
-    """No mail settings have been saved yet."""
 
 
 @dataclass(frozen=True, slots=True)

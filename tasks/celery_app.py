@@ -14,6 +14,14 @@ from celery.signals import worker_process_shutdown
 from tasks.context import OutboxContext
 from worker.runtime import WorkerRuntime
 
+__all__ = [
+    "INFRASTRUCTURE_RETRY_SECONDS",
+    "QUEUE",
+    "SEND_TASK",
+    "celery_publisher",
+    "create_celery_app",
+]
+
 log = logging.getLogger(__name__)
 
 SEND_TASK = "outbox.send"
@@ -81,16 +89,18 @@ def _register_send_task(app: Celery, context: OutboxContext) -> None:
     def send(self: Task, delivery_ids: list[str]) -> str:
         """Attempt each delivery; the result (shown in Flower) holds statuses only."""
         try:
-            statuses = runtime.get().deliver(delivery_ids)
+            outcomes = [outcome.value for outcome in runtime.get().deliver(delivery_ids)]
         except Exception as exc:
             # Only infrastructure gets here (the record store or the broker unreachable);
             # every delivery's own failure is recorded on it. Run the job again: what was
             # recorded meanwhile is skipped, what was interrupted is claimed again.
             log.warning("job interrupted (%s); running it again", type(exc).__name__)
             raise self.retry(countdown=INFRASTRUCTURE_RETRY_SECONDS) from None
-        if len(statuses) == 1:
-            return statuses[0]
-        return " ".join(f"{status}={count}" for status, count in sorted(Counter(statuses).items()))
+        if len(outcomes) == 1:
+            return outcomes[0]
+        return " ".join(
+            f"{outcome}={count}" for outcome, count in sorted(Counter(outcomes).items())
+        )
 
     @worker_process_shutdown.connect(weak=False)  # type: ignore[untyped-decorator]
     def _close_runtime(**_: Any) -> None:

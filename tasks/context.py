@@ -6,12 +6,17 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import redis
+from pydantic import ValidationError
 
 from config.process import ProcessSettings
 from config.redis_location import RedisLocation, resolve_redis
 from config.secret_box import SecretBox, load_secret_key
 from config.settings_store import SettingsStore
-from worker.delivery_store import DeliveryStore
+from tasks.message_input import describe_validation_error
+from worker.errors import InvalidEnvironmentError
+from worker.records import DeliveryStore
+
+__all__ = ["OutboxContext"]
 from worker.transports.factory import TransportOptions, transport_options
 
 
@@ -24,7 +29,13 @@ class OutboxContext:
 
     @classmethod
     def from_environment(cls) -> OutboxContext:
-        settings = ProcessSettings()
+        """Read ``OUTBOX_*``; a malformed value is an ``InvalidEnvironmentError`` naming it."""
+        try:
+            settings = ProcessSettings()
+        except ValidationError as exc:
+            raise InvalidEnvironmentError(
+                f"invalid environment: {describe_validation_error(exc)}"
+            ) from None
         return cls(settings, resolve_redis(settings.redis_url, settings.data_dir))
 
     @cached_property

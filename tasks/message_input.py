@@ -17,8 +17,16 @@ from pydantic import (
     model_validator,
 )
 
-from config.mail_settings import mailbox_address
+from config.mail_settings import mailbox_address, single_line
 from worker.message import Attachment, OutgoingMessage
+
+__all__ = [
+    "RESERVED_HEADERS",
+    "Address",
+    "AttachmentInput",
+    "MessageInput",
+    "describe_validation_error",
+]
 
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 field name: printable ASCII except ':'
 _CONTENT_TYPE = re.compile(r"^[\w.+-]+/[\w.+-]+$")
@@ -44,12 +52,6 @@ RESERVED_HEADERS = frozenset(
 Address = Annotated[str, AfterValidator(mailbox_address)]
 
 
-def _no_line_breaks(value: str) -> str:
-    if "\r" in value or "\n" in value or len(value.splitlines()) > 1:
-        raise ValueError("must not contain line breaks (CR/LF)")
-    return value
-
-
 class AttachmentInput(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -71,7 +73,7 @@ class AttachmentInput(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        _no_line_breaks(value)
+        single_line(value)
         if "/" in value or "\\" in value:
             raise ValueError("must be a file name, not a path")
         return value
@@ -103,7 +105,7 @@ class MessageInput(BaseModel):
     @field_validator("subject")
     @classmethod
     def _subject(cls, value: str) -> str:
-        return _no_line_breaks(value)
+        return single_line(value)
 
     @field_validator("idempotency_key")
     @classmethod
@@ -120,8 +122,10 @@ class MessageInput(BaseModel):
                 raise ValueError(f"header name {name!r} is not a valid field name")
             if name.lower() in RESERVED_HEADERS:
                 raise ValueError(f"header {name!r} is set by outbox and cannot be given")
-            if "\r" in value or "\n" in value or len(value.splitlines()) > 1:
-                raise ValueError(f"header {name!r} must not contain line breaks (CR/LF)")
+            try:
+                single_line(value)
+            except ValueError as exc:
+                raise ValueError(f"header {name!r} {exc}") from None
         return headers
 
     @model_validator(mode="after")

@@ -6,24 +6,16 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 
 from tasks.message_input import MessageInput
-from worker.delivery_store import (
-    Created,
-    DeliveryNotFoundError,
-    DeliveryStore,
-    NewDelivery,
-    NotRetryableError,
-)
-from worker.records import DeliveryRecord, DeliveryStatus
+from worker.errors import DeliveryNotFoundError, MessageTooLargeError, NotRetryableError
+from worker.records import Created, DeliveryRecord, DeliveryStatus, DeliveryStore, NewDelivery
+
+__all__ = ["CHUNK_SIZE", "Producer", "Publisher"]
 
 # Ids per task message: one Celery message per e-mail caps throughput far below SMTP's;
 # each id in a chunk is still claimed and recorded on its own.
 CHUNK_SIZE = 50
 
 Publisher = Callable[[Sequence[Sequence[str]]], None]
-
-
-class MessageTooLargeError(ValueError):
-    """The message exceeds OUTBOX_MAX_MESSAGE_BYTES."""
 
 
 class Producer:

@@ -14,6 +14,8 @@ from worker.records import RecipientState
 from worker.transports.base import Transport
 from worker.transports.factory import HttpClients, TransportOptions, create_transport
 
+__all__ = ["TEST_SUBJECT", "check_connection", "send_test_email"]
+
 TEST_SUBJECT = "outbox test e-mail"
 
 

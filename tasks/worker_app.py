@@ -5,4 +5,6 @@ from __future__ import annotations
 from tasks.celery_app import create_celery_app
 from tasks.context import OutboxContext
 
+__all__ = ["app"]
+
 app = create_celery_app(OutboxContext.from_environment())

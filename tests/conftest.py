@@ -14,7 +14,7 @@ from tasks.context import OutboxContext
 from tasks.producer import Producer
 from tests.support.environment import outbox_environment
 from tests.support.in_process_worker import InProcessWorker
-from tests.support.redis_server import RedisServer
+from worker.testing.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from tests.support.processes import ROOT
+from worker.testing.processes import ROOT
 
 FIGURES = {
     "limit_per_s",

@@ -13,10 +13,10 @@ from cryptography.fernet import Fernet
 
 from tasks.context import OutboxContext
 from tests.support.in_process_worker import InProcessWorker
-from tests.support.processes import run_outbox
-from tests.support.redis_server import free_port
-from tests.support.smtp_peer import SmtpPeer, smtp_peer
 from worker.records import DeliveryStatus
+from worker.testing.processes import run_outbox
+from worker.testing.redis_server import free_port
+from worker.testing.smtp_peer import SmtpPeer, smtp_peer
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from config.redis_location import SOCKET_NAME
-from tests.support.processes import ROOT, run_outbox
+from worker.testing.processes import ROOT, run_outbox
 
 
 @pytest.fixture

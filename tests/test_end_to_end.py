@@ -13,10 +13,10 @@ import redis
 import trustme
 
 from tests.support.environment import outbox_environment
-from tests.support.graph_standin import GraphStandIn
-from tests.support.processes import ROOT, Service, run_outbox
-from tests.support.redis_server import RedisServer, free_port
-from tests.support.smtp_peer import SmtpPeer, smtp_peer
+from worker.testing.graph_standin import GraphStandIn
+from worker.testing.processes import ROOT, Service, run_outbox
+from worker.testing.redis_server import RedisServer, free_port
+from worker.testing.smtp_peer import SmtpPeer, smtp_peer
 
 USER, PASSWORD = "robot", "e2e-Secret-Pa55"
 

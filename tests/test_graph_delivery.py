@@ -15,10 +15,10 @@ from config.mail_settings import OAuthSettings, SmtpSettings, TlsMode
 from tasks.context import OutboxContext
 from tasks.message_input import MessageInput
 from tasks.producer import Producer
-from tests.support.graph_standin import GraphStandIn, ScriptedResponse
 from tests.support.in_process_worker import InProcessWorker
-from tests.support.smtp_peer import smtp_peer
 from worker.records import DeliveryStatus, RecipientState
+from worker.testing.graph_standin import GraphStandIn, ScriptedResponse
+from worker.testing.smtp_peer import smtp_peer
 
 TENANT, CLIENT_ID, SECRET = "contoso-tenant", "app-client-id", "app-secret-value"
 MAILBOX = "robot@contoso.com"

@@ -14,9 +14,10 @@ from config.mail_settings import (
     SmtpSettings,
     TlsMode,
 )
-from config.secret_box import SecretBox, SecretKeyError
+from config.secret_box import SecretBox
 from config.settings_store import SETTINGS_KEY, SettingsStore
 from tasks.message_input import describe_validation_error
+from worker.errors import SecretMismatchError
 
 
 def test_smtp_defaults_match_the_settings_window() -> None:
@@ -115,7 +116,7 @@ def test_a_wrong_key_gives_a_clear_error(redis_client: redis.Redis) -> None:
         SmtpSettings(from_mailbox="r@example.com", password=SecretStr("pw"))
     )
     other = SettingsStore(redis_client, SecretBox(Fernet.generate_key()))
-    with pytest.raises(SecretKeyError, match="OUTBOX_SECRET_KEY"):
+    with pytest.raises(SecretMismatchError, match="OUTBOX_SECRET_KEY"):
         other.load()
 
 

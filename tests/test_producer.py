@@ -9,9 +9,9 @@ import redis
 
 from tasks.context import OutboxContext
 from tasks.message_input import MessageInput
-from tasks.producer import CHUNK_SIZE, MessageTooLargeError, Producer
+from tasks.producer import CHUNK_SIZE, Producer
 from tests.conftest import CollectingPublisher
-from worker.delivery_store import DeliveryNotFoundError, NotRetryableError
+from worker.errors import DeliveryNotFoundError, MessageTooLargeError, NotRetryableError
 from worker.records import DeliveryStatus, record_key, status_index_key
 
 

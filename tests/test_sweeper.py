@@ -13,8 +13,8 @@ from tasks.context import OutboxContext
 from tasks.message_input import MessageInput
 from tasks.producer import Producer
 from tests.support.in_process_worker import InProcessWorker
-from tests.support.smtp_peer import SmtpPeer, smtp_peer
 from worker.records import DeliveryStatus, record_key, status_index_key
+from worker.testing.smtp_peer import SmtpPeer, smtp_peer
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from tests.support.processes import Service, child_pids, run_outbox
-from tests.support.redis_server import RedisServer
-from tests.support.smtp_peer import SmtpPeer, smtp_peer
+from worker.testing.processes import Service, child_pids, run_outbox
+from worker.testing.redis_server import RedisServer
+from worker.testing.smtp_peer import SmtpPeer, smtp_peer
 
 
 @pytest.fixture

@@ -6,6 +6,17 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
+__all__ = [
+    "ConnectionProblem",
+    "ConnectionProblemKind",
+    "Failure",
+    "FailureKind",
+    "HttpStatus",
+    "SmtpPhase",
+    "SmtpReply",
+    "classify",
+]
+
 SmtpPhase = Literal["connect", "tls", "auth", "mail", "rcpt", "data"]
 ConnectionProblemKind = Literal["refused", "timeout", "disconnected", "dns", "certificate", "tls"]
 

@@ -11,6 +11,8 @@ from typing import Protocol
 
 import redis.asyncio as aioredis
 
+__all__ = ["ConcurrencyLimit", "LocalLimit", "SharedLimit"]
+
 # KEYS: the slot set; ARGV: now, lease end, token, limit -> 1 when a slot was taken.
 _ACQUIRE = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])

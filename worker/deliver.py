@@ -7,31 +7,46 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Protocol
 
 import redis
 
 from config.settings_store import StoredSettings
 from worker.backoff import RetryPolicy
-from worker.claims import (
-    AlreadyFinal,
-    Busy,
-    Claimed,
-    ClaimResult,
-    DeliveryClaims,
-    Early,
-    Missing,
-    Unreadable,
-)
 from worker.errors import (
     ConfigurationError,
     DeliveryError,
     PermanentError,
     TransientError,
 )
-from worker.records import Attempt, DeliveryRecord, DeliveryStatus, RecipientOutcome, RecipientState
-from worker.settings_cache import SettingsCache
+from worker.records import (
+    AlreadyFinal,
+    Attempt,
+    AttemptOutcome,
+    Busy,
+    Claimed,
+    ClaimResult,
+    ClaimStore,
+    DeliveryRecord,
+    DeliveryStatus,
+    Early,
+    Missing,
+    RecipientOutcome,
+    RecipientState,
+    Unreadable,
+)
 from worker.transports.base import SendResult, Transport
+
+__all__ = [
+    "MIN_RETRY_DELAY_SECONDS",
+    "NOT_CONFIGURED",
+    "Deliverer",
+    "JobOutcome",
+    "RetryScheduler",
+    "SettingsSource",
+    "TransportCache",
+]
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +57,33 @@ MIN_RETRY_DELAY_SECONDS = 1.0
 NOT_CONFIGURED = "mail settings are not configured; run `outbox settings set ...`, then retry"
 
 
+class JobOutcome(StrEnum):
+    """What one job did with one delivery id; shown (as text) in Flower's task results."""
+
+    SENT = "sent"
+    PARTIALLY_SENT = "partially_sent"
+    FAILED = "failed"
+    RETRYING = "retrying"  # a retry is scheduled
+    MISSING = "missing"  # no record: expired or purged
+    BUSY = "busy"  # another process holds the claim; looked at again when its lease ends
+    EARLY = "early"  # a duplicate job before the scheduled retry: left to that retry
+
+    @classmethod
+    def of(cls, status: DeliveryStatus) -> JobOutcome:
+        """The outcome for a delivery that ended (or already was) in ``status``."""
+        return cls(status.value)
+
+
 class RetryScheduler(Protocol):
     """Arranges for ``delivery_id`` to be attempted again after ``delay_seconds``."""
 
     def __call__(self, delivery_id: str, delay_seconds: float) -> None: ...
+
+
+class SettingsSource(Protocol):
+    """The mail settings of a version (as the claim read it); None when none are saved."""
+
+    async def get(self, version: int) -> StoredSettings | None: ...
 
 
 class TransportCache:
@@ -77,15 +115,15 @@ class TransportCache:
 class Deliverer:
     """Everything one delivery attempt needs, handed in by the process that owns it."""
 
-    claims: DeliveryClaims
-    settings: SettingsCache
+    claims: ClaimStore
+    settings: SettingsSource
     transports: TransportCache
     policy: RetryPolicy
     schedule_retry: RetryScheduler
     in_flight: asyncio.Semaphore
     clock: Callable[[], float] = field(default=time.time)
 
-    async def deliver_many(self, delivery_ids: Sequence[str]) -> list[str]:
+    async def deliver_many(self, delivery_ids: Sequence[str]) -> list[JobOutcome]:
         """Attempt each delivery; returns the status each ends in (or why it was skipped).
 
         At most ``in_flight`` are worked on at once, so the loop's CPU work never delays the
@@ -97,41 +135,43 @@ class Deliverer:
         results = await asyncio.gather(
             *(self._deliver_one(i) for i in delivery_ids), return_exceptions=True
         )
+        outcomes: list[JobOutcome] = []
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-        return [str(result) for result in results]
+            outcomes.append(result)
+        return outcomes
 
-    async def _deliver_one(self, delivery_id: str) -> str:
+    async def _deliver_one(self, delivery_id: str) -> JobOutcome:
         async with self.in_flight:
             claim = await self.claims.claim(delivery_id, self.clock())
             return await self._handle(delivery_id, claim)
 
-    async def _handle(self, delivery_id: str, claim: ClaimResult) -> str:
+    async def _handle(self, delivery_id: str, claim: ClaimResult) -> JobOutcome:
         match claim:
             case Missing():
                 log.warning(
                     "delivery %s: no record (expired or purged); nothing to send", delivery_id
                 )
-                return "missing"
+                return JobOutcome.MISSING
             case AlreadyFinal(status=status):
                 log.info("delivery %s is already %s; not sending again", delivery_id, status)
-                return status.value
+                return JobOutcome.of(status)
             case Busy(lease_until=lease_until):
                 # Redelivered while another process holds it (e.g. after a worker was lost):
                 # look again when that claim expires instead of dropping the job.
                 self.schedule_retry(delivery_id, max(lease_until - self.clock(), 0) + 1)
-                return "busy"
+                return JobOutcome.BUSY
             case Early():
-                return "early"
+                return JobOutcome.EARLY
             case Unreadable() as unreadable:
                 log.error("delivery %s: %s", delivery_id, unreadable.reason)
                 await self.claims.fail_unreadable(delivery_id, unreadable, self.clock())
-                return DeliveryStatus.FAILED.value
+                return JobOutcome.FAILED
             case Claimed(record=record, settings_version=version):
                 return await self._attempt(record, version)
 
-    async def _attempt(self, record: DeliveryRecord, settings_version: int) -> str:
+    async def _attempt(self, record: DeliveryRecord, settings_version: int) -> JobOutcome:
         started = self.clock()
         pending = [r.address for r in record.recipients if r.status.needs_sending]
         result: SendResult | None = None
@@ -166,7 +206,7 @@ class Deliverer:
         pending: list[str],
         result: SendResult | None,
         error: DeliveryError | None,
-    ) -> str:
+    ) -> JobOutcome:
         recipients = _merge(record.recipients, pending, result, error)
         retry_delay: float | None = None
         if any(r.status.needs_sending for r in recipients):
@@ -206,7 +246,7 @@ class Deliverer:
         if not applied:
             log.warning("delivery %s: claim lost before the attempt was recorded", record.id)
         log.info("delivery %s attempt %d: %s", record.id, record.attempt_count, status.value)
-        return status.value
+        return JobOutcome.of(status)
 
 
 def _merge(
@@ -239,15 +279,17 @@ def _status_for(recipients: tuple[RecipientOutcome, ...], *, retrying: bool) -> 
     return DeliveryStatus.PARTIALLY_SENT if sent else DeliveryStatus.FAILED
 
 
-def _attempt_outcome(status: DeliveryStatus, error: DeliveryError | None) -> str:
+def _attempt_outcome(status: DeliveryStatus, error: DeliveryError | None) -> AttemptOutcome:
     match error:
         case TransientError():
-            return "transient"
+            return AttemptOutcome.TRANSIENT
         case ConfigurationError():
-            return "configuration"
+            return AttemptOutcome.CONFIGURATION
         case PermanentError():
-            return "permanent"
-    return "deferred" if status is DeliveryStatus.RETRYING else status.value
+            return AttemptOutcome.PERMANENT
+    if status is DeliveryStatus.RETRYING:
+        return AttemptOutcome.DEFERRED
+    return AttemptOutcome(status.value)
 
 
 def _refusals(recipients: tuple[RecipientOutcome, ...]) -> str | None:

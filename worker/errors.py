@@ -1,23 +1,63 @@
-"""Delivery errors, each carrying the data needed to record and schedule it.
+"""Every error outbox raises, under one root, each carrying the data its handler needs.
 
 ::
 
-    DeliveryError
-     ├── TransientError(retry_after)      try again later: 4xx, disconnect, timeout, refused
-     ├── PermanentError(code, reply)      the message cannot be delivered: 5xx
-     └── ConfigurationError(code, reply)  the settings are wrong or missing: fix, then retry
+    OutboxError                              the text is safe to show: it never holds a secret
+     ├── DeliveryError(reason, code, reply)   one send did not succeed
+     │    ├── TransientError(retry_after)     try again later: 4xx, disconnect, timeout, refused
+     │    ├── PermanentError                  cannot be delivered: 5xx, refused by Graph
+     │    └── ConfigurationError              the mail settings are wrong or missing: fix, retry
+     ├── InvalidInputError                    the caller must change what it asked for
+     │    ├── MessageTooLargeError            over OUTBOX_MAX_MESSAGE_BYTES
+     │    └── InvalidEnvironmentError         an OUTBOX_* variable is malformed
+     │         └── SecretKeyError             OUTBOX_SECRET_KEY is not a Fernet key
+     ├── NotFoundError                        the thing asked for does not exist
+     │    ├── DeliveryNotFoundError           never created, expired or purged
+     │    └── SettingsNotConfiguredError      no mail settings saved yet
+     ├── ConflictError                        not possible in the current state
+     │    └── NotRetryableError               only failed or partially sent ones are retried
+     └── ServiceError                         outbox's own infrastructure cannot serve
+          ├── EmbeddedRedisError              the embedded Redis cannot be found or started
+          └── SecretMismatchError             a stored secret does not decrypt with this key
 
-Library exceptions (aiosmtplib, ssl, socket) are translated once, inside the transport,
-with ``raise ... from exc``; the text of each error is safe to record and show (it never
-holds a secret).
+Library exceptions are translated into these once per library, with ``raise ... from exc``:
+SMTP (aiosmtplib, ssl, socket) in ``worker.transports.smtp.smtp_error``, HTTP (httpx) in
+``worker.http_errors``, msal's results in ``worker.tokens``, pydantic's validation errors at
+the edges. The command line maps the branches to exit codes in one table
+(``tasks.cli.errors``).
 """
 
 from __future__ import annotations
 
 from worker.classify import FailureKind
 
+__all__ = [
+    "ConfigurationError",
+    "ConflictError",
+    "DeliveryError",
+    "DeliveryNotFoundError",
+    "EmbeddedRedisError",
+    "InvalidEnvironmentError",
+    "InvalidInputError",
+    "MessageTooLargeError",
+    "NotFoundError",
+    "NotRetryableError",
+    "OutboxError",
+    "PermanentError",
+    "SecretKeyError",
+    "SecretMismatchError",
+    "ServiceError",
+    "SettingsNotConfiguredError",
+    "TransientError",
+    "error_type",
+]
 
-class DeliveryError(Exception):
+
+class OutboxError(Exception):
+    """The root of every error outbox raises on purpose."""
+
+
+class DeliveryError(OutboxError):
     """A delivery attempt did not succeed; ``reason`` says why in one line."""
 
     def __init__(self, reason: str, *, code: int | None = None, reply: str | None = None) -> None:
@@ -48,6 +88,54 @@ class PermanentError(DeliveryError):
 
 class ConfigurationError(DeliveryError):
     """The mail settings are missing or rejected; an operator must fix them, then retry."""
+
+
+class InvalidInputError(OutboxError):
+    """What the caller asked for is invalid; the text names the field."""
+
+
+class MessageTooLargeError(InvalidInputError):
+    """The message exceeds OUTBOX_MAX_MESSAGE_BYTES."""
+
+
+class InvalidEnvironmentError(InvalidInputError):
+    """An ``OUTBOX_*`` environment variable has a value outbox cannot use."""
+
+
+class SecretKeyError(InvalidEnvironmentError):
+    """OUTBOX_SECRET_KEY is not a Fernet key."""
+
+
+class NotFoundError(OutboxError):
+    """What was asked for does not exist."""
+
+
+class DeliveryNotFoundError(NotFoundError):
+    """No record with that id (never created, expired or purged)."""
+
+
+class SettingsNotConfiguredError(NotFoundError):
+    """No mail settings have been saved yet."""
+
+
+class ConflictError(OutboxError):
+    """The request is valid but the current state does not allow it."""
+
+
+class NotRetryableError(ConflictError):
+    """The delivery is in a status that a retry cannot start from."""
+
+
+class ServiceError(OutboxError):
+    """Something outbox itself relies on cannot serve; an operator must look."""
+
+
+class EmbeddedRedisError(ServiceError):
+    """The embedded Redis could not be found or started."""
+
+
+class SecretMismatchError(ServiceError):
+    """A stored secret cannot be decrypted with the current OUTBOX_SECRET_KEY."""
 
 
 def error_type(kind: FailureKind) -> type[DeliveryError]:

@@ -10,6 +10,14 @@ from typing import Any
 from worker.errors import PermanentError
 from worker.message import Attachment, OutgoingMessage
 
+__all__ = [
+    "INLINE_ATTACHMENT_LIMIT",
+    "MAX_ATTACHMENT_BYTES",
+    "GraphMessage",
+    "build_graph_message",
+    "file_attachment",
+]
+
 # Graph takes attachments under 3 MB inline in the message; larger ones (up to 150 MB) must
 # go through an upload session on a draft.
 INLINE_ATTACHMENT_LIMIT = 3 * 1024 * 1024

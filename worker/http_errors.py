@@ -15,6 +15,8 @@ from worker.errors import (
 )
 from worker.retry_after import parse_retry_after
 
+__all__ = ["graph_error", "transport_error"]
+
 
 def graph_error(response: httpx.Response, now: float) -> DeliveryError:
     """The error for a Graph error response, with Graph's own code and message."""

@@ -6,6 +6,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+__all__ = [
+    "Attachment",
+    "OutgoingMessage",
+    "message_document",
+    "message_from_fields",
+    "message_to_fields",
+]
+
 
 @dataclass(frozen=True, slots=True)
 class Attachment:

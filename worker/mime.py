@@ -8,7 +8,10 @@ from email.headerregistry import Address, BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.utils import format_datetime
 
+from config.mail_settings import single_line
 from worker.message import OutgoingMessage
+
+__all__ = ["build_mime"]
 
 
 class _CachingHeaderRegistry(HeaderRegistry):
@@ -39,8 +42,11 @@ _FOLD_FREE_LENGTH = 76
 
 
 def _set_header(mime: EmailMessage, name: str, value: str) -> None:
-    if "\r" in value or "\n" in value:
-        raise ValueError(f"header {name} must not contain line breaks")
+    # Checked at enqueue already; checked again here because this is where it reaches the wire.
+    try:
+        single_line(value)
+    except ValueError as exc:
+        raise ValueError(f"header {name} {exc}") from None
     if value.isascii() and len(name) + 2 + len(value) <= _FOLD_FREE_LENGTH:
         mime.set_raw(name, value)
     else:

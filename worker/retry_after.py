@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from email.utils import parsedate_to_datetime
 
+__all__ = ["parse_retry_after"]
+
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
     """Seconds to wait, or None when the header is absent or unreadable."""

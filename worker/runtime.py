@@ -13,14 +13,16 @@ import redis.asyncio as aioredis
 
 from config.process import ProcessSettings
 from config.secret_box import SecretBox
-from config.settings_store import StoredSettings
+from config.settings_store import SETTINGS_KEY, StoredSettings
 from worker.backoff import RetryPolicy
-from worker.claims import DeliveryClaims
-from worker.deliver import Deliverer, RetryScheduler, TransportCache
+from worker.deliver import Deliverer, JobOutcome, RetryScheduler, TransportCache
+from worker.records import RedisClaims
 from worker.settings_cache import SettingsCache
 from worker.sweeper import SWEEP_INTERVAL_SECONDS, StuckDeliverySweeper
 from worker.transports.base import Transport
 from worker.transports.factory import HttpClients, create_transport, transport_options
+
+__all__ = ["IN_FLIGHT_PER_CONNECTION", "EventLoopThread", "WorkerRuntime", "quiet_http_logs"]
 
 T = TypeVar("T")
 
@@ -82,8 +84,9 @@ class WorkerRuntime:
 
         self._transports = TransportCache(transport_for)
         self._deliverer = Deliverer(
-            claims=DeliveryClaims(
+            claims=RedisClaims(
                 self._redis,
+                settings_key=SETTINGS_KEY,
                 lease_seconds=settings.claim_lease_seconds,
                 retention_seconds=settings.retention_seconds,
             ),
@@ -124,11 +127,11 @@ class WorkerRuntime:
             except Exception:  # a sweep that failed is tried again next interval
                 log.warning("sweep for stuck deliveries failed", exc_info=True)
 
-    def deliver(self, delivery_ids: Sequence[str]) -> list[str]:
+    def deliver(self, delivery_ids: Sequence[str]) -> list[JobOutcome]:
         """Attempt each delivery, concurrently; returns their statuses in order."""
         return self._loop.run(self._deliver_all(delivery_ids))
 
-    async def _deliver_all(self, delivery_ids: Sequence[str]) -> list[str]:
+    async def _deliver_all(self, delivery_ids: Sequence[str]) -> list[JobOutcome]:
         return await self._deliverer.deliver_many(delivery_ids)
 
     def close(self) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from config.secret_box import SecretBox, SecretKeyError
+from config.secret_box import SecretBox
 from config.settings_store import SETTINGS_KEY, StoredSettings, decode_stored
-from worker.errors import ConfigurationError
+from worker.errors import ConfigurationError, SecretMismatchError
+
+__all__ = ["SettingsCache"]
 
 
 class SettingsCache:
@@ -25,6 +27,6 @@ class SettingsCache:
         fields: dict[bytes, bytes] = await self._redis.hgetall(SETTINGS_KEY)  # type: ignore[assignment]
         try:
             self._current = decode_stored(fields, self._box)
-        except SecretKeyError as exc:
+        except SecretMismatchError as exc:
             raise ConfigurationError(str(exc)) from exc
         return self._current

@@ -12,6 +12,8 @@ import redis.asyncio as aioredis
 from worker.deliver import RetryScheduler
 from worker.records import KEY_PREFIX, DeliveryStatus, status_index_key
 
+__all__ = ["SWEEP_INTERVAL_SECONDS", "StuckDeliverySweeper"]
+
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_SECONDS = 60.0

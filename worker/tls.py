@@ -6,6 +6,8 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+__all__ = ["TlsContexts", "build_tls_contexts"]
+
 
 @dataclass(frozen=True, slots=True)
 class TlsContexts:

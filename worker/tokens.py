@@ -12,6 +12,8 @@ from config.mail_settings import OAuthSettings
 from worker.errors import ConfigurationError, DeliveryError, TransientError
 from worker.http_errors import transport_error
 
+__all__ = ["TokenSource"]
+
 # Identity platform errors that mean "the settings are wrong", not "try again later".
 _CONFIGURATION_ERRORS = frozenset(
     {

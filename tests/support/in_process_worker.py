@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 
 from tasks.context import OutboxContext
+from worker.deliver import JobOutcome
 from worker.runtime import WorkerRuntime
 
 
@@ -21,7 +22,7 @@ class InProcessWorker:
             schedule_retry=lambda delivery_id, delay: self.scheduled.append((delivery_id, delay)),
         )
 
-    def deliver(self, *delivery_ids: str) -> list[str]:
+    def deliver(self, *delivery_ids: str) -> list[JobOutcome]:
         return self.runtime.deliver(delivery_ids)
 
     def settle(

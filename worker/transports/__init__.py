@@ -1,1 +1,2 @@
-"""Transports: one interface, one implementation per way of sending (SMTP, Graph, memory)."""
+"""Transports: one interface (``base``), one implementation per way of sending: SMTP, Graph,
+and memory (for tests)."""

@@ -6,8 +6,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from worker.classify import FailureKind, SmtpReply, classify
 from worker.message import OutgoingMessage
-from worker.records import RecipientOutcome
+from worker.records import RecipientOutcome, RecipientState
+
+__all__ = ["SendResult", "Transport", "refused_recipient"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,3 +37,10 @@ class Transport(Protocol):
         """Prove the settings work (connect and log in, or get a token) without sending."""
 
     async def aclose(self) -> None: ...
+
+
+def refused_recipient(address: str, code: int, reply: str) -> RecipientOutcome:
+    """A recipient the server refused: deferred when the refusal is transient, else failed."""
+    kind = classify(SmtpReply(code, "rcpt"))
+    state = RecipientState.DEFERRED if kind is FailureKind.TRANSIENT else RecipientState.FAILED
+    return RecipientOutcome(address, state, code, reply)

@@ -16,6 +16,8 @@ from worker.transports.base import Transport
 from worker.transports.graph import GraphTransport
 from worker.transports.smtp import SmtpTransport
 
+__all__ = ["HttpClients", "TransportOptions", "create_transport", "transport_options"]
+
 
 @dataclass(frozen=True, slots=True)
 class TransportOptions:

@@ -20,6 +20,8 @@ from worker.records import RecipientOutcome, RecipientState
 from worker.tokens import TokenSource
 from worker.transports.base import SendResult
 
+__all__ = ["UPLOAD_CHUNK_BYTES", "GraphTransport"]
+
 # Upload chunks: at most 4 MB as Graph requires, and a multiple of 320 KiB as upload
 # sessions prefer (3.75 MiB).
 UPLOAD_CHUNK_BYTES = 12 * 320 * 1024

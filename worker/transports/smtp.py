@@ -6,6 +6,7 @@ import asyncio
 import socket
 import ssl
 from collections.abc import Sequence
+from typing import Literal
 
 import aiosmtplib
 
@@ -13,7 +14,6 @@ from config.mail_settings import SmtpSettings, TlsMode
 from worker.classify import (
     ConnectionProblem,
     ConnectionProblemKind,
-    FailureKind,
     SmtpPhase,
     SmtpReply,
     classify,
@@ -22,13 +22,21 @@ from worker.errors import (
     ConfigurationError,
     DeliveryError,
     PermanentError,
+    TransientError,
     error_type,
 )
 from worker.message import OutgoingMessage
 from worker.mime import build_mime
 from worker.records import RecipientOutcome, RecipientState
 from worker.tls import TlsContexts
-from worker.transports.base import SendResult
+from worker.transports.base import SendResult, refused_recipient
+
+__all__ = ["SmtpTransport", "smtp_error"]
+
+# The stages of a session whose failures are translated; each names what was being done.
+SmtpStage = Literal["connect", "login", "send"]
+# Everything aiosmtplib, ssl and socket raise (ssl.SSLError and TimeoutError are OSErrors).
+SMTP_FAILURES = (aiosmtplib.SMTPException, OSError)
 
 _PHASE_WORDS: dict[SmtpPhase, str] = {
     "connect": "refused the connection",
@@ -40,10 +48,42 @@ _PHASE_WORDS: dict[SmtpPhase, str] = {
 }
 
 
-def reply_error(code: int, message: str, phase: SmtpPhase) -> DeliveryError:
-    """The error for an SMTP error reply, classed by the one classifier."""
-    return error_type(classify(SmtpReply(code, phase)))(
-        f"SMTP server {_PHASE_WORDS[phase]}: {code} {message}", code=code, reply=message
+def smtp_error(exc: BaseException, stage: SmtpStage, server: str, port: int) -> DeliveryError:
+    """The one translation of an aiosmtplib, ssl or socket failure into outbox's errors,
+    classed by the one classifier; ``stage`` says what the session was doing."""
+    where = f"{server}:{port}"
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return _reply_error(exc, _reply_phase(exc, stage))
+    if stage == "connect":
+        return _connect_error(exc, server, where)
+    if stage == "send" and isinstance(exc, aiosmtplib.SMTPNotSupported):
+        # e.g. SMTPUTF8 needed but not offered: another attempt cannot change that.
+        return PermanentError(f"SMTP server cannot take this message: {exc}")
+    if isinstance(exc, OSError):
+        # A broken connection says nothing about the credentials or the message: retry later.
+        kind: ConnectionProblemKind = "timeout" if isinstance(exc, TimeoutError) else "disconnected"
+        during = "during login" if stage == "login" else "while sending"
+        return _problem_error(kind, f"connection to {where} lost {during}: {exc}")
+    return ConfigurationError(f"SMTP login to {where} impossible: {exc}")
+
+
+def _reply_phase(exc: aiosmtplib.SMTPResponseException, stage: SmtpStage) -> SmtpPhase:
+    match stage:
+        case "connect":
+            # Only STARTTLS raises a reply error after the greeting and EHLO went well.
+            greeting_or_ehlo = (aiosmtplib.SMTPConnectResponseError, aiosmtplib.SMTPHeloError)
+            return "connect" if isinstance(exc, greeting_or_ehlo) else "tls"
+        case "login":
+            return "auth"
+        case "send":
+            return "data" if isinstance(exc, aiosmtplib.SMTPDataError) else "mail"
+
+
+def _reply_error(exc: aiosmtplib.SMTPResponseException, phase: SmtpPhase) -> DeliveryError:
+    return error_type(classify(SmtpReply(exc.code, phase)))(
+        f"SMTP server {_PHASE_WORDS[phase]}: {exc.code} {exc.message}",
+        code=exc.code,
+        reply=exc.message,
     )
 
 
@@ -51,12 +91,40 @@ def _problem_error(kind: ConnectionProblemKind, reason: str) -> DeliveryError:
     return error_type(classify(ConnectionProblem(kind)))(reason)
 
 
-class _ConnectionLostError(Exception):
-    """The connection broke mid-session; the caller may reconnect once."""
+def _connect_error(exc: BaseException, server: str, where: str) -> DeliveryError:
+    for cause in _causes(exc):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return _problem_error(
+                "certificate",
+                f"certificate of {where} not trusted ({cause.verify_message}); "
+                "turn on 'accept any certificate' or trust its CA with OUTBOX_CA_BUNDLE",
+            )
+        if isinstance(cause, ssl.SSLError):
+            return _problem_error(
+                "tls",
+                f"TLS handshake with {where} failed ({cause.reason}); "
+                "check the TLS mode for this port",
+            )
+        if isinstance(cause, socket.gaierror):
+            return _problem_error("dns", f"cannot resolve host {server!r}")
+        if isinstance(cause, ConnectionRefusedError):
+            return _problem_error("refused", f"connection to {where} refused")
+    if isinstance(exc, TimeoutError):
+        return _problem_error("timeout", f"timed out connecting to {where}")
+    if type(exc) is aiosmtplib.SMTPException:
+        # Raised by aiosmtplib itself, e.g. "STARTTLS extension not supported by server"
+        # with TLS mode starttls: only a settings change can help.
+        return _problem_error("tls", f"cannot secure the connection to {where}: {exc}")
+    return _problem_error("disconnected", f"cannot connect to {where}: {exc}")
 
-    def __init__(self, error: DeliveryError) -> None:
-        super().__init__(error.reason)
-        self.error = error
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
 
 
 class SmtpTransport:
@@ -91,16 +159,12 @@ class SmtpTransport:
             connection, reused = await self._checkout()
             try:
                 return await self._attempt(connection, data, recipients)
-            except _ConnectionLostError as lost:
-                if not reused:
-                    raise lost.error from lost.__cause__
-            # A kept-open session that the server closed is no reason to wait a backoff:
-            # reconnect once. The fixed Message-ID makes a rare duplicate detectable.
-            connection = await self._connect()
-            try:
-                return await self._attempt(connection, data, recipients)
-            except _ConnectionLostError as lost:
-                raise lost.error from lost.__cause__
+            except TransientError:
+                # A kept-open session that the server closed is no reason to wait a backoff:
+                # reconnect once. The fixed Message-ID makes a rare duplicate detectable.
+                if not reused or connection.is_connected:
+                    raise
+            return await self._attempt(await self._connect(), data, recipients)
 
     async def verify(self) -> None:
         await _quit(await self._connect())
@@ -125,8 +189,10 @@ class SmtpTransport:
         try:
             result = await self._send_on(connection, data, recipients)
         except DeliveryError:
-            # A refused command leaves the session usable (aiosmtplib sent RSET).
-            await self._release(connection)
+            # A refused command leaves the session usable (aiosmtplib sent RSET); a lost one
+            # was closed where it was lost.
+            if connection.is_connected:
+                await self._release(connection)
             raise
         except BaseException:
             connection.close()
@@ -153,22 +219,10 @@ class SmtpTransport:
                 r.recipient: aiosmtplib.SMTPResponse(r.code, r.message) for r in exc.recipients
             }
             reply = ""
-        except aiosmtplib.SMTPSenderRefused as exc:
-            raise reply_error(exc.code, exc.message, "mail") from exc
-        except aiosmtplib.SMTPDataError as exc:
-            raise reply_error(exc.code, exc.message, "data") from exc
-        except aiosmtplib.SMTPResponseException as exc:
-            raise reply_error(exc.code, exc.message, "mail") from exc
-        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
-            connection.close()
-            kind: ConnectionProblemKind = (
-                "timeout" if isinstance(exc, aiosmtplib.SMTPTimeoutError) else "disconnected"
-            )
-            raise _ConnectionLostError(
-                _problem_error(kind, f"connection to {self._where} lost while sending: {exc}")
-            ) from exc
-        except aiosmtplib.SMTPNotSupported as exc:
-            raise PermanentError(f"SMTP server cannot take this message: {exc}") from exc
+        except SMTP_FAILURES as exc:
+            if isinstance(exc, OSError):
+                connection.close()  # the session is gone (disconnect or timeout)
+            raise smtp_error(exc, "send", self._settings.server, self._settings.port) from exc
         return SendResult(
             tuple(self._outcome(address, refused) for address in recipients),
             code=250 if reply else None,
@@ -180,9 +234,7 @@ class SmtpTransport:
         response = refused.get(address)
         if response is None:
             return RecipientOutcome(address, RecipientState.SENT, 250, "accepted")
-        kind = classify(SmtpReply(response.code, "rcpt"))
-        state = RecipientState.DEFERRED if kind is FailureKind.TRANSIENT else RecipientState.FAILED
-        return RecipientOutcome(address, state, response.code, response.message)
+        return refused_recipient(address, response.code, response.message)
 
     async def _connect(self) -> aiosmtplib.SMTP:
         settings = self._settings
@@ -204,15 +256,9 @@ class SmtpTransport:
         )
         try:
             await connection.connect()
-        except aiosmtplib.SMTPResponseException as exc:
+        except SMTP_FAILURES as exc:
             connection.close()
-            # Only STARTTLS raises a reply error after the greeting and EHLO went well.
-            greeting_or_ehlo = (aiosmtplib.SMTPConnectResponseError, aiosmtplib.SMTPHeloError)
-            phase: SmtpPhase = "connect" if isinstance(exc, greeting_or_ehlo) else "tls"
-            raise reply_error(exc.code, exc.message, phase) from exc
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            connection.close()
-            raise self._connect_error(exc) from exc
+            raise smtp_error(exc, "connect", settings.server, settings.port) from exc
         if settings.username:
             await self._login(connection)
         return connection
@@ -228,61 +274,13 @@ class SmtpTransport:
         password = settings.password.get_secret_value() if settings.password else ""
         try:
             await connection.login(settings.username or "", password)
-        except aiosmtplib.SMTPResponseException as exc:
+        except SMTP_FAILURES as exc:
             connection.close()
-            raise reply_error(exc.code, exc.message, "auth") from exc
-        except (aiosmtplib.SMTPTimeoutError, aiosmtplib.SMTPServerDisconnected) as exc:
-            # A broken connection says nothing about the credentials: retry later.
-            connection.close()
-            kind: ConnectionProblemKind = (
-                "timeout" if isinstance(exc, aiosmtplib.SMTPTimeoutError) else "disconnected"
-            )
-            raise _problem_error(
-                kind, f"connection to {self._where} lost during login: {exc}"
-            ) from exc
-        except aiosmtplib.SMTPException as exc:
-            connection.close()
-            raise ConfigurationError(f"SMTP login to {self._where} impossible: {exc}") from exc
-
-    def _connect_error(self, exc: BaseException) -> DeliveryError:
-        causes = _causes(exc)
-        for cause in causes:
-            if isinstance(cause, ssl.SSLCertVerificationError):
-                return _problem_error(
-                    "certificate",
-                    f"certificate of {self._where} not trusted ({cause.verify_message}); "
-                    "turn on 'accept any certificate' or trust its CA with OUTBOX_CA_BUNDLE",
-                )
-            if isinstance(cause, ssl.SSLError):
-                return _problem_error(
-                    "tls",
-                    f"TLS handshake with {self._where} failed ({cause.reason}); "
-                    "check the TLS mode for this port",
-                )
-            if isinstance(cause, socket.gaierror):
-                return _problem_error("dns", f"cannot resolve host {self._settings.server!r}")
-            if isinstance(cause, ConnectionRefusedError):
-                return _problem_error("refused", f"connection to {self._where} refused")
-        if isinstance(exc, aiosmtplib.SMTPTimeoutError | asyncio.TimeoutError):
-            return _problem_error("timeout", f"timed out connecting to {self._where}")
-        if type(exc) is aiosmtplib.SMTPException:
-            # Raised by aiosmtplib itself, e.g. "STARTTLS extension not supported by server"
-            # with TLS mode starttls: only a settings change can help.
-            return _problem_error("tls", f"cannot secure the connection to {self._where}: {exc}")
-        return _problem_error("disconnected", f"cannot connect to {self._where}: {exc}")
-
-
-def _causes(exc: BaseException) -> list[BaseException]:
-    chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in chain:
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    return chain
+            raise smtp_error(exc, "login", settings.server, settings.port) from exc
 
 
 async def _quit(connection: aiosmtplib.SMTP) -> None:
     try:
         await connection.quit()
-    except (aiosmtplib.SMTPException, OSError):
+    except SMTP_FAILURES:
         connection.close()

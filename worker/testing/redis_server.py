@@ -11,6 +11,11 @@ import redis
 
 from config.redis_location import redis_server_binary
 
+__all__ = [
+    "RedisServer",
+    "free_port",
+]
+
 
 def free_port() -> int:
     with socket.socket() as sock:

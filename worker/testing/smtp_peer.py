@@ -16,6 +16,14 @@ import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+__all__ = [
+    "HOST",
+    "ReceivedMessage",
+    "SmtpPeer",
+    "TlsMode",
+    "smtp_peer",
+]
+
 HOST = "127.0.0.1"
 
 TlsMode = Literal["none", "starttls", "implicit"]

@@ -10,6 +10,15 @@ import threading
 import time
 from pathlib import Path
 
+__all__ = [
+    "BIN",
+    "OUTBOX",
+    "ROOT",
+    "Service",
+    "child_pids",
+    "run_outbox",
+]
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the environment outbox is installed in
 OUTBOX = str(BIN / "outbox")

@@ -24,6 +24,21 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import trustme
 
+__all__ = [
+    "AAD_JSON",
+    "DEFAULT_CLIENT_ID",
+    "DEFAULT_CLIENT_SECRET",
+    "DEFAULT_TENANT",
+    "GRAPH_APP_ID",
+    "GRAPH_JSON",
+    "HOST",
+    "MAX_UPLOAD_CHUNK_BYTES",
+    "UPLOAD_SESSION_MIN_BYTES",
+    "GraphStandIn",
+    "RecordedRequest",
+    "ScriptedResponse",
+]
+
 HOST: Final = "127.0.0.1"
 DEFAULT_TENANT: Final = "contoso-tenant"
 DEFAULT_CLIENT_ID: Final = "app-client-id"

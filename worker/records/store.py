@@ -1,4 +1,4 @@
-"""The producer and operator side of the delivery records: create, read, list, retry, purge."""
+"""The producer and operator side of the records: create, read, list, retry, purge."""
 
 from __future__ import annotations
 
@@ -10,29 +10,32 @@ from typing import Any
 
 import redis
 
-from worker.message import OutgoingMessage, message_to_fields
-from worker.record_scripts import CREATE, PURGE, TRANSITION, transition_arguments
-from worker.records import (
+from worker.errors import DeliveryNotFoundError, NotRetryableError
+from worker.message import OutgoingMessage
+from worker.records.codec import decode_record, encode_recipients, new_record_fields
+from worker.records.keys import attempts_key, record_key, status_index_key
+from worker.records.model import (
     FINAL_STATUSES,
-    STATUS_INDEX_PREFIX,
+    RETRYABLE_STATUSES,
     DeliveryRecord,
     DeliveryStatus,
     RecipientState,
-    attempts_key,
-    decode_record,
-    encode_recipients,
-    idempotency_key,
-    record_key,
-    status_index_key,
+)
+from worker.records.scripts import (
+    CREATE,
+    PURGE,
+    TRANSITION,
+    Created,
+    ScriptCall,
+    create_call,
+    decode_create,
+    decode_purge,
+    decode_transition,
+    purge_call,
+    transition_call,
 )
 
-
-class DeliveryNotFoundError(LookupError):
-    """No record with that id (never created, expired or purged)."""
-
-
-class NotRetryableError(ValueError):
-    """The delivery is in a status that a retry cannot start from."""
+__all__ = ["DeliveryStore", "NewDelivery"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,17 +43,6 @@ class NewDelivery:
     id: str
     message: OutgoingMessage
     idempotency_key: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Created:
-    """The id the producer gets back; ``created`` is False when an idempotency key matched."""
-
-    id: str
-    created: bool
-
-
-RETRYABLE_STATUSES = frozenset({DeliveryStatus.FAILED, DeliveryStatus.PARTIALLY_SENT})
 
 
 class DeliveryStore:
@@ -68,24 +60,17 @@ class DeliveryStore:
         now = time.time()
         pipe = self._redis.pipeline(transaction=False)
         for delivery in deliveries:
-            # Only what a queued record needs: counters start at their defaults, and until the
-            # first attempt every recipient is pending. Fewer fields, less memory per message.
-            fields: dict[str, str | bytes] = {
-                **message_to_fields(delivery.message, created_at=now),
-                "status": DeliveryStatus.QUEUED.value,
-            }
-            if delivery.idempotency_key:
-                fields["idempotency_key"] = delivery.idempotency_key
-            self._create(
-                keys=[
-                    record_key(delivery.id),
-                    status_index_key(DeliveryStatus.QUEUED),
-                    idempotency_key(delivery.idempotency_key) if delivery.idempotency_key else "",
-                ],
-                args=[delivery.id, repr(now), self._retention_seconds, *_flatten(fields)],
-                client=pipe,
+            call = create_call(
+                delivery.id,
+                now=now,
+                fields=new_record_fields(
+                    delivery.message, created_at=now, idempotency_key=delivery.idempotency_key
+                ),
+                idempotency=delivery.idempotency_key,
+                idempotency_ttl_seconds=self._retention_seconds,
             )
-        return [Created(_text(result[1]), bool(result[0])) for result in pipe.execute()]
+            self._create(keys=call.keys, args=call.args, client=pipe)
+        return [decode_create(reply) for reply in pipe.execute()]
 
     def get(self, delivery_id: str) -> DeliveryRecord:
         pipe = self._redis.pipeline(transaction=False)
@@ -147,14 +132,12 @@ class DeliveryStore:
             else r
             for r in record.recipients
         )
-        applied = self._transition(
-            keys=[record_key(delivery_id), attempts_key(delivery_id)],
-            args=transition_arguments(
-                delivery_id=delivery_id,
+        applied = self._run_transition(
+            transition_call(
+                delivery_id,
                 now=time.time(),
                 guard=("status", record.status.value),
-                status=DeliveryStatus.QUEUED.value,
-                index_prefix=STATUS_INDEX_PREFIX,
+                status=DeliveryStatus.QUEUED,
                 expire_seconds=0,
                 fields={
                     "recipients": encode_recipients(recipients),
@@ -162,7 +145,7 @@ class DeliveryStore:
                     "last_error": "",
                     "next_attempt_at": "",
                 },
-            ),
+            )
         )
         if not applied:
             raise NotRetryableError(f"delivery {delivery_id} changed meanwhile; try again")
@@ -170,17 +153,15 @@ class DeliveryStore:
 
     def mark_unqueued(self, delivery_id: str, reason: str) -> None:
         """Record that a stored delivery could not be handed to the broker, so it is not lost."""
-        self._transition(
-            keys=[record_key(delivery_id), attempts_key(delivery_id)],
-            args=transition_arguments(
-                delivery_id=delivery_id,
+        self._run_transition(
+            transition_call(
+                delivery_id,
                 now=time.time(),
                 guard=("status", DeliveryStatus.QUEUED.value),
-                status=DeliveryStatus.FAILED.value,
-                index_prefix=STATUS_INDEX_PREFIX,
+                status=DeliveryStatus.FAILED,
                 expire_seconds=self._retention_seconds,
                 fields={"last_error": reason},
-            ),
+            )
         )
 
     def purge(self, older_than_seconds: float) -> int:
@@ -195,15 +176,14 @@ class DeliveryStore:
             return 0
         pipe = self._redis.pipeline(transaction=False)
         for delivery_id in doomed:
-            self._purge(
-                keys=[record_key(delivery_id), attempts_key(delivery_id)],
-                args=[delivery_id, repr(cutoff), STATUS_INDEX_PREFIX, idempotency_key("")],
-                client=pipe,
-            )
-        outcomes = pipe.execute()
+            call = purge_call(delivery_id, cutoff=cutoff)
+            self._purge(keys=call.keys, args=call.args, client=pipe)
+        results = [decode_purge(reply) for reply in pipe.execute()]
         # Ids whose records had already expired linger in the indexes: drop them too.
-        self.forget_ids([i for i, outcome in zip(doomed, outcomes, strict=True) if outcome < 0])
-        return sum(1 for outcome in outcomes if outcome > 0)
+        self.forget_ids(
+            [i for i, result in zip(doomed, results, strict=True) if result.already_gone]
+        )
+        return sum(result.deleted for result in results)
 
     def forget_ids(self, delivery_ids: list[str]) -> None:
         """Drop ids from every status index (their records are gone)."""
@@ -214,10 +194,9 @@ class DeliveryStore:
             pipe.zrem(status_index_key(status), *delivery_ids)
         pipe.execute()
 
+    def _run_transition(self, call: ScriptCall) -> bool:
+        return decode_transition(self._transition(keys=call.keys, args=call.args))
+
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _flatten(fields: dict[str, str | bytes]) -> list[str | bytes]:
-    return [item for pair in fields.items() for item in pair]

@@ -1,0 +1,234 @@
+"""The commands about e-mails: send, status, list, retry, purge."""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+
+from tasks.cli.common import JsonFlag, load_context, producer_for
+from tasks.cli.errors import EXIT_FAILED, EXIT_USAGE, fail
+from tasks.context import OutboxContext
+from tasks.message_input import MessageInput, describe_validation_error
+from worker.errors import InvalidInputError, MessageTooLargeError
+from worker.records import DeliveryRecord, DeliveryStatus, record_summary
+
+__all__ = ["deliveries_app"]
+
+# Registered on the top-level `outbox` command: `outbox send`, not `outbox deliveries send`.
+deliveries_app = typer.Typer()
+
+
+def _attachment(path: Path) -> dict[str, Any]:
+    try:
+        content = path.read_bytes()
+    except OSError as exc:
+        fail(f"--attach {path}: {exc.strerror}", EXIT_USAGE)
+    content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return {"name": path.name, "content_type": content_type, "content": content}
+
+
+def _read_text(path: Path | None, option: str) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"{option} {path}: {exc}", EXIT_USAGE)
+
+
+@deliveries_app.command()
+def send(
+    to: Annotated[list[str] | None, typer.Option("--to", help="Recipient (repeatable).")] = None,
+    cc: Annotated[list[str] | None, typer.Option("--cc", help="Cc recipient.")] = None,
+    bcc: Annotated[list[str] | None, typer.Option("--bcc", help="Bcc recipient.")] = None,
+    subject: Annotated[str | None, typer.Option(help="Subject line.")] = None,
+    text: Annotated[str | None, typer.Option(help="Plain-text body.")] = None,
+    text_file: Annotated[Path | None, typer.Option(help="Plain-text body from a file.")] = None,
+    html_file: Annotated[Path | None, typer.Option(help="HTML body from a file.")] = None,
+    attach: Annotated[list[Path] | None, typer.Option(help="Attach a file (repeatable).")] = None,
+    idempotency_key: Annotated[
+        str | None, typer.Option(help="Same key, same delivery: never sent twice.")
+    ] = None,
+    wait: Annotated[
+        float | None, typer.Option(help="Wait up to SECONDS for a final status; exit 0 if sent.")
+    ] = None,
+    batch: Annotated[
+        Path | None, typer.Option(help="Enqueue every JSON message of a .jsonl file.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Enqueue an e-mail and print its delivery id."""
+    if batch is not None:
+        if to or cc or bcc or subject or text or text_file or html_file or attach:
+            fail("--batch takes every message from the file; no other message options", EXIT_USAGE)
+        _send_batch(batch, as_json)
+        return
+    if text is not None and text_file is not None:
+        fail("give --text or --text-file, not both", EXIT_USAGE)
+    if subject is None:
+        fail("subject: --subject is required", EXIT_USAGE)
+    raw: dict[str, Any] = {
+        "to": to or [],
+        "cc": cc or [],
+        "bcc": bcc or [],
+        "subject": subject,
+        "text": text if text is not None else _read_text(text_file, "--text-file"),
+        "html": _read_text(html_file, "--html-file"),
+        "attachments": [_attachment(path) for path in attach or []],
+        "idempotency_key": idempotency_key,
+    }
+    try:
+        message = MessageInput.model_validate(raw)
+    except ValidationError as exc:
+        raise InvalidInputError(describe_validation_error(exc)) from None
+    context = load_context()
+    created = producer_for(context).enqueue(message)
+    if wait is None:
+        if as_json:
+            typer.echo(json.dumps({"id": created.id, "created": created.created}))
+        else:
+            typer.echo(created.id)
+        return
+    record = _wait_for_final(context, created.id, wait)
+    if as_json:
+        typer.echo(json.dumps(record_summary(record), indent=2))
+    else:
+        typer.echo(created.id)
+        typer.echo(
+            f"{record.status.value}" + (f": {record.last_error}" if record.last_error else "")
+        )
+    if record.status is not DeliveryStatus.SENT:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _wait_for_final(context: OutboxContext, delivery_id: str, seconds: float) -> DeliveryRecord:
+    deadline = time.monotonic() + seconds
+    while True:
+        record = context.deliveries.get(delivery_id)
+        if record.status.is_final or time.monotonic() >= deadline:
+            return record
+        time.sleep(0.05)
+
+
+def _send_batch(path: Path, as_json: bool) -> None:
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"--batch {path}: {exc}", EXIT_USAGE)
+    context = load_context()
+    producer = producer_for(context)
+    valid: list[tuple[int, MessageInput]] = []
+    problems: list[tuple[int, str]] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            message = MessageInput.model_validate_json(line)
+            producer.check_size(message)
+        except ValidationError as exc:
+            problems.append((number, describe_validation_error(exc)))
+        except MessageTooLargeError as exc:
+            problems.append((number, str(exc)))
+        else:
+            valid.append((number, message))
+    created = producer.enqueue_many([message for _, message in valid]) if valid else []
+    results: list[dict[str, Any]] = [
+        {"line": number, "id": c.id, "created": c.created}
+        for (number, _), c in zip(valid, created, strict=True)
+    ]
+    results += [{"line": number, "error": error} for number, error in problems]
+    results.sort(key=lambda row: row["line"])
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+    else:
+        for row in results:
+            if "id" in row:
+                typer.echo(row["id"])
+    for number, error in problems:
+        typer.echo(f"line {number}: {error}", err=True)
+    if problems:
+        raise typer.Exit(EXIT_USAGE)
+
+
+@deliveries_app.command()
+def status(delivery_id: str, as_json: JsonFlag = False) -> None:
+    """Show one delivery: status, recipients, attempts."""
+    context = load_context()
+    record = context.deliveries.get(delivery_id)
+    summary = record_summary(record)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    typer.echo(f"{record.id}  {record.status.value}  {record.message.subject!r}")
+    typer.echo(f"created {_when(record.created_at)}  updated {_when(record.updated_at)}")
+    if record.next_attempt_at:
+        typer.echo(f"next attempt at {_when(record.next_attempt_at)}")
+    if record.last_error:
+        typer.echo(f"last error: {record.last_error}")
+    for recipient in record.recipients:
+        detail = f" {recipient.code} {recipient.reply}" if recipient.code else ""
+        typer.echo(f"  {recipient.status.value:9} {recipient.address}{detail}")
+    for attempt in record.attempts:
+        typer.echo(
+            f"  attempt {attempt.number} at {_when(attempt.started_at)}: {attempt.outcome}"
+            f" ({attempt.duration_ms:.0f} ms){': ' + attempt.error if attempt.error else ''}"
+        )
+
+
+def _when(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+
+
+@deliveries_app.command("list")
+def list_deliveries(
+    status_filter: Annotated[
+        DeliveryStatus | None, typer.Option("--status", help="Only this status.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10000, help="At most N, newest first.")] = 50,
+    as_json: JsonFlag = False,
+) -> None:
+    """List recent deliveries, newest first."""
+    context = load_context()
+    records = context.deliveries.recent(status_filter, limit)
+    if as_json:
+        typer.echo(json.dumps([record_summary(r) for r in records], indent=2))
+        return
+    for record in records:
+        typer.echo(
+            f"{record.id}  {record.status.value:14} {_when(record.updated_at)}  "
+            f"{record.message.subject!r}"
+        )
+
+
+@deliveries_app.command()
+def retry(
+    delivery_ids: Annotated[list[str] | None, typer.Argument(help="Delivery ids.")] = None,
+    all_failed: Annotated[bool, typer.Option("--all-failed", help="Every failed one.")] = False,
+) -> None:
+    """Queue failed deliveries again (after fixing the settings)."""
+    if bool(delivery_ids) == all_failed:
+        fail("give delivery ids or --all-failed", EXIT_USAGE)
+    context = load_context()
+    producer = producer_for(context)
+    records = producer.retry_all_failed() if all_failed else producer.retry(delivery_ids or [])
+    for record in records:
+        typer.echo(f"requeued {record.id}")
+    if all_failed and not records:
+        typer.echo("no failed deliveries")
+
+
+@deliveries_app.command()
+def purge(
+    older_than: Annotated[
+        float, typer.Option("--older-than", min=0, help="Delete final records older than DAYS.")
+    ],
+) -> None:
+    """Delete sent and failed records last updated more than DAYS ago."""
+    removed = load_context().deliveries.purge(older_than * 86400)
+    typer.echo(f"purged {removed} deliveries")

@@ -1,0 +1,151 @@
+"""``outbox settings``: show, save and check the mail settings."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Callable
+from typing import Annotated
+
+import typer
+from pydantic import SecretStr, ValidationError
+
+from config.mail_settings import (
+    DEFAULT_API_URL,
+    DEFAULT_INSTANCE,
+    OAuthSettings,
+    SmtpSettings,
+    TlsMode,
+)
+from tasks.cli.common import JsonFlag, load_context
+from tasks.cli.errors import EXIT_USAGE, fail
+from tasks.context import OutboxContext
+from tasks.message_input import describe_validation_error
+from tasks.settings_checks import check_connection, send_test_email
+from worker.errors import DeliveryError, InvalidInputError
+
+__all__ = ["settings_app"]
+
+settings_app = typer.Typer(help="Show, change and check the mail settings.", no_args_is_help=True)
+set_app = typer.Typer(help="Save new mail settings (a new version).", no_args_is_help=True)
+settings_app.add_typer(set_app, name="set")
+
+
+def _read_secret_from_stdin() -> str:
+    secret = sys.stdin.readline().rstrip("\r\n")
+    if not secret:
+        fail("no secret on standard input", EXIT_USAGE)
+    return secret
+
+
+def _save(context: OutboxContext, build: Callable[[], SmtpSettings | OAuthSettings]) -> None:
+    try:
+        settings = build()
+    except ValidationError as exc:
+        raise InvalidInputError(describe_validation_error(exc)) from None
+    version = context.settings_store.save(settings)
+    typer.echo(f"saved mail settings version {version} ({settings.protocol})")
+
+
+@set_app.command("smtp")
+def settings_set_smtp(
+    from_mailbox: Annotated[str, typer.Option(help="Sender address; test e-mails go here.")],
+    server: Annotated[str, typer.Option(help="SMTP server host name or IP.")] = "localhost",
+    port: Annotated[int, typer.Option(help="SMTP port.")] = 587,
+    username: Annotated[str | None, typer.Option(help="Login name; none: no login.")] = None,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+    ] = False,
+    tls: Annotated[TlsMode, typer.Option(help="auto: 465 implicit, else STARTTLS if offered.")] = (
+        TlsMode.AUTO
+    ),
+    accept_any_certificate: Annotated[
+        bool,
+        typer.Option(
+            "--accept-any-certificate/--verify-certificate",
+            help="Accept invalid TLS certificates (off by default).",
+        ),
+    ] = False,
+) -> None:
+    """Send through an SMTP server. Without --password-stdin the stored password is kept."""
+    context = load_context()
+    password = _read_secret_from_stdin() if password_stdin else None
+    _save(
+        context,
+        lambda: SmtpSettings(
+            server=server,
+            port=port,
+            from_mailbox=from_mailbox,
+            username=username,
+            password=SecretStr(password) if password else None,
+            tls=tls,
+            accept_any_certificate=accept_any_certificate,
+        ),
+    )
+
+
+@set_app.command("oauth")
+def settings_set_oauth(
+    from_mailbox: Annotated[str, typer.Option(help="Mailbox to send as.")],
+    tenant: Annotated[str, typer.Option(help="Directory (tenant) ID.")],
+    client_id: Annotated[str, typer.Option(help="Application (client) ID.")],
+    client_secret_stdin: Annotated[
+        bool, typer.Option("--client-secret-stdin", help="Read the client secret from stdin.")
+    ] = False,
+    instance: Annotated[str, typer.Option(help="Identity platform URL.")] = DEFAULT_INSTANCE,
+    api_url: Annotated[str, typer.Option(help="Microsoft Graph URL.")] = DEFAULT_API_URL,
+) -> None:
+    """Send through Microsoft Graph. Without --client-secret-stdin the stored secret is kept."""
+    context = load_context()
+    secret = _read_secret_from_stdin() if client_secret_stdin else None
+    _save(
+        context,
+        lambda: OAuthSettings(
+            from_mailbox=from_mailbox,
+            tenant=tenant,
+            client_id=client_id,
+            client_secret=SecretStr(secret) if secret else None,
+            instance=instance,
+            api_url=api_url,
+        ),
+    )
+
+
+@settings_app.command("show")
+def settings_show(as_json: JsonFlag = False) -> None:
+    """Show the saved settings; secrets are masked."""
+    view = load_context().settings_store.masked_view()
+    if view is None:
+        fail("mail settings are not configured")
+    if as_json:
+        typer.echo(json.dumps(view, indent=2))
+        return
+    for name, value in view.items():
+        typer.echo(f"{name:24} {value if value is not None else '-'}")
+
+
+@settings_app.command("test-connection")
+def settings_test_connection() -> None:
+    """Connect, secure and log in with the saved settings; exit 1 with the reason on failure."""
+    context = load_context()
+    settings = context.settings_store.require().settings
+    try:
+        outcome = asyncio.run(check_connection(settings, context.transport_options))
+    except DeliveryError as exc:
+        fail(f"connection test failed: {exc.reason}")
+    typer.echo(f"connection OK: {outcome}")
+
+
+@settings_app.command("send-test")
+def settings_send_test() -> None:
+    """Send a test e-mail to the from mailbox; exit 1 with the reason on failure."""
+    context = load_context()
+    settings = context.settings_store.require().settings
+    try:
+        outcome = asyncio.run(
+            send_test_email(settings, context.transport_options, context.settings.message_id_domain)
+        )
+    except DeliveryError as exc:
+        fail(f"test e-mail not sent: {exc.reason}")
+    typer.echo(outcome)

@@ -1,0 +1,334 @@
+"""The Deliverer's decisions, table-tested in memory: no Redis, no server, milliseconds each.
+
+The same decisions against real Redis and real SMTP and Graph peers are tested in
+test_smtp_delivery.py and test_graph_delivery.py; here the in-memory claim store (which
+follows the claim scripts' rules) and the memory transport let every branch run fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import pytest
+
+from config.mail_settings import SmtpSettings
+from config.settings_store import StoredSettings
+from worker.backoff import RetryPolicy
+from worker.deliver import NOT_CONFIGURED, Deliverer, JobOutcome, TransportCache
+from worker.errors import ConfigurationError, PermanentError, TransientError
+from worker.message import OutgoingMessage
+from worker.records import (
+    AttemptOutcome,
+    DeliveryRecord,
+    DeliveryStatus,
+    MemoryClaims,
+    RecipientState,
+)
+from worker.transports.memory import MemoryTransport, SendHandler
+
+RECIPIENTS = ("a@example.com", "b@example.com")
+MAX_ATTEMPTS = 3
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class SettingsVersions:
+    """The settings of each saved version, as the worker's settings cache would return them."""
+
+    def __init__(self) -> None:
+        self.saved: dict[int, StoredSettings] = {}
+
+    def save(self, version: int) -> None:
+        settings = SmtpSettings(from_mailbox="robot@example.com")
+        self.saved[version] = StoredSettings(version, settings, saved_at=0.0)
+
+    async def get(self, version: int) -> StoredSettings | None:
+        return self.saved.get(version)
+
+
+@dataclass
+class Harness:
+    """A Deliverer wired to memory: records, settings, a transport per settings version."""
+
+    handler: SendHandler
+    clock: Clock = field(default_factory=Clock)
+    claims: MemoryClaims = field(default_factory=lambda: MemoryClaims(lease_seconds=30))
+    settings: SettingsVersions = field(default_factory=SettingsVersions)
+    transports: list[MemoryTransport] = field(default_factory=list)
+    scheduled: list[tuple[str, float]] = field(default_factory=list)
+    # Kept across jobs, as a worker process keeps it: it holds the transport of a version.
+    cache: TransportCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.settings.save(1)
+        self.cache = TransportCache(self.transport_for)
+
+    def transport_for(self, stored: StoredSettings) -> MemoryTransport:
+        transport = MemoryTransport(self.handler)
+        self.transports.append(transport)
+        return transport
+
+    def add(self, delivery_id: str = "d1", recipients: Sequence[str] = RECIPIENTS) -> str:
+        message = OutgoingMessage(
+            message_id=f"<{delivery_id}@test>", to=tuple(recipients), subject="s"
+        )
+        self.claims.add(delivery_id, message, now=self.clock.now)
+        return delivery_id
+
+    def deliver(self, *delivery_ids: str) -> list[JobOutcome]:
+        async def run() -> list[JobOutcome]:
+            deliverer = Deliverer(
+                claims=self.claims,
+                settings=self.settings,
+                transports=self.cache,
+                policy=RetryPolicy(
+                    base_seconds=10, max_seconds=60, max_attempts=MAX_ATTEMPTS, random=lambda: 0.5
+                ),
+                schedule_retry=lambda i, delay: self.scheduled.append((i, delay)),
+                in_flight=asyncio.Semaphore(4),
+                clock=self.clock,
+            )
+            return await deliverer.deliver_many(delivery_ids)
+
+        return asyncio.run(run())
+
+    def record(self, delivery_id: str = "d1") -> DeliveryRecord:
+        return self.claims.records[delivery_id]
+
+    def states(self, delivery_id: str = "d1") -> dict[str, RecipientState]:
+        return {r.address: r.status for r in self.record(delivery_id).recipients}
+
+    def sent_to(self) -> list[str]:
+        return [r for t in self.transports for sent in t.sent for r in sent.recipients]
+
+
+def refusing(codes: Mapping[str, int]) -> SendHandler:
+    return lambda message, recipients: {r: c for r, c in codes.items() if r in recipients}
+
+
+def raising(error: Exception) -> SendHandler:
+    def handler(message: OutgoingMessage, recipients: Sequence[str]) -> Mapping[str, int]:
+        raise error
+
+    return handler
+
+
+SENT, DEFERRED, FAILED = RecipientState.SENT, RecipientState.DEFERRED, RecipientState.FAILED
+
+
+@pytest.mark.parametrize(
+    ("handler", "outcome", "attempt", "states", "retry_scheduled"),
+    [
+        pytest.param(
+            refusing({}), JobOutcome.SENT, AttemptOutcome.SENT, (SENT, SENT), False, id="accepted"
+        ),
+        pytest.param(
+            refusing({"b@example.com": 550}),
+            JobOutcome.PARTIALLY_SENT,
+            AttemptOutcome.PARTIALLY_SENT,
+            (SENT, FAILED),
+            False,
+            id="one refused for good",
+        ),
+        pytest.param(
+            refusing({"a@example.com": 550, "b@example.com": 553}),
+            JobOutcome.FAILED,
+            AttemptOutcome.FAILED,
+            (FAILED, FAILED),
+            False,
+            id="all refused for good",
+        ),
+        pytest.param(
+            refusing({"b@example.com": 451}),
+            JobOutcome.RETRYING,
+            AttemptOutcome.DEFERRED,
+            (SENT, DEFERRED),
+            True,
+            id="one refused for now",
+        ),
+        pytest.param(
+            raising(TransientError("451 try later", code=451)),
+            JobOutcome.RETRYING,
+            AttemptOutcome.TRANSIENT,
+            (DEFERRED, DEFERRED),
+            True,
+            id="transient error",
+        ),
+        pytest.param(
+            raising(PermanentError("554 no", code=554)),
+            JobOutcome.FAILED,
+            AttemptOutcome.PERMANENT,
+            (FAILED, FAILED),
+            False,
+            id="permanent error",
+        ),
+        pytest.param(
+            raising(ConfigurationError("535 bad login", code=535)),
+            JobOutcome.FAILED,
+            AttemptOutcome.CONFIGURATION,
+            (FAILED, FAILED),
+            False,
+            id="configuration error: no blind retries",
+        ),
+        pytest.param(
+            raising(RuntimeError("a bug in a library")),
+            JobOutcome.FAILED,
+            AttemptOutcome.PERMANENT,
+            (FAILED, FAILED),
+            False,
+            id="unexpected exception fails the delivery, not the worker",
+        ),
+    ],
+)
+def test_one_attempt_decides(
+    handler: SendHandler,
+    outcome: JobOutcome,
+    attempt: AttemptOutcome,
+    states: tuple[RecipientState, RecipientState],
+    retry_scheduled: bool,
+) -> None:
+    harness = Harness(handler)
+    delivery_id = harness.add()
+
+    assert harness.deliver(delivery_id) == [outcome]
+
+    record = harness.record()
+    assert record.status.value == outcome.value
+    assert tuple(harness.states().values()) == states
+    [recorded] = record.attempts
+    assert (recorded.number, recorded.outcome) == (1, attempt)
+    assert [i for i, _ in harness.scheduled] == ([delivery_id] if retry_scheduled else [])
+    if retry_scheduled:
+        assert record.next_attempt_at == harness.clock.now + harness.scheduled[0][1]
+    else:
+        assert record.next_attempt_at is None
+
+
+def test_a_retry_sends_only_to_the_deferred_recipients() -> None:
+    harness = Harness(refusing({"b@example.com": 451}))
+    harness.add()
+    harness.deliver("d1")
+    harness.clock.now += harness.scheduled[0][1]
+    harness.transports[0].handler = refusing({})
+
+    assert harness.deliver("d1") == [JobOutcome.SENT]
+    assert harness.sent_to() == ["a@example.com", "b@example.com"]
+    assert [a.outcome for a in harness.record().attempts] == [
+        AttemptOutcome.DEFERRED,
+        AttemptOutcome.SENT,
+    ]
+
+
+def test_retry_after_from_the_server_is_honoured() -> None:
+    harness = Harness(raising(TransientError("throttled", code=429, retry_after=42.0)))
+    harness.add()
+    harness.deliver("d1")
+    assert harness.scheduled == [("d1", 42.0)]
+
+
+def test_the_attempt_limit_ends_in_failed() -> None:
+    harness = Harness(raising(TransientError("connection refused")))
+    harness.add()
+    outcomes = []
+    for _ in range(MAX_ATTEMPTS):
+        outcomes += harness.deliver("d1")
+        harness.clock.now += 100
+    assert outcomes == [JobOutcome.RETRYING] * (MAX_ATTEMPTS - 1) + [JobOutcome.FAILED]
+    record = harness.record()
+    assert record.attempt_count == MAX_ATTEMPTS
+    assert set(harness.states().values()) == {FAILED}
+    assert record.last_error == "connection refused"
+    assert len(harness.scheduled) == MAX_ATTEMPTS - 1
+
+
+def test_a_late_duplicate_job_never_sends_again() -> None:
+    harness = Harness(refusing({}))
+    harness.add()
+    assert harness.deliver("d1") == [JobOutcome.SENT]
+    assert harness.deliver("d1") == [JobOutcome.SENT]
+    assert harness.transports[0].calls == 1
+    assert len(harness.record().attempts) == 1
+
+
+def test_a_duplicate_job_before_the_scheduled_retry_leaves_it_alone() -> None:
+    harness = Harness(raising(TransientError("later")))
+    harness.add()
+    harness.deliver("d1")
+    assert harness.deliver("d1") == [JobOutcome.EARLY]
+    assert harness.transports[0].calls == 1
+
+
+def test_a_delivery_claimed_elsewhere_is_looked_at_again_when_the_lease_ends() -> None:
+    harness = Harness(refusing({}))
+    harness.add()
+    asyncio.run(harness.claims.claim("d1", harness.clock.now))  # another process holds it
+
+    assert harness.deliver("d1") == [JobOutcome.BUSY]
+    assert harness.scheduled == [("d1", 31.0)]  # the 30 s lease, then one more second
+    assert harness.transports == []
+
+
+def test_a_claim_whose_holder_died_is_taken_over_and_its_attempt_recorded_lost() -> None:
+    harness = Harness(refusing({}))
+    harness.add()
+    asyncio.run(harness.claims.claim("d1", harness.clock.now))
+    harness.clock.now += 31
+
+    assert harness.deliver("d1") == [JobOutcome.SENT]
+    attempts = harness.record().attempts
+    assert [(a.number, a.outcome) for a in attempts] == [
+        (1, AttemptOutcome.LOST),
+        (2, AttemptOutcome.SENT),
+    ]
+
+
+def test_a_missing_record_is_skipped() -> None:
+    harness = Harness(refusing({}))
+    assert harness.deliver("gone") == [JobOutcome.MISSING]
+    assert harness.transports == []
+
+
+def test_without_settings_the_delivery_fails_with_a_configuration_reason() -> None:
+    harness = Harness(refusing({}))
+    harness.settings.saved.clear()
+    harness.claims.settings_version = 0
+    harness.add()
+
+    assert harness.deliver("d1") == [JobOutcome.FAILED]
+    [attempt] = harness.record().attempts
+    assert attempt.outcome is AttemptOutcome.CONFIGURATION
+    assert attempt.error == NOT_CONFIGURED
+
+
+def test_a_settings_change_takes_effect_at_the_next_delivery() -> None:
+    harness = Harness(refusing({}))
+    harness.add("d1")
+    harness.add("d2")
+    harness.add("d3")
+    harness.deliver("d1", "d2")
+    assert len(harness.transports) == 1
+
+    harness.settings.save(2)
+    harness.claims.settings_version = 2
+    harness.deliver("d3")
+
+    first, second = harness.transports
+    assert first.closed
+    assert not second.closed
+    assert [s.message.message_id for s in second.sent] == ["<d3@test>"]
+
+
+def test_one_failing_delivery_does_not_stop_the_others_of_its_job() -> None:
+    harness = Harness(refusing({"bad@example.com": 550}))
+    harness.add("good", ["ok@example.com"])
+    harness.add("bad", ["bad@example.com"])
+    assert harness.deliver("good", "bad") == [JobOutcome.SENT, JobOutcome.FAILED]
+    assert harness.record("good").status is DeliveryStatus.SENT

@@ -1,0 +1,117 @@
+"""The worker side of the records: claim a delivery for one attempt, then record its outcome."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import redis.asyncio as aioredis
+
+from worker.records.codec import encode_attempt, encode_recipients
+from worker.records.model import Attempt, DeliveryRecord, DeliveryStatus, RecipientOutcome
+from worker.records.scripts import (
+    CLAIM,
+    TRANSITION,
+    ClaimResult,
+    ScriptCall,
+    Unreadable,
+    claim_call,
+    decode_claim,
+    decode_transition,
+    transition_call,
+)
+
+__all__ = ["ClaimStore", "RedisClaims"]
+
+
+class ClaimStore(Protocol):
+    """What a ``Deliverer`` needs of the records: ``RedisClaims``, or ``MemoryClaims`` in tests."""
+
+    async def claim(self, delivery_id: str, now: float) -> ClaimResult:
+        """Claim one delivery for one attempt, with the current settings version."""
+
+    async def fail_unreadable(self, delivery_id: str, claim: Unreadable, now: float) -> None:
+        """Fail a claimed delivery whose record cannot be decoded."""
+
+    async def finish(
+        self,
+        record: DeliveryRecord,
+        *,
+        now: float,
+        status: DeliveryStatus,
+        attempt: Attempt,
+        recipients: tuple[RecipientOutcome, ...],
+        last_error: str | None,
+        next_attempt_at: float | None,
+    ) -> bool:
+        """Record the attempt; False if the claim was lost to another process meanwhile."""
+
+
+class RedisClaims:
+    """Claims and attempt outcomes in Redis, each one script call (one round trip)."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        settings_key: str,
+        lease_seconds: float,
+        retention_seconds: int,
+    ) -> None:
+        self._settings_key = settings_key
+        self._lease_seconds = lease_seconds
+        self._retention_seconds = retention_seconds
+        self._claim = client.register_script(CLAIM)
+        self._transition = client.register_script(TRANSITION)
+
+    async def claim(self, delivery_id: str, now: float) -> ClaimResult:
+        call = claim_call(
+            delivery_id,
+            now=now,
+            lease_seconds=self._lease_seconds,
+            settings_key=self._settings_key,
+        )
+        return decode_claim(delivery_id, await self._claim(keys=call.keys, args=call.args))
+
+    async def fail_unreadable(self, delivery_id: str, claim: Unreadable, now: float) -> None:
+        await self._run_transition(
+            transition_call(
+                delivery_id,
+                now=now,
+                guard=("attempt_count", str(claim.attempt_count)),
+                status=DeliveryStatus.FAILED,
+                expire_seconds=self._retention_seconds,
+                fields={"last_error": claim.reason, "lease_until": "0"},
+            )
+        )
+
+    async def finish(
+        self,
+        record: DeliveryRecord,
+        *,
+        now: float,
+        status: DeliveryStatus,
+        attempt: Attempt,
+        recipients: tuple[RecipientOutcome, ...],
+        last_error: str | None,
+        next_attempt_at: float | None,
+    ) -> bool:
+        return await self._run_transition(
+            transition_call(
+                record.id,
+                now=now,
+                # The claim is ours only while attempt_count is still the number we claimed.
+                guard=("attempt_count", str(record.attempt_count)),
+                status=status,
+                expire_seconds=self._retention_seconds if status.is_final else 0,
+                attempt_json=encode_attempt(attempt),
+                fields={
+                    "recipients": encode_recipients(recipients),
+                    "last_error": last_error or "",
+                    "next_attempt_at": repr(next_attempt_at) if next_attempt_at else "",
+                    "lease_until": "0",
+                },
+            )
+        )
+
+    async def _run_transition(self, call: ScriptCall) -> bool:
+        return decode_transition(await self._transition(keys=call.keys, args=call.args))

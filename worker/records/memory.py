@@ -1,0 +1,125 @@
+"""An in-memory ``ClaimStore`` with the claim scripts' rules, for testing the core's decisions.
+
+It keeps records as values in a dict and follows ``CLAIM`` and ``TRANSITION`` step by step
+(final records are never claimed, a live claim makes others wait, a scheduled retry is not
+run early, an expired claim is taken over with a ``lost`` attempt). The Redis scripts
+themselves are tested against a real Redis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from worker.message import OutgoingMessage
+from worker.records.model import (
+    Attempt,
+    AttemptOutcome,
+    DeliveryRecord,
+    DeliveryStatus,
+    RecipientOutcome,
+    RecipientState,
+)
+from worker.records.scripts import (
+    AlreadyFinal,
+    Busy,
+    Claimed,
+    ClaimResult,
+    Early,
+    Missing,
+    Unreadable,
+)
+
+__all__ = ["MemoryClaims"]
+
+
+class MemoryClaims:
+    """Records in a dict; ``settings_version`` plays the settings hash the claim reads."""
+
+    def __init__(self, *, lease_seconds: float = 30.0, settings_version: int = 1) -> None:
+        self.lease_seconds = lease_seconds
+        self.settings_version = settings_version
+        self.records: dict[str, DeliveryRecord] = {}
+        self._lease_until: dict[str, float] = {}
+
+    def add(self, delivery_id: str, message: OutgoingMessage, *, now: float = 0.0) -> None:
+        """A queued record, as the producer stores it."""
+        self.records[delivery_id] = DeliveryRecord(
+            id=delivery_id,
+            status=DeliveryStatus.QUEUED,
+            message=message,
+            created_at=now,
+            updated_at=now,
+            attempt_count=0,
+            recipients=tuple(
+                RecipientOutcome(a, RecipientState.PENDING) for a in message.recipients
+            ),
+            last_error=None,
+            next_attempt_at=None,
+            idempotency_key=None,
+        )
+
+    async def claim(self, delivery_id: str, now: float) -> ClaimResult:
+        record = self.records.get(delivery_id)
+        if record is None:
+            return Missing()
+        if record.status.is_final:
+            return AlreadyFinal(record.status)
+        attempts = record.attempts
+        if record.status is DeliveryStatus.SENDING:
+            lease_until = self._lease_until.get(delivery_id, 0.0)
+            if lease_until > now:
+                return Busy(lease_until)
+            lost = Attempt(
+                number=record.attempt_count,
+                started_at=record.updated_at,
+                duration_ms=0,
+                outcome=AttemptOutcome.LOST,
+                error="the worker was lost during this attempt; its claim expired",
+            )
+            attempts = (*attempts, lost)
+        if record.status is DeliveryStatus.RETRYING and (record.next_attempt_at or 0) > now + 1:
+            return Early(record.next_attempt_at or 0)
+        claimed = replace(
+            record,
+            status=DeliveryStatus.SENDING,
+            updated_at=now,
+            attempt_count=record.attempt_count + 1,
+            attempts=attempts,
+        )
+        self.records[delivery_id] = claimed
+        self._lease_until[delivery_id] = now + self.lease_seconds
+        return Claimed(claimed, self.settings_version)
+
+    async def fail_unreadable(self, delivery_id: str, claim: Unreadable, now: float) -> None:
+        record = self.records.get(delivery_id)
+        if record is not None and record.attempt_count == claim.attempt_count:
+            self.records[delivery_id] = replace(
+                record, status=DeliveryStatus.FAILED, updated_at=now, last_error=claim.reason
+            )
+
+    async def finish(
+        self,
+        record: DeliveryRecord,
+        *,
+        now: float,
+        status: DeliveryStatus,
+        attempt: Attempt,
+        recipients: tuple[RecipientOutcome, ...],
+        last_error: str | None,
+        next_attempt_at: float | None,
+    ) -> bool:
+        current = self.records.get(record.id)
+        # The claim is ours only while attempt_count is still the number we claimed.
+        if current is None or current.attempt_count != record.attempt_count:
+            return False
+        self.records[record.id] = replace(
+            current,
+            status=status,
+            updated_at=now,
+            recipients=recipients,
+            last_error=last_error,
+            next_attempt_at=next_attempt_at,
+            attempts=(*current.attempts, attempt),
+        )
+        self._lease_until.pop(record.id, None)
+        return True

@@ -1,0 +1,127 @@
+"""What a delivery record holds: its status, recipients and attempts, as frozen values."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any
+
+from worker.message import OutgoingMessage
+
+__all__ = [
+    "FINAL_STATUSES",
+    "RETRYABLE_STATUSES",
+    "Attempt",
+    "AttemptOutcome",
+    "DeliveryRecord",
+    "DeliveryStatus",
+    "RecipientOutcome",
+    "RecipientState",
+    "record_summary",
+]
+
+
+class DeliveryStatus(StrEnum):
+    """Where a delivery stands; the state machine is drawn in ``worker.records``."""
+
+    QUEUED = "queued"
+    SENDING = "sending"
+    RETRYING = "retrying"
+    SENT = "sent"
+    PARTIALLY_SENT = "partially_sent"
+    FAILED = "failed"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES = frozenset(
+    {DeliveryStatus.SENT, DeliveryStatus.PARTIALLY_SENT, DeliveryStatus.FAILED}
+)
+# An operator's retry starts from these: a final status with recipients still to reach.
+RETRYABLE_STATUSES = frozenset({DeliveryStatus.FAILED, DeliveryStatus.PARTIALLY_SENT})
+
+
+class RecipientState(StrEnum):
+    PENDING = "pending"  # not tried yet
+    DEFERRED = "deferred"  # refused for now (4xx); tried again with the next attempt
+    SENT = "sent"
+    FAILED = "failed"
+
+    @property
+    def needs_sending(self) -> bool:
+        return self in (RecipientState.PENDING, RecipientState.DEFERRED)
+
+
+class AttemptOutcome(StrEnum):
+    """How one attempt ended, as recorded in its ``Attempt``."""
+
+    SENT = "sent"  # every pending recipient accepted
+    PARTIALLY_SENT = "partially_sent"  # some refused for good, none left to try
+    FAILED = "failed"  # every recipient refused for good, no error for the whole message
+    DEFERRED = "deferred"  # some recipients refused for now: tried again later
+    TRANSIENT = "transient"  # the whole message failed for now (TransientError)
+    PERMANENT = "permanent"  # the whole message refused for good (PermanentError)
+    CONFIGURATION = "configuration"  # the settings are wrong or missing (ConfigurationError)
+    LOST = "lost"  # the worker holding the claim died; written by the claim script
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientOutcome:
+    address: str
+    status: RecipientState
+    code: int | None = None
+    reply: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One try at sending, as recorded: when, how long, and what the server said."""
+
+    number: int
+    started_at: float
+    duration_ms: float
+    outcome: AttemptOutcome
+    code: int | None = None
+    reply: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRecord:
+    id: str
+    status: DeliveryStatus
+    message: OutgoingMessage
+    created_at: float
+    updated_at: float
+    attempt_count: int
+    recipients: tuple[RecipientOutcome, ...]
+    last_error: str | None
+    next_attempt_at: float | None
+    idempotency_key: str | None
+    # attempt_count when an operator last retried it: the retry budget counts from there.
+    retry_base: int = 0
+    attempts: tuple[Attempt, ...] = ()
+
+    @property
+    def attempts_this_round(self) -> int:
+        return self.attempt_count - self.retry_base
+
+
+def record_summary(record: DeliveryRecord) -> dict[str, Any]:
+    """The record as operators read it (``outbox status --json``); no secrets exist in it."""
+    return {
+        "id": record.id,
+        "status": record.status.value,
+        "subject": record.message.subject,
+        "message_id": record.message.message_id,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+        "attempt_count": record.attempt_count,
+        "next_attempt_at": record.next_attempt_at,
+        "last_error": record.last_error,
+        "idempotency_key": record.idempotency_key,
+        "recipients": [asdict(r) for r in record.recipients],
+        "attempts": [asdict(a) for a in record.attempts],
+    }

@@ -1,0 +1,321 @@
+"""The Lua scripts that change records atomically, each with its KEYS/ARGV contract, the
+function that builds its call and the one that decodes its reply.
+
+A script runs on a synchronous client (producer, operator) or an asynchronous one (worker),
+alone or in a pipeline, so the wrappers build a ``ScriptCall`` and decode a reply rather
+than calling Redis themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from worker.records.codec import decode_record
+from worker.records.keys import (
+    IDEMPOTENCY_PREFIX,
+    STATUS_INDEX_PREFIX,
+    attempts_key,
+    idempotency_key,
+    record_key,
+    status_index_key,
+)
+from worker.records.model import DeliveryRecord, DeliveryStatus
+
+__all__ = [
+    "CLAIM",
+    "CREATE",
+    "PURGE",
+    "TRANSITION",
+    "AlreadyFinal",
+    "Busy",
+    "ClaimResult",
+    "Claimed",
+    "Created",
+    "Early",
+    "Missing",
+    "PurgeResult",
+    "ScriptCall",
+    "Unreadable",
+    "claim_call",
+    "create_call",
+    "decode_claim",
+    "decode_create",
+    "decode_purge",
+    "decode_transition",
+    "purge_call",
+    "transition_call",
+]
+
+Argument = str | bytes | int | float
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptCall:
+    """The KEYS and ARGV of one script invocation."""
+
+    keys: list[str]
+    args: list[Argument]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# --- CREATE: store a queued record, once per idempotency key -------------------------------
+# KEYS: record, queued index, idempotency key ("" when none)
+# ARGV: id, now, idempotency ttl seconds, field, value, ...
+# -> {1, id} when created, {0, existing id} when the idempotency key was already used.
+CREATE = """
+if KEYS[3] ~= '' then
+  local existing = redis.call('GET', KEYS[3])
+  if existing then return {0, existing} end
+  redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[3])
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return {1, ARGV[1]}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """The id the producer gets back; ``created`` is False when an idempotency key matched."""
+
+    id: str
+    created: bool
+
+
+def create_call(
+    delivery_id: str,
+    *,
+    now: float,
+    fields: Mapping[str, str | bytes],
+    idempotency: str | None,
+    idempotency_ttl_seconds: int,
+) -> ScriptCall:
+    return ScriptCall(
+        keys=[
+            record_key(delivery_id),
+            status_index_key(DeliveryStatus.QUEUED),
+            idempotency_key(idempotency) if idempotency else "",
+        ],
+        args=[
+            delivery_id,
+            repr(now),
+            idempotency_ttl_seconds,
+            *(item for pair in fields.items() for item in pair),
+        ],
+    )
+
+
+def decode_create(reply: Sequence[Any]) -> Created:
+    return Created(_text(reply[1]), bool(reply[0]))
+
+
+# --- CLAIM: take a delivery for one attempt, and read it with the settings version ---------
+# A claim whose lease ran out belonged to a lost worker: its attempt is recorded as "lost".
+# KEYS: record, settings hash, attempts list
+# ARGV: id, now, lease seconds, status index prefix
+# -> {'missing'} | {'final', status} | {'busy', lease_until} | {'early', next_attempt_at}
+#    | {'claimed', version, {field, value, ...}}
+CLAIM = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {'missing'} end
+if status == 'sent' or status == 'partially_sent' or status == 'failed' then
+  return {'final', status}
+end
+local now = tonumber(ARGV[2])
+if status == 'sending' then
+  local lease = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
+  if lease > now then return {'busy', tostring(lease)} end
+  redis.call('RPUSH', KEYS[3], cjson.encode({
+    number = tonumber(redis.call('HGET', KEYS[1], 'attempt_count')),
+    started_at = tonumber(redis.call('HGET', KEYS[1], 'updated_at')),
+    duration_ms = 0, outcome = 'lost',
+    error = 'the worker was lost during this attempt; its claim expired'}))
+end
+if status == 'retrying' then
+  -- A duplicate job (its delivery's retry is already scheduled) must not skip the backoff.
+  local due = tonumber(redis.call('HGET', KEYS[1], 'next_attempt_at') or '0') or 0
+  if due > now + 1 then return {'early', tostring(due)} end
+end
+redis.call('HINCRBY', KEYS[1], 'attempt_count', 1)
+redis.call('HSET', KEYS[1], 'status', 'sending', 'updated_at', ARGV[2],
+  'lease_until', tostring(now + tonumber(ARGV[3])))
+redis.call('ZREM', ARGV[4] .. status, ARGV[1])
+redis.call('ZADD', ARGV[4] .. 'sending', now, ARGV[1])
+local version = redis.call('HGET', KEYS[2], 'version') or '0'
+return {'claimed', version, redis.call('HGETALL', KEYS[1])}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """This process now owns the delivery for one attempt (until the lease runs out)."""
+
+    record: DeliveryRecord
+    settings_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class AlreadyFinal:
+    """Sent, partially sent or failed before: never sent again."""
+
+    status: DeliveryStatus
+
+
+@dataclass(frozen=True, slots=True)
+class Busy:
+    """Another process holds the delivery; look again when its lease ends."""
+
+    lease_until: float
+
+
+@dataclass(frozen=True, slots=True)
+class Early:
+    """A retry is scheduled for later; this job is a duplicate and must not run it early."""
+
+    due_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Missing:
+    """No such record (expired or purged)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """Claimed, but the record cannot be decoded: it fails instead of blocking its task."""
+
+    attempt_count: int
+    reason: str
+
+
+ClaimResult = Claimed | AlreadyFinal | Busy | Early | Missing | Unreadable
+
+
+def claim_call(
+    delivery_id: str, *, now: float, lease_seconds: float, settings_key: str
+) -> ScriptCall:
+    return ScriptCall(
+        keys=[record_key(delivery_id), settings_key, attempts_key(delivery_id)],
+        args=[delivery_id, repr(now), repr(lease_seconds), STATUS_INDEX_PREFIX],
+    )
+
+
+def decode_claim(delivery_id: str, reply: Sequence[Any]) -> ClaimResult:
+    match _text(reply[0]):
+        case "missing":
+            return Missing()
+        case "final":
+            return AlreadyFinal(DeliveryStatus(_text(reply[1])))
+        case "busy":
+            return Busy(float(reply[1]))
+        case "early":
+            return Early(float(reply[1]))
+    flat = reply[2]
+    fields = dict(zip(flat[::2], flat[1::2], strict=True))
+    try:
+        return Claimed(decode_record(delivery_id, fields), settings_version=int(reply[1]))
+    except (ValueError, KeyError, TypeError) as exc:
+        return Unreadable(
+            int(fields.get(b"attempt_count", b"0")),
+            f"the stored record cannot be read ({type(exc).__name__}); it was not sent",
+        )
+
+
+# --- TRANSITION: move a record to a new status if it is still as the caller saw it ---------
+# The guard field must still hold the guard value; the attempt (if any) is appended, and the
+# expiry set (final statuses) or cleared.
+# KEYS: record, attempts list
+# ARGV: id, now, guard field, guard value, new status, status index prefix,
+#       expire seconds (0 = keep forever), attempt json ("" = none), field, value, ...
+# -> 1 when applied, 0 when the guard no longer holds (or the record is gone).
+TRANSITION = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 0 end
+if redis.call('HGET', KEYS[1], ARGV[3]) ~= ARGV[4] then return 0 end
+redis.call('ZREM', ARGV[6] .. status, ARGV[1])
+redis.call('ZADD', ARGV[6] .. ARGV[5], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[1], 'status', ARGV[5], 'updated_at', ARGV[2], unpack(ARGV, 9))
+if ARGV[8] ~= '' then redis.call('RPUSH', KEYS[2], ARGV[8]) end
+local ttl = tonumber(ARGV[7])
+if ttl > 0 then
+  redis.call('EXPIRE', KEYS[1], ttl)
+  redis.call('EXPIRE', KEYS[2], ttl)
+else
+  redis.call('PERSIST', KEYS[1])
+  redis.call('PERSIST', KEYS[2])
+end
+return 1
+"""
+
+
+def transition_call(
+    delivery_id: str,
+    *,
+    now: float,
+    guard: tuple[str, str],
+    status: DeliveryStatus,
+    expire_seconds: int,
+    attempt_json: str = "",
+    fields: Mapping[str, str] | None = None,
+) -> ScriptCall:
+    return ScriptCall(
+        keys=[record_key(delivery_id), attempts_key(delivery_id)],
+        args=[
+            delivery_id,
+            repr(now),
+            guard[0],
+            guard[1],
+            status.value,
+            STATUS_INDEX_PREFIX,
+            str(expire_seconds),
+            attempt_json,
+            *(item for pair in (fields or {}).items() for item in pair),
+        ],
+    )
+
+
+def decode_transition(reply: Any) -> bool:
+    """True when the transition was applied."""
+    return bool(reply)
+
+
+# --- PURGE: delete a record that is still final and older than the cutoff ------------------
+# A retry between the purge's listing and this call keeps it. The attempts, the index entry
+# and the idempotency key go with it.
+# KEYS: record, attempts list; ARGV: id, cutoff, status index prefix, idempotency key prefix
+# -> 1 when deleted, 0 when kept, -1 when the record was already gone (expired)
+PURGE = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return -1 end
+if status ~= 'sent' and status ~= 'partially_sent' and status ~= 'failed' then return 0 end
+if tonumber(redis.call('HGET', KEYS[1], 'updated_at') or '0') >= tonumber(ARGV[2]) then
+  return 0
+end
+local key = redis.call('HGET', KEYS[1], 'idempotency_key')
+if key then redis.call('DEL', ARGV[4] .. key) end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', ARGV[3] .. status, ARGV[1])
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeResult:
+    deleted: bool
+    already_gone: bool  # expired before the purge: only its id was left in an index
+
+
+def purge_call(delivery_id: str, *, cutoff: float) -> ScriptCall:
+    return ScriptCall(
+        keys=[record_key(delivery_id), attempts_key(delivery_id)],
+        args=[delivery_id, repr(cutoff), STATUS_INDEX_PREFIX, IDEMPOTENCY_PREFIX],
+    )
+
+
+def decode_purge(reply: Any) -> PurgeResult:
+    return PurgeResult(deleted=int(reply) > 0, already_gone=int(reply) < 0)

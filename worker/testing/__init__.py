@@ -1,0 +1,1 @@
+"""Real loopback peers for tests and benchmarks (SMTP, Graph, redis); needs the `testing` extra."""
