@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-## run: worker + Flower from the Procfile (embedded Redis unless OUTBOX_REDIS_URL is set)
+## run: worker, API + page and Flower from the Procfile (embedded Redis unless OUTBOX_REDIS_URL is set)
 run: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile
 

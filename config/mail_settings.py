@@ -14,7 +14,6 @@ __all__ = [
     "DEFAULT_API_URL",
     "DEFAULT_INSTANCE",
     "MAIL_SETTINGS_ADAPTER",
-    "MASK",
     "SECRET_FIELD",
     "MailSettings",
     "OAuthSettings",
@@ -24,7 +23,6 @@ __all__ = [
     "single_line",
 ]
 
-MASK = "********"
 DEFAULT_INSTANCE = "https://login.microsoftonline.com/"
 DEFAULT_API_URL = "https://graph.microsoft.com/"
 
@@ -75,6 +73,11 @@ def _single_line(value: str | None) -> str | None:
     return single_line(value) if value is not None else None
 
 
+def _empty_is_none(value: object) -> object:
+    """A form's empty username or secret field means "none" (for a secret: keep the stored)."""
+    return None if value == "" else value
+
+
 def _https_url(value: str) -> str:
     if not re.match(r"^https://[^\s/?#]+(/[^\s?#]*)?$", value):
         raise ValueError("must be an https:// URL")
@@ -95,6 +98,7 @@ class SmtpSettings(BaseModel):
     accept_any_certificate: bool = False
     tls: TlsMode = TlsMode.AUTO
 
+    _blank = field_validator("username", "password", mode="before")(_empty_is_none)
     _server = field_validator("server")(_host_name_or_ip)
     _from = field_validator("from_mailbox")(mailbox_address)
     _username = field_validator("username")(_single_line)
@@ -120,6 +124,7 @@ class OAuthSettings(BaseModel):
     client_id: str = Field(min_length=1)
     client_secret: SecretStr | None = None
 
+    _blank = field_validator("client_secret", mode="before")(_empty_is_none)
     _from = field_validator("from_mailbox")(mailbox_address)
     _urls = field_validator("instance", "api_url")(_https_url)
     _ids = field_validator("tenant", "client_id")(_single_line)

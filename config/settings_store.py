@@ -11,7 +11,6 @@ import redis
 
 from config.mail_settings import (
     MAIL_SETTINGS_ADAPTER,
-    MASK,
     SECRET_FIELD,
     OAuthSettings,
     SmtpSettings,
@@ -20,15 +19,19 @@ from config.secret_box import SecretBox
 from worker.errors import SettingsNotConfiguredError
 
 __all__ = [
+    "HISTORY_KEY",
     "SETTINGS_KEY",
     "SettingsStore",
     "StoredSettings",
+    "changed_fields",
     "decode_document",
     "decode_stored",
     "encode_document",
 ]
 
 SETTINGS_KEY = "outbox:settings"
+HISTORY_KEY = "outbox:settings:history"
+HISTORY_LENGTH = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,9 +90,10 @@ class SettingsStore:
     def load(self) -> StoredSettings | None:
         return decode_stored(self._fields(), self._box)
 
-    def masked_view(self) -> dict[str, Any] | None:
-        """The saved settings as ``masked`` shows them, read without decrypting anything
-        (so it works even when the secret key is not the one that saved them)."""
+    def public_view(self) -> dict[str, Any] | None:
+        """The saved settings as administrators see them: every field but the secret, which
+        shows only as ``password_set`` / ``client_secret_set``. Read without decrypting
+        anything, so it works even when the secret key is not the one that saved them."""
         fields = self._fields()
         if b"document" not in fields:
             return None
@@ -100,9 +104,25 @@ class SettingsStore:
             "version": int(fields[b"version"]),
             "saved_at": float(fields[b"saved_at"]),
             **raw,
-            field: MASK if has_secret else None,
-            f"has_{field}": has_secret,
+            f"{field}_set": has_secret,
         }
+
+    def with_stored_secret(
+        self, settings: SmtpSettings | OAuthSettings
+    ) -> SmtpSettings | OAuthSettings:
+        """``settings`` as given, or, when they carry no secret, with the stored one of the
+        same protocol (a form left the secret empty: "saved; leave empty to keep")."""
+        if settings.secret() is not None:
+            return settings
+        stored = self.load()
+        if stored is None or stored.settings.protocol != settings.protocol:
+            return settings
+        field = SECRET_FIELD[settings.protocol]
+        return settings.model_copy(update={field: stored.settings.secret()})
+
+    def history(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The latest saves, newest first: version, when, by whom, which fields changed."""
+        return [json.loads(raw) for raw in self._redis.lrange(HISTORY_KEY, 0, limit - 1)]
 
     def require(self) -> StoredSettings:
         stored = self.load()
@@ -112,24 +132,51 @@ class SettingsStore:
             )
         return stored
 
-    def save(self, settings: SmtpSettings | OAuthSettings) -> int:
-        """Store ``settings`` as the new version; a missing secret keeps the stored one."""
+    def save(self, settings: SmtpSettings | OAuthSettings, *, by: str | None = None) -> int:
+        """Store ``settings`` as the new version; a missing secret keeps the stored one.
+
+        ``by`` (an API key's name, or the CLI's user) is kept in the history with the names
+        of the fields that changed; never their values.
+        """
+        previous = self._document()
         kept_secret = None
-        if settings.secret() is None:
-            kept_secret = self._stored_encrypted_secret(settings.protocol)
+        if settings.secret() is None and previous and previous["protocol"] == settings.protocol:
+            kept_secret = previous.get(f"{SECRET_FIELD[settings.protocol]}_encrypted")
         document = encode_document(settings, self._box, kept_secret)
+        saved_at = time.time()
         pipe = self._redis.pipeline(transaction=True)
         pipe.hincrby(SETTINGS_KEY, "version", 1)
-        pipe.hset(SETTINGS_KEY, mapping={"document": document, "saved_at": time.time()})
+        pipe.hset(SETTINGS_KEY, mapping={"document": document, "saved_at": saved_at})
         version, _ = pipe.execute()
+        entry = {
+            "version": int(version),
+            "saved_at": saved_at,
+            "by": by or "unknown",
+            "protocol": settings.protocol,
+            "changed": changed_fields(previous, settings),
+        }
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.lpush(HISTORY_KEY, json.dumps(entry))
+        pipe.ltrim(HISTORY_KEY, 0, HISTORY_LENGTH - 1)
+        pipe.execute()
         return int(version)
 
-    def _stored_encrypted_secret(self, protocol: str) -> str | None:
+    def _document(self) -> dict[str, Any] | None:
         document = self._redis.hget(SETTINGS_KEY, "document")
-        if document is None:
-            return None
-        raw = json.loads(document)
-        if raw.get("protocol") != protocol:
-            return None
-        secret: str | None = raw.get(f"{SECRET_FIELD[protocol]}_encrypted")
-        return secret
+        return json.loads(document) if document is not None else None
+
+
+def changed_fields(
+    previous: dict[str, Any] | None, settings: SmtpSettings | OAuthSettings
+) -> list[str]:
+    """Names of the fields ``settings`` changes from the ``previous`` stored document (the
+    secret counts as changed when a new one is given)."""
+    field = SECRET_FIELD[settings.protocol]
+    current = settings.model_dump(mode="json", exclude={field})
+    if previous is None or previous.get("protocol") != settings.protocol:
+        changed = list(current)
+    else:
+        changed = [name for name, value in current.items() if previous.get(name) != value]
+    if settings.secret() is not None:
+        changed.append(field)
+    return changed

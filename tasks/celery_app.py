@@ -12,6 +12,7 @@ from celery import Celery, Task
 from celery.signals import worker_process_shutdown
 
 from tasks.context import OutboxContext
+from tasks.producer import Producer
 from worker.runtime import WorkerRuntime
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "SEND_TASK",
     "celery_publisher",
     "create_celery_app",
+    "producer_for",
 ]
 
 log = logging.getLogger(__name__)
@@ -116,3 +118,19 @@ def celery_publisher(app: Celery) -> Callable[[Sequence[Sequence[str]]], None]:
                 app.send_task(SEND_TASK, args=[list(chunk)], producer=producer)
 
     return publish
+
+
+def producer_for(context: OutboxContext, app: Celery | None = None) -> Producer:
+    """The producer API of a process, publishing through ``app`` (or a Celery app of its own)."""
+    return Producer(
+        context.deliveries,
+        celery_publisher(app or create_celery_app(context)),
+        message_id_domain=context.settings.message_id_domain,
+        max_message_bytes=context.settings.max_message_bytes,
+    )
+
+
+def ping_workers(app: Celery, timeout: float = 1.0) -> list[str]:
+    """The names of the workers that answered a ping within ``timeout``."""
+    replies: list[dict[str, Any]] = app.control.ping(timeout=timeout) or []
+    return [name for reply in replies for name in reply]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from pydantic import (
@@ -26,6 +27,7 @@ __all__ = [
     "AttachmentInput",
     "MessageInput",
     "describe_validation_error",
+    "field_path",
 ]
 
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 field name: printable ASCII except ':'
@@ -159,13 +161,17 @@ class MessageInput(BaseModel):
         )
 
 
+def field_path(location: Sequence[int | str]) -> str:
+    """A pydantic error location as the caller names the field: ``to[0]``, ``headers.X-A``."""
+    path = ""
+    for part in location:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path.lstrip(".")
+
+
 def describe_validation_error(error: ValidationError) -> str:
     """One line per problem, each naming its field (``to[0]``, ``attachments[1].name``)."""
-    lines = []
-    for problem in error.errors(include_url=False, include_input=False):
-        path = ""
-        for part in problem["loc"]:
-            path += f"[{part}]" if isinstance(part, int) else f".{part}"
-        field = path.lstrip(".") or "message"
-        lines.append(f"{field}: {problem['msg'].removeprefix('Value error, ')}")
-    return "; ".join(lines)
+    return "; ".join(
+        f"{field_path(problem['loc']) or 'message'}: {problem['msg'].removeprefix('Value error, ')}"
+        for problem in error.errors(include_url=False, include_input=False)
+    )

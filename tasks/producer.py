@@ -67,8 +67,9 @@ class Producer:
         """Raise MessageTooLargeError for a message over OUTBOX_MAX_MESSAGE_BYTES."""
         if message.size() > self._max_message_bytes:
             raise MessageTooLargeError(
-                f"attachments: the message is about {message.size()} bytes, over the "
-                f"limit of {self._max_message_bytes} (OUTBOX_MAX_MESSAGE_BYTES)"
+                f"the message is about {message.size()} bytes, over the "
+                f"limit of {self._max_message_bytes} (OUTBOX_MAX_MESSAGE_BYTES)",
+                field="attachments",
             )
 
     def retry(self, delivery_ids: Iterable[str]) -> list[DeliveryRecord]:

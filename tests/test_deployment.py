@@ -58,7 +58,7 @@ def test_without_redis_url_an_embedded_redis_is_started_and_reused(
 
     shown = run_outbox(embedded_env, "settings", "show", "--json")
     assert shown.returncode == 0, shown.stderr
-    assert json.loads(shown.stdout)["has_password"] is True
+    assert json.loads(shown.stdout)["password_set"] is True
     assert "generated a key" not in shown.stderr
     assert client.info("server")["process_id"] == pid  # reused, not restarted
 
@@ -97,4 +97,7 @@ def test_docker_compose_uses_the_procfile_commands() -> None:
     assert "- outbox\n    - worker" in rendered
     assert procfile["flower"].startswith("outbox flower")
     assert "- outbox\n    - flower" in rendered
+    assert procfile["web"].startswith("outbox api")
+    assert "- outbox\n    - api" in rendered
+    assert "127.0.0.1:8000" in rendered or "host_ip: 127.0.0.1" in rendered
     assert "--appendonly" in rendered

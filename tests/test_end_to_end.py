@@ -1,13 +1,16 @@
-"""End to end: the Procfile's worker and Flower (run by honcho), the outbox CLI, real Redis/SMTP."""
+"""End to end: the Procfile's worker, Flower and API (run by honcho), the outbox CLI and HTTP,
+real Redis, SMTP and Graph peers."""
 
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 import trustme
@@ -37,6 +40,7 @@ def env(
         OUTBOX_RETRY_BASE_SECONDS="0.5",
         OUTBOX_MAX_ATTEMPTS="3",
         OUTBOX_FLOWER_PORT=str(free_port()),
+        OUTBOX_API_PORT=str(free_port()),
         FLOWER_UNAUTHENTICATED_API="true",
     )
 
@@ -51,10 +55,10 @@ def peer(server_certificate: trustme.LeafCert) -> Iterator[SmtpPeer]:
 
 @pytest.fixture(scope="module")
 def services(env: dict[str, str]) -> Iterator[Service]:
-    """``honcho start`` on the project's Procfile: the worker and Flower, as `make run` does."""
+    """``honcho start`` on the project's Procfile: worker, Flower and API, as `make run` does."""
     service = Service(["honcho", "start", "-f", str(ROOT / "Procfile")], env)
     try:
-        service.wait_for_output(" ready.", "Visit me at")
+        service.wait_for_output(" ready.", "Visit me at", "Uvicorn running on")
         yield service
     finally:
         service.stop()
@@ -94,7 +98,8 @@ def test_settings_are_checked_and_shown_masked(env: dict[str, str], peer: SmtpPe
     shown = run_outbox(env, "settings", "show", "--json")
     assert shown.returncode == 0
     view = json.loads(shown.stdout)
-    assert (view["password"], view["has_password"], view["username"]) == ("********", True, USER)
+    assert (view["password_set"], view["username"]) == (True, USER)
+    assert "password" not in view
     assert PASSWORD not in shown.stdout
 
     checked = run_outbox(env, "settings", "test-connection")
@@ -321,3 +326,79 @@ def test_graph_validate_and_send_through_the_running_worker(
     sent_test = run_outbox(env, "settings", "send-test")
     assert sent_test.returncode == 0, sent_test.stderr
     assert any(m["subject"] == "outbox test e-mail" for m in graph.sent_messages())
+
+
+@pytest.fixture(scope="module")
+def api(env: dict[str, str], services: Service) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=f"http://127.0.0.1:{env['OUTBOX_API_PORT']}", timeout=30) as client:
+        yield client
+
+
+def test_the_console_shows_a_newcomer_how_to_sign_in(
+    env: dict[str, str], services: Service, api: httpx.Client
+) -> None:
+    # honcho prefixes each line with the process name: the key and the URL are lines apart.
+    printed = re.search(r"(obx_\S+).*?Sign in with it at (http://\S+)", services.output, re.S)
+    assert printed, services.output
+    key, url = printed.groups()
+    assert url == f"http://127.0.0.1:{env['OUTBOX_API_PORT']}/"
+    page = api.post("/signin", data={"key": key}, follow_redirects=True)
+    assert page.status_code == 200
+    assert "Mail Settings" in page.text
+    keys = json.loads(run_outbox(env, "keys", "list", "--json").stdout)
+    assert [(k["name"], k["role"]) for k in keys if k["name"] == "admin"] == [("admin", "admin")]
+    assert key not in json.dumps(keys)
+
+
+def producer_key(env: dict[str, str], name: str) -> dict[str, str]:
+    created = run_outbox(env, "keys", "create", "--role", "producer", "--name", name, "--json")
+    assert created.returncode == 0, created.stderr
+    return {"Authorization": f"Bearer {json.loads(created.stdout)['key']}"}
+
+
+def wait_for_status(api: httpx.Client, auth: dict[str, str], url: str, wanted: str) -> None:
+    deadline = time.monotonic() + 30
+    while (current := api.get(url, headers=auth).json())["status"] != wanted:
+        assert time.monotonic() < deadline, current
+        time.sleep(0.2)
+
+
+def test_post_an_email_over_http_and_the_worker_sends_it(
+    env: dict[str, str], peer: SmtpPeer, api: httpx.Client
+) -> None:
+    configure(env, peer, PASSWORD)
+    auth = producer_key(env, "scheduler")
+    before = len(peer.messages)
+    answer = api.post(
+        "/api/emails",
+        headers=auth,
+        json={"to": ["erin@example.com"], "subject": "Over HTTP", "text": "All green."},
+    )
+    assert answer.status_code == 202, answer.text
+    accepted = answer.json()
+    assert accepted["status"] == "queued"
+    wait_for_status(api, auth, accepted["status_url"], "sent")
+    [received] = peer.wait_for_messages(before + 1)[before:]
+    assert received.rcpt_tos == ("erin@example.com",)
+    assert b"Subject: Over HTTP" in received.data
+
+
+def test_the_same_idempotency_key_over_http_sends_once(
+    env: dict[str, str], peer: SmtpPeer, api: httpx.Client
+) -> None:
+    configure(env, peer, PASSWORD)
+    auth = {**producer_key(env, "flows"), "Idempotency-Key": "flow-12-step-3"}
+    message = {"to": ["fay@example.com"], "subject": "Exactly once", "text": "x"}
+    before = len(peer.messages)
+    first = api.post("/api/emails", headers=auth, json=message).json()
+    wait_for_status(api, auth, first["status_url"], "sent")
+    second = api.post("/api/emails", headers=auth, json=message).json()
+    assert (second["id"], second["created"], second["status"]) == (first["id"], False, "sent")
+    time.sleep(1)
+    assert len(peer.messages) == before + 1
+
+
+def test_readyz_sees_the_worker(api: httpx.Client) -> None:
+    ready = api.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["workers"] >= 1

@@ -9,7 +9,6 @@ from pydantic import SecretStr, ValidationError
 
 from config.mail_settings import (
     MAIL_SETTINGS_ADAPTER,
-    MASK,
     OAuthSettings,
     SmtpSettings,
     TlsMode,
@@ -65,15 +64,40 @@ def store(redis_client: redis.Redis) -> SettingsStore:
     return SettingsStore(redis_client, SecretBox(Fernet.generate_key()))
 
 
-def test_masked_view_never_shows_the_secret(store: SettingsStore) -> None:
+def test_public_view_never_shows_the_secret(store: SettingsStore) -> None:
     settings = SmtpSettings(
         from_mailbox="r@example.com", username="u", password=SecretStr("hunter2")
     )
     store.save(settings)
-    view = store.masked_view()
+    view = store.public_view()
     assert view is not None
-    assert (view["password"], view["has_password"], view["username"]) == (MASK, True, "u")
+    assert (view["password_set"], view["username"]) == (True, "u")
+    assert "password" not in view
     assert "hunter2" not in repr(view) + repr(settings) + str(settings)
+
+
+def test_history_names_who_changed_which_fields_never_values(store: SettingsStore) -> None:
+    store.save(SmtpSettings(from_mailbox="r@example.com", password=SecretStr("s3cret")), by="ann")
+    store.save(SmtpSettings(from_mailbox="r@example.com", port=2525), by="bob")
+    store.save(OAuthSettings(from_mailbox="r@example.com", tenant="t", client_id="c"), by="cy")
+    newest, second, first = store.history()
+    assert (first["version"], first["by"]) == (1, "ann")
+    assert "password" in first["changed"]
+    assert (second["by"], second["changed"]) == ("bob", ["port"])
+    assert (newest["protocol"], newest["by"]) == ("oauth", "cy")
+    assert {"tenant", "client_id", "instance", "api_url"} <= set(newest["changed"])
+    assert "s3cret" not in repr(store.history())
+
+
+def test_a_form_without_its_secret_is_checked_with_the_stored_one(store: SettingsStore) -> None:
+    store.save(SmtpSettings(from_mailbox="r@example.com", username="u", password=SecretStr("pw")))
+    edited = SmtpSettings(from_mailbox="r@example.com", username="u", port=2525)
+    resolved = store.with_stored_secret(edited)
+    assert resolved.port == 2525
+    assert resolved.secret() is not None
+    assert resolved.secret().get_secret_value() == "pw"  # type: ignore[union-attr]
+    other_protocol = OAuthSettings(from_mailbox="r@example.com", tenant="t", client_id="c")
+    assert store.with_stored_secret(other_protocol).secret() is None
 
 
 def test_stored_document_holds_no_plaintext_secret(

@@ -7,15 +7,20 @@
      │    ├── TransientError(retry_after)     try again later: 4xx, disconnect, timeout, refused
      │    ├── PermanentError                  cannot be delivered: 5xx, refused by Graph
      │    └── ConfigurationError              the mail settings are wrong or missing: fix, retry
-     ├── InvalidInputError                    the caller must change what it asked for
+     ├── InvalidInputError(field)             the caller must change what it asked for
      │    ├── MessageTooLargeError            over OUTBOX_MAX_MESSAGE_BYTES
      │    └── InvalidEnvironmentError         an OUTBOX_* variable is malformed
      │         └── SecretKeyError             OUTBOX_SECRET_KEY is not a Fernet key
+     ├── AccessError                          the caller may not do this
+     │    ├── NotAuthenticatedError           no valid API key or session
+     │    └── PermissionDeniedError           the key's role does not allow it
      ├── NotFoundError                        the thing asked for does not exist
      │    ├── DeliveryNotFoundError           never created, expired or purged
-     │    └── SettingsNotConfiguredError      no mail settings saved yet
+     │    ├── SettingsNotConfiguredError      no mail settings saved yet
+     │    └── KeyNotFoundError                no API key of that name
      ├── ConflictError                        not possible in the current state
-     │    └── NotRetryableError               only failed or partially sent ones are retried
+     │    ├── NotRetryableError               only failed or partially sent ones are retried
+     │    └── KeyNameTakenError               an API key of that name exists
      └── ServiceError                         outbox's own infrastructure cannot serve
           ├── EmbeddedRedisError              the embedded Redis cannot be found or started
           └── SecretMismatchError             a stored secret does not decrypt with this key
@@ -24,7 +29,7 @@ Library exceptions are translated into these once per library, with ``raise ... 
 SMTP (aiosmtplib, ssl, socket) in ``worker.transports.smtp.smtp_error``, HTTP (httpx) in
 ``worker.http_errors``, msal's results in ``worker.tokens``, pydantic's validation errors at
 the edges. The command line maps the branches to exit codes in one table
-(``tasks.cli.errors``).
+(``tasks.cli.errors``), the HTTP API to statuses in another (``api.errors``).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from __future__ import annotations
 from worker.classify import FailureKind
 
 __all__ = [
+    "AccessError",
     "ConfigurationError",
     "ConflictError",
     "DeliveryError",
@@ -39,11 +45,15 @@ __all__ = [
     "EmbeddedRedisError",
     "InvalidEnvironmentError",
     "InvalidInputError",
+    "KeyNameTakenError",
+    "KeyNotFoundError",
     "MessageTooLargeError",
+    "NotAuthenticatedError",
     "NotFoundError",
     "NotRetryableError",
     "OutboxError",
     "PermanentError",
+    "PermissionDeniedError",
     "SecretKeyError",
     "SecretMismatchError",
     "ServiceError",
@@ -91,7 +101,11 @@ class ConfigurationError(DeliveryError):
 
 
 class InvalidInputError(OutboxError):
-    """What the caller asked for is invalid; the text names the field."""
+    """What the caller asked for is invalid; ``field`` names the field when there is one."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
 
 
 class MessageTooLargeError(InvalidInputError):
@@ -106,6 +120,18 @@ class SecretKeyError(InvalidEnvironmentError):
     """OUTBOX_SECRET_KEY is not a Fernet key."""
 
 
+class AccessError(OutboxError):
+    """The caller may not do this."""
+
+
+class NotAuthenticatedError(AccessError):
+    """No valid API key or session came with the request."""
+
+
+class PermissionDeniedError(AccessError):
+    """The caller's role does not allow this."""
+
+
 class NotFoundError(OutboxError):
     """What was asked for does not exist."""
 
@@ -118,12 +144,20 @@ class SettingsNotConfiguredError(NotFoundError):
     """No mail settings have been saved yet."""
 
 
+class KeyNotFoundError(NotFoundError):
+    """No API key has that name."""
+
+
 class ConflictError(OutboxError):
     """The request is valid but the current state does not allow it."""
 
 
 class NotRetryableError(ConflictError):
     """The delivery is in a status that a retry cannot start from."""
+
+
+class KeyNameTakenError(ConflictError):
+    """An API key with that name exists already."""
 
 
 class ServiceError(OutboxError):

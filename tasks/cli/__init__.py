@@ -1,4 +1,5 @@
-"""The ``outbox`` command line: settings, send, status, list, retry, purge, worker, flower.
+"""The ``outbox`` command line: settings, keys, send, status, list, retry, purge, and the
+processes: worker, flower, api.
 
 Exit codes: 0 success, 1 the operation failed, 2 bad usage or invalid input
 (``tasks.cli.errors`` maps every error to one of them).
@@ -13,6 +14,7 @@ import typer
 
 from tasks.cli.deliveries import deliveries_app
 from tasks.cli.errors import exit_code, report
+from tasks.cli.keys import keys_app
 from tasks.cli.processes import processes_app
 from tasks.cli.settings import settings_app
 
@@ -26,6 +28,7 @@ app = typer.Typer(
 app.add_typer(deliveries_app)  # nameless: its commands sit on `outbox` itself
 app.add_typer(processes_app)
 app.add_typer(settings_app, name="settings")
+app.add_typer(keys_app, name="keys")
 
 
 def main() -> None:

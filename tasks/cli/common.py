@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 import typer
@@ -9,7 +10,7 @@ import typer
 from tasks.context import OutboxContext
 from tasks.producer import Producer
 
-__all__ = ["JsonFlag", "load_context", "producer_for"]
+__all__ = ["JsonFlag", "load_context", "local_time", "producer_for"]
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
@@ -23,12 +24,12 @@ def load_context() -> OutboxContext:
 
 
 def producer_for(context: OutboxContext) -> Producer:
-    # Celery is imported only by the commands that publish.
-    from tasks.celery_app import celery_publisher, create_celery_app
+    # Celery and the worker runtime are imported only by the commands that publish.
+    from tasks.celery_app import producer_for as celery_producer
 
-    return Producer(
-        context.deliveries,
-        celery_publisher(create_celery_app(context)),
-        message_id_domain=context.settings.message_id_domain,
-        max_message_bytes=context.settings.max_message_bytes,
-    )
+    return celery_producer(context)
+
+
+def local_time(timestamp: float) -> str:
+    """A unix time as operators read it: local, to the second."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))

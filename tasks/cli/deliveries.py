@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from tasks.cli.common import JsonFlag, load_context, producer_for
+from tasks.cli.common import JsonFlag, load_context, local_time, producer_for
 from tasks.cli.errors import EXIT_FAILED, EXIT_USAGE, fail
 from tasks.context import OutboxContext
 from tasks.message_input import MessageInput, describe_validation_error
@@ -166,9 +166,9 @@ def status(delivery_id: str, as_json: JsonFlag = False) -> None:
         typer.echo(json.dumps(summary, indent=2))
         return
     typer.echo(f"{record.id}  {record.status.value}  {record.message.subject!r}")
-    typer.echo(f"created {_when(record.created_at)}  updated {_when(record.updated_at)}")
+    typer.echo(f"created {local_time(record.created_at)}  updated {local_time(record.updated_at)}")
     if record.next_attempt_at:
-        typer.echo(f"next attempt at {_when(record.next_attempt_at)}")
+        typer.echo(f"next attempt at {local_time(record.next_attempt_at)}")
     if record.last_error:
         typer.echo(f"last error: {record.last_error}")
     for recipient in record.recipients:
@@ -176,13 +176,9 @@ def status(delivery_id: str, as_json: JsonFlag = False) -> None:
         typer.echo(f"  {recipient.status.value:9} {recipient.address}{detail}")
     for attempt in record.attempts:
         typer.echo(
-            f"  attempt {attempt.number} at {_when(attempt.started_at)}: {attempt.outcome}"
+            f"  attempt {attempt.number} at {local_time(attempt.started_at)}: {attempt.outcome}"
             f" ({attempt.duration_ms:.0f} ms){': ' + attempt.error if attempt.error else ''}"
         )
-
-
-def _when(timestamp: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
 
 
 @deliveries_app.command("list")
@@ -201,7 +197,7 @@ def list_deliveries(
         return
     for record in records:
         typer.echo(
-            f"{record.id}  {record.status.value:14} {_when(record.updated_at)}  "
+            f"{record.id}  {record.status.value:14} {local_time(record.updated_at)}  "
             f"{record.message.subject!r}"
         )
 

@@ -1,16 +1,20 @@
-"""The long-running processes: ``outbox worker`` and ``outbox flower``, run through Celery."""
+"""The long-running processes: ``outbox worker``, ``outbox flower`` and ``outbox api``."""
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import NoReturn
+from typing import Annotated, NoReturn
 
 import typer
 
+from config.api_keys import ApiKeyStore, Role
 from tasks.cli.common import load_context
+from worker.errors import KeyNameTakenError
 
 __all__ = ["CELERY_APP", "processes_app"]
+
+BOOTSTRAP_KEY_NAME = "admin"
 
 CELERY_APP = "tasks.worker_app"
 _PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
@@ -37,3 +41,37 @@ def _exec_celery(arguments: list[str]) -> NoReturn:
     # exec: the worker gets the signals (Ctrl-C, SIGTERM from a supervisor) directly.
     command = [sys.executable, "-m", "celery", "--app", CELERY_APP, *arguments]
     os.execv(sys.executable, command)  # noqa: S606
+
+
+@processes_app.command()
+def api(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Serve the HTTP API and the Mail Settings page (uvicorn)."""
+    import uvicorn
+
+    from api.app import create_app
+
+    context = load_context()
+    _print_first_admin_key(ApiKeyStore(context.redis), f"http://{host}:{port}/")
+    uvicorn.run(create_app(context), host=host, port=port, log_level="info")
+
+
+def _print_first_admin_key(keys: ApiKeyStore, url: str) -> None:
+    """Without any admin key nobody could sign in: create one and show it this once, with
+    where to use it (as Jupyter prints its token)."""
+    if keys.any_with_role(Role.ADMIN):
+        return
+    try:
+        key = keys.create(BOOTSTRAP_KEY_NAME, Role.ADMIN)
+    except KeyNameTakenError:
+        return  # another process created it a moment ago and printed it
+    typer.echo(
+        "\n"
+        "  No admin key existed, so outbox created one (it is shown only this once):\n"
+        f"      {key}\n"
+        f"  Sign in with it at {url} to configure mail.\n"
+        "  More keys: `outbox keys create --role admin|producer --name NAME`.\n",
+        err=True,
+    )

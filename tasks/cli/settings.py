@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import sys
 from collections.abc import Callable
@@ -39,12 +40,20 @@ def _read_secret_from_stdin() -> str:
     return secret
 
 
+def _operator() -> str:
+    """Who saves, for the settings history: the CLI and the user running it."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (OSError, KeyError):  # no name for this uid (e.g. in a container)
+        return "cli"
+
+
 def _save(context: OutboxContext, build: Callable[[], SmtpSettings | OAuthSettings]) -> None:
     try:
         settings = build()
     except ValidationError as exc:
         raise InvalidInputError(describe_validation_error(exc)) from None
-    version = context.settings_store.save(settings)
+    version = context.settings_store.save(settings, by=_operator())
     typer.echo(f"saved mail settings version {version} ({settings.protocol})")
 
 
@@ -115,7 +124,7 @@ def settings_set_oauth(
 @settings_app.command("show")
 def settings_show(as_json: JsonFlag = False) -> None:
     """Show the saved settings; secrets are masked."""
-    view = load_context().settings_store.masked_view()
+    view = load_context().settings_store.public_view()
     if view is None:
         fail("mail settings are not configured")
     if as_json:

@@ -19,7 +19,11 @@ Redis keys (``outbox:`` prefix; ids are 32 hex digits)::
                                             (``config.settings_store``)
     outbox:graph-slots:{mailbox}     zset   leases of Graph requests in flight        per member
                                             (``worker.concurrency``)
+    outbox:attempts-by-outcome       hash   outcome -> attempts recorded (/metrics)   none
     outbox:sweeper                   string the sweeper's lock for one interval       ~1 min
+    outbox:apikeys, outbox:apikey:*  hash,  API keys, stored hashed                   none
+                                     string (``config.api_keys``)
+    outbox:session:{hash}            string a signed-in page's session (``api``)       8 h
 
 The Celery broker (kombu) keeps its own keys beside these (the ``outbox`` queue list,
 ``unacked`` and ``unacked_index``); they carry delivery ids only.
@@ -47,6 +51,7 @@ its index entries never disagree.
 from worker.records.claims import ClaimStore, RedisClaims
 from worker.records.codec import decode_record, encode_attempt, encode_recipients
 from worker.records.keys import (
+    ATTEMPT_COUNTERS,
     KEY_PREFIX,
     STATUS_INDEX_PREFIX,
     attempts_key,
@@ -76,9 +81,10 @@ from worker.records.scripts import (
     Missing,
     Unreadable,
 )
-from worker.records.store import DeliveryStore, NewDelivery
+from worker.records.store import DeliveryStore, NewDelivery, Page
 
 __all__ = [
+    "ATTEMPT_COUNTERS",
     "FINAL_STATUSES",
     "KEY_PREFIX",
     "RETRYABLE_STATUSES",
@@ -98,6 +104,7 @@ __all__ = [
     "MemoryClaims",
     "Missing",
     "NewDelivery",
+    "Page",
     "RecipientOutcome",
     "RecipientState",
     "RedisClaims",

@@ -6,7 +6,7 @@ from typing import Protocol
 
 import redis.asyncio as aioredis
 
-from worker.records.codec import encode_attempt, encode_recipients
+from worker.records.codec import encode_recipients
 from worker.records.model import Attempt, DeliveryRecord, DeliveryStatus, RecipientOutcome
 from worker.records.scripts import (
     CLAIM,
@@ -103,7 +103,7 @@ class RedisClaims:
                 guard=("attempt_count", str(record.attempt_count)),
                 status=status,
                 expire_seconds=self._retention_seconds if status.is_final else 0,
-                attempt_json=encode_attempt(attempt),
+                attempt=attempt,
                 fields={
                     "recipients": encode_recipients(recipients),
                     "last_error": last_error or "",

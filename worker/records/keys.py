@@ -5,6 +5,7 @@ from __future__ import annotations
 from worker.records.model import DeliveryStatus
 
 __all__ = [
+    "ATTEMPT_COUNTERS",
     "IDEMPOTENCY_PREFIX",
     "KEY_PREFIX",
     "STATUS_INDEX_PREFIX",
@@ -17,6 +18,8 @@ __all__ = [
 KEY_PREFIX = "outbox:"
 STATUS_INDEX_PREFIX = f"{KEY_PREFIX}status:"
 IDEMPOTENCY_PREFIX = f"{KEY_PREFIX}idempotency:"
+# Attempts recorded so far, by outcome (for /metrics): a hash outcome -> count.
+ATTEMPT_COUNTERS = f"{KEY_PREFIX}attempts-by-outcome"
 
 
 def record_key(delivery_id: str) -> str:

@@ -12,8 +12,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from worker.records.codec import decode_record
+from worker.records.codec import decode_record, encode_attempt
 from worker.records.keys import (
+    ATTEMPT_COUNTERS,
     IDEMPOTENCY_PREFIX,
     STATUS_INDEX_PREFIX,
     attempts_key,
@@ -21,7 +22,7 @@ from worker.records.keys import (
     record_key,
     status_index_key,
 )
-from worker.records.model import DeliveryRecord, DeliveryStatus
+from worker.records.model import Attempt, DeliveryRecord, DeliveryStatus
 
 __all__ = [
     "CLAIM",
@@ -116,7 +117,7 @@ def decode_create(reply: Sequence[Any]) -> Created:
 
 # --- CLAIM: take a delivery for one attempt, and read it with the settings version ---------
 # A claim whose lease ran out belonged to a lost worker: its attempt is recorded as "lost".
-# KEYS: record, settings hash, attempts list
+# KEYS: record, settings hash, attempts list, attempt counters
 # ARGV: id, now, lease seconds, status index prefix
 # -> {'missing'} | {'final', status} | {'busy', lease_until} | {'early', next_attempt_at}
 #    | {'claimed', version, {field, value, ...}}
@@ -135,6 +136,7 @@ if status == 'sending' then
     started_at = tonumber(redis.call('HGET', KEYS[1], 'updated_at')),
     duration_ms = 0, outcome = 'lost',
     error = 'the worker was lost during this attempt; its claim expired'}))
+  redis.call('HINCRBY', KEYS[4], 'lost', 1)
 end
 if status == 'retrying' then
   -- A duplicate job (its delivery's retry is already scheduled) must not skip the backoff.
@@ -200,7 +202,7 @@ def claim_call(
     delivery_id: str, *, now: float, lease_seconds: float, settings_key: str
 ) -> ScriptCall:
     return ScriptCall(
-        keys=[record_key(delivery_id), settings_key, attempts_key(delivery_id)],
+        keys=[record_key(delivery_id), settings_key, attempts_key(delivery_id), ATTEMPT_COUNTERS],
         args=[delivery_id, repr(now), repr(lease_seconds), STATUS_INDEX_PREFIX],
     )
 
@@ -229,9 +231,10 @@ def decode_claim(delivery_id: str, reply: Sequence[Any]) -> ClaimResult:
 # --- TRANSITION: move a record to a new status if it is still as the caller saw it ---------
 # The guard field must still hold the guard value; the attempt (if any) is appended, and the
 # expiry set (final statuses) or cleared.
-# KEYS: record, attempts list
+# KEYS: record, attempts list, attempt counters
 # ARGV: id, now, guard field, guard value, new status, status index prefix,
-#       expire seconds (0 = keep forever), attempt json ("" = none), field, value, ...
+#       expire seconds (0 = keep forever), attempt json ("" = none), attempt outcome,
+#       field, value, ...
 # -> 1 when applied, 0 when the guard no longer holds (or the record is gone).
 TRANSITION = """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -239,8 +242,11 @@ if not status then return 0 end
 if redis.call('HGET', KEYS[1], ARGV[3]) ~= ARGV[4] then return 0 end
 redis.call('ZREM', ARGV[6] .. status, ARGV[1])
 redis.call('ZADD', ARGV[6] .. ARGV[5], ARGV[2], ARGV[1])
-redis.call('HSET', KEYS[1], 'status', ARGV[5], 'updated_at', ARGV[2], unpack(ARGV, 9))
-if ARGV[8] ~= '' then redis.call('RPUSH', KEYS[2], ARGV[8]) end
+redis.call('HSET', KEYS[1], 'status', ARGV[5], 'updated_at', ARGV[2], unpack(ARGV, 10))
+if ARGV[8] ~= '' then
+  redis.call('RPUSH', KEYS[2], ARGV[8])
+  redis.call('HINCRBY', KEYS[3], ARGV[9], 1)
+end
 local ttl = tonumber(ARGV[7])
 if ttl > 0 then
   redis.call('EXPIRE', KEYS[1], ttl)
@@ -260,11 +266,11 @@ def transition_call(
     guard: tuple[str, str],
     status: DeliveryStatus,
     expire_seconds: int,
-    attempt_json: str = "",
+    attempt: Attempt | None = None,
     fields: Mapping[str, str] | None = None,
 ) -> ScriptCall:
     return ScriptCall(
-        keys=[record_key(delivery_id), attempts_key(delivery_id)],
+        keys=[record_key(delivery_id), attempts_key(delivery_id), ATTEMPT_COUNTERS],
         args=[
             delivery_id,
             repr(now),
@@ -273,7 +279,8 @@ def transition_call(
             status.value,
             STATUS_INDEX_PREFIX,
             str(expire_seconds),
-            attempt_json,
+            encode_attempt(attempt) if attempt else "",
+            attempt.outcome.value if attempt else "",
             *(item for pair in (fields or {}).items() for item in pair),
         ],
     )

@@ -10,7 +10,7 @@ from typing import Any
 
 import redis
 
-from worker.errors import DeliveryNotFoundError, NotRetryableError
+from worker.errors import DeliveryNotFoundError, InvalidInputError, NotRetryableError
 from worker.message import OutgoingMessage
 from worker.records.codec import decode_record, encode_recipients, new_record_fields
 from worker.records.keys import attempts_key, record_key, status_index_key
@@ -35,7 +35,7 @@ from worker.records.scripts import (
     transition_call,
 )
 
-__all__ = ["DeliveryStore", "NewDelivery"]
+__all__ = ["DeliveryStore", "NewDelivery", "Page"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +43,31 @@ class NewDelivery:
     id: str
     message: OutgoingMessage
     idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    records: list[DeliveryRecord]
+    next_cursor: str | None  # None on the last page
+
+
+@dataclass(frozen=True, slots=True)
+class _Cursor:
+    """Where a page ended: the last score, and how many records of that score were shown."""
+
+    score: float
+    skip: int
+
+    def __str__(self) -> str:
+        return f"{self.score!r}_{self.skip}"
+
+    @classmethod
+    def parse(cls, text: str) -> _Cursor:
+        try:
+            score, skip = text.split("_")
+            return cls(float(score), int(skip))
+        except ValueError:
+            raise InvalidInputError("not a cursor this API gave out", field="cursor") from None
 
 
 class DeliveryStore:
@@ -95,25 +120,55 @@ class DeliveryStore:
 
     def recent(self, status: DeliveryStatus | None = None, limit: int = 50) -> list[DeliveryRecord]:
         """The most recently updated records, newest first, optionally of one status."""
-        statuses = [status] if status else list(DeliveryStatus)
+        return self.page(status, limit).records
+
+    def page(
+        self, status: DeliveryStatus | None = None, limit: int = 50, after: str | None = None
+    ) -> Page:
+        """One page of records, newest status change first; ``after`` is the previous page's
+        ``next_cursor``. Ties (a batch enqueued at one instant) are ordered by id."""
+        cursor = _Cursor.parse(after) if after else None
+        skip = cursor.skip if cursor else 0
+        newest_first = self._newest(status, limit + skip, cursor.score if cursor else None)
+        if cursor is not None:
+            ties = [row for row in newest_first[:skip] if row[0] == cursor.score]
+            newest_first = newest_first[len(ties) :]
+        rows = newest_first[:limit]
         pipe = self._redis.pipeline(transaction=False)
-        for each in statuses:
-            pipe.zrevrange(status_index_key(each), 0, limit - 1, withscores=True)
-        newest = heapq.nlargest(
-            limit,
-            ((score, _text(raw)) for rows in pipe.execute() for raw, score in rows),
-        )
-        pipe = self._redis.pipeline(transaction=False)
-        for _, delivery_id in newest:
+        for _, delivery_id in rows:
             pipe.hgetall(record_key(delivery_id))
         records = []
-        for (_, delivery_id), fields in zip(newest, pipe.execute(), strict=True):
+        for (_, delivery_id), fields in zip(rows, pipe.execute(), strict=True):
             # Expired records leave their id in an index; this is where it is noticed.
             if fields:
                 records.append(decode_record(delivery_id, fields))
             else:
                 self.forget_ids([delivery_id])
-        return records
+        next_cursor = None
+        if len(rows) == limit and rows:
+            last_score = rows[-1][0]
+            same = sum(1 for score, _ in rows if score == last_score)
+            carried = skip if cursor is not None and cursor.score == last_score else 0
+            next_cursor = str(_Cursor(last_score, same + carried))
+        return Page(records, next_cursor)
+
+    def _newest(
+        self, status: DeliveryStatus | None, count: int, at_most: float | None
+    ) -> list[tuple[float, str]]:
+        statuses = [status] if status else list(DeliveryStatus)
+        pipe = self._redis.pipeline(transaction=False)
+        for each in statuses:
+            pipe.zrevrangebyscore(
+                status_index_key(each),
+                "+inf" if at_most is None else repr(at_most),
+                "-inf",
+                start=0,
+                num=count,
+                withscores=True,
+            )
+        return heapq.nlargest(
+            count, ((score, _text(raw)) for rows in pipe.execute() for raw, score in rows)
+        )
 
     def reset_for_retry(self, delivery_id: str) -> DeliveryRecord:
         """Queue a failed (or partially sent) delivery again: its failed recipients become pending.

@@ -1,0 +1,57 @@
+"""The FastAPI application: the JSON API, the pages, and what protects them."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from fastapi import FastAPI, Request, Response
+from fastapi.staticfiles import StaticFiles
+
+from api import emails_routes, health_routes, pages, settings_routes
+from api.errors import install_error_handlers
+from api.services import ApiServices
+from tasks.context import OutboxContext
+
+__all__ = ["create_app"]
+
+# Pages load scripts and styles from this site only, and no other site may frame them.
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+}
+
+
+def create_app(context: OutboxContext) -> FastAPI:
+    app = FastAPI(
+        title="outbox",
+        summary="Reliable background e-mail delivery over SMTP and Microsoft Graph.",
+        description=(
+            "Producers enqueue e-mails with a producer key; administrators also read and "
+            "change the mail settings. Send the key as `Authorization: Bearer KEY`."
+        ),
+    )
+    app.state.services = ApiServices(context)
+    install_error_handlers(app)
+    app.include_router(settings_routes.router)
+    app.include_router(emails_routes.router)
+    app.include_router(health_routes.router)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
+
+    @app.middleware("http")
+    async def security_headers(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        for name, value in _SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        # Nothing outbox answers may be kept by a shared cache: it is per key and live.
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    return app

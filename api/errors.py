@@ -1,0 +1,96 @@
+"""HTTP statuses for outbox's errors, in one table; every error answers ``{"detail", "field"}``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from kombu.exceptions import OperationalError
+
+from tasks.message_input import field_path
+from worker.errors import (
+    ConflictError,
+    DeliveryError,
+    InvalidInputError,
+    NotAuthenticatedError,
+    NotFoundError,
+    OutboxError,
+    PermissionDeniedError,
+    ServiceError,
+)
+
+__all__ = ["error_body", "field_of", "install_error_handlers", "status_for"]
+
+# First match wins. Every error of outbox is an OutboxError (see worker.errors).
+_STATUSES: tuple[tuple[type[BaseException], int], ...] = (
+    (InvalidInputError, 422),
+    (NotAuthenticatedError, 401),
+    (PermissionDeniedError, 403),
+    (NotFoundError, 404),
+    (ConflictError, 409),
+    (DeliveryError, 502),  # the mail server or Graph failed us
+    (ServiceError, 503),
+    (OutboxError, 500),
+    # Infrastructure errors of the Redis client and of the broker, not ours.
+    (redis.RedisError, 503),
+    (OperationalError, 503),
+)
+
+
+def status_for(error: BaseException) -> int | None:
+    for kind, status in _STATUSES:
+        if isinstance(error, kind):
+            return status
+    return None
+
+
+def error_body(detail: str, field: str | None = None) -> dict[str, Any]:
+    return {"detail": detail, "field": field}
+
+
+def field_of(location: Sequence[int | str]) -> str:
+    """``to[1]``, ``attachments[0].name``: a pydantic location as the field's name.
+
+    The request part (``body``, ``query``) and a union's tag (``smtp``, ``oauth``) are left
+    out: they are not fields the caller wrote.
+    """
+    parts = list(location)
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:]
+    if parts and parts[0] in ("smtp", "oauth"):
+        parts = parts[1:]
+    return field_path(parts)
+
+
+async def _outbox_error(request: Request, error: Exception) -> JSONResponse:
+    status = status_for(error) or 500
+    if isinstance(error, OutboxError):
+        detail = str(error)
+    else:
+        # A library's text may hold a URL with a password: the type says enough.
+        detail = f"{type(error).__name__}: the record store or the broker is unreachable"
+    field = error.field if isinstance(error, InvalidInputError) else None
+    if field is not None:
+        detail = detail.removeprefix(f"{field}: ")
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(error_body(detail, field), status_code=status, headers=headers)
+
+
+async def _validation_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RequestValidationError)
+    problems = [
+        (field_of(problem["loc"]), str(problem["msg"]).removeprefix("Value error, "))
+        for problem in error.errors()
+    ]
+    detail = "; ".join(f"{field}: {message}" if field else message for field, message in problems)
+    return JSONResponse(error_body(detail, problems[0][0] or None), status_code=422)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    for kind in (OutboxError, redis.RedisError, OperationalError):
+        app.add_exception_handler(kind, _outbox_error)

@@ -1,0 +1,58 @@
+"""Prometheus metrics read from Redis at scrape time: nothing is counted in the API process."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import redis
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from tasks.celery_app import QUEUE
+from worker.records import ATTEMPT_COUNTERS, AttemptOutcome, DeliveryStatus, status_index_key
+
+__all__ = ["OutboxCollector"]
+
+
+class OutboxCollector(Collector):
+    """Deliveries by status, attempts by outcome, the broker queue, the oldest queued age."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+
+    def collect(self) -> Iterator[Metric]:
+        statuses = list(DeliveryStatus)
+        pipe = self._redis.pipeline(transaction=False)
+        for status in statuses:
+            pipe.zcard(status_index_key(status))
+        pipe.hgetall(ATTEMPT_COUNTERS)
+        pipe.llen(QUEUE)
+        pipe.zrange(status_index_key(DeliveryStatus.QUEUED), 0, 0, withscores=True)
+        *counts, attempts, queue_length, oldest = pipe.execute()
+
+        deliveries = GaugeMetricFamily(
+            "outbox_deliveries", "Deliveries known, by status.", labels=["status"]
+        )
+        for status, count in zip(statuses, counts, strict=True):
+            deliveries.add_metric([status.value], count)
+        yield deliveries
+
+        by_outcome = CounterMetricFamily(
+            "outbox_attempts", "Delivery attempts recorded, by outcome.", labels=["outcome"]
+        )
+        for outcome in AttemptOutcome:
+            by_outcome.add_metric([outcome.value], int(attempts.get(outcome.value.encode(), 0)))
+        yield by_outcome
+
+        yield GaugeMetricFamily(
+            "outbox_queue_tasks",
+            "Tasks waiting in the broker queue (each carries up to 50 delivery ids).",
+            value=queue_length,
+        )
+        age = time.time() - oldest[0][1] if oldest else 0.0
+        yield GaugeMetricFamily(
+            "outbox_oldest_queued_seconds",
+            "Age of the oldest delivery still queued (0 when none is).",
+            value=max(age, 0.0),
+        )

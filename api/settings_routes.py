@@ -1,0 +1,91 @@
+"""``/api/settings/mail``: read, save and check the mail settings (administrators only)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Depends
+from pydantic_core import to_jsonable_python
+from starlette.concurrency import run_in_threadpool
+
+from api.auth import Admin, admin
+from api.services import ApiServices, services
+from config.mail_settings import OAuthSettings, SmtpSettings
+from tasks.settings_checks import check_connection, send_test_email
+from worker.errors import DeliveryError, SecretMismatchError, SettingsNotConfiguredError
+
+__all__ = ["router"]
+
+router = APIRouter(
+    prefix="/api/settings/mail", tags=["mail settings"], dependencies=[Depends(admin)]
+)
+
+Services = Annotated[ApiServices, Depends(services)]
+SettingsBody = Annotated[SmtpSettings | OAuthSettings, Body(discriminator="protocol")]
+
+
+def _view(found: ApiServices) -> dict[str, Any]:
+    view = found.context.settings_store.public_view()
+    if view is None:
+        raise SettingsNotConfiguredError("mail settings are not configured yet")
+    return view
+
+
+@router.get("")
+def read_settings(found: Services) -> dict[str, Any]:
+    """The saved settings: a secret shows only as ``password_set`` / ``client_secret_set``."""
+    return _view(found)
+
+
+@router.put("")
+def save_settings(settings: SettingsBody, key: Admin, found: Services) -> dict[str, Any]:
+    """Save a new version; without a secret the stored one (same protocol) is kept."""
+    found.context.settings_store.save(settings, by=key.name)
+    return _view(found)
+
+
+@router.get("/defaults")
+def defaults(protocol: Literal["smtp", "oauth"] = "smtp") -> dict[str, Any]:
+    """The values a new form starts with."""
+    model = SmtpSettings if protocol == "smtp" else OAuthSettings
+    return {
+        name: to_jsonable_python(field.default)
+        for name, field in model.model_fields.items()
+        if not field.is_required() and name not in ("password", "client_secret")
+    }
+
+
+async def _check(
+    found: ApiServices, settings: SmtpSettings | OAuthSettings, *, test_email: bool
+) -> dict[str, Any]:
+    context = found.context
+    try:
+        resolved = await run_in_threadpool(context.settings_store.with_stored_secret, settings)
+        if test_email:
+            message = await send_test_email(
+                resolved, context.transport_options, context.settings.message_id_domain
+            )
+        else:
+            message = await check_connection(resolved, context.transport_options)
+    except (DeliveryError, SecretMismatchError) as exc:
+        return {"ok": False, "message": str(exc)}
+    return {"ok": True, "message": message}
+
+
+@router.post("/test-connection")
+async def test_connection(settings: SettingsBody, found: Services) -> dict[str, Any]:
+    """Connect, secure and log in (SMTP) or acquire a token (OAuth) with the form's values,
+    saved or not; a missing secret means the stored one."""
+    return await _check(found, settings, test_email=False)
+
+
+@router.post("/test-email")
+async def test_email(settings: SettingsBody, found: Services) -> dict[str, Any]:
+    """Send a short test e-mail to the from mailbox with the form's values, saved or not."""
+    return await _check(found, settings, test_email=True)
+
+
+@router.get("/history")
+def history(found: Services) -> list[dict[str, Any]]:
+    """Who (the API key's name) changed which fields (never their values), and when."""
+    return found.context.settings_store.history()

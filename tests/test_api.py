@@ -1,0 +1,361 @@
+"""The HTTP API in process (FastAPI's TestClient) against the real Redis and real SMTP peers:
+who may call what, what never leaves it, and the errors that name their field."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import trustme
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from api.auth import CSRF_HEADER
+from config.api_keys import ApiKeyStore, Role
+from tasks.context import OutboxContext
+from worker.testing.smtp_peer import SmtpPeer, smtp_peer
+
+PASSWORD = "api-Secret-Pa55word"
+CLIENT_SECRET = "graph-Client-Secret-value"
+PUBLIC = {"/healthz", "/readyz", "/metrics"}
+
+
+class RecordingClient(TestClient):
+    """A TestClient that keeps every body it received, to scan them all for secrets."""
+
+    bodies: list[str]
+
+    def request(self, *args: Any, **kwargs: Any) -> httpx.Response:  # type: ignore[override]
+        response = super().request(*args, **kwargs)
+        self.bodies.append(response.text)
+        return response
+
+
+@pytest.fixture
+def client(context: OutboxContext) -> Iterator[RecordingClient]:
+    with RecordingClient(create_app(context)) as running:
+        running.bodies = []
+        yield running
+    for body in running.bodies:
+        assert PASSWORD not in body
+        assert CLIENT_SECRET not in body
+
+
+@pytest.fixture
+def keys(context: OutboxContext) -> ApiKeyStore:
+    return ApiKeyStore(context.redis)
+
+
+@pytest.fixture
+def admin(keys: ApiKeyStore) -> dict[str, str]:
+    return {"Authorization": f"Bearer {keys.create('ann', Role.ADMIN)}"}
+
+
+@pytest.fixture
+def producer(keys: ApiKeyStore) -> dict[str, str]:
+    return {"Authorization": f"Bearer {keys.create('scheduler', Role.PRODUCER)}"}
+
+
+@pytest.fixture
+def peer(server_certificate: trustme.LeafCert) -> Iterator[SmtpPeer]:
+    with smtp_peer(
+        tls="starttls", certificate=server_certificate, credentials={"robot": PASSWORD}
+    ) as running:
+        yield running
+
+
+def smtp_form(peer: SmtpPeer, **changes: Any) -> dict[str, Any]:
+    return {
+        "protocol": "smtp",
+        "server": peer.host,
+        "port": peer.port,
+        "from_mailbox": "robot@example.com",
+        "username": "robot",
+        "password": PASSWORD,
+        "tls": "starttls",
+        **changes,
+    }
+
+
+def api_routes(client: TestClient) -> list[tuple[str, str]]:
+    """Every operation the OpenAPI document lists, but the health endpoints."""
+    paths = client.get("/openapi.json").json()["paths"]
+    return [
+        (method.upper(), path.replace("{delivery_id}", "0" * 32))
+        for path, operations in paths.items()
+        if path not in PUBLIC
+        for method in operations
+    ]
+
+
+def test_every_endpoint_but_health_needs_a_key(client: RecordingClient) -> None:
+    routes = api_routes(client)
+    assert len(routes) >= 12
+    for method, path in routes:
+        answer = client.request(method, path)
+        assert answer.status_code == 401, (method, path)
+        assert answer.headers["WWW-Authenticate"] == "Bearer"
+        bad_key = {"Authorization": "Bearer obx_not-a-key"}
+        assert client.request(method, path, headers=bad_key).status_code == 401
+    assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_producers_may_send_and_read_but_not_touch_settings_or_retry(
+    client: RecordingClient, producer: dict[str, str], admin: dict[str, str]
+) -> None:
+    for method, path in api_routes(client):
+        as_producer = client.request(method, path, headers=producer)
+        admin_only = path.startswith("/api/settings") or "retry" in path
+        if admin_only:
+            assert as_producer.status_code == 403, (method, path)
+            assert "admin" in as_producer.json()["detail"]
+        else:
+            assert as_producer.status_code not in (401, 403), (method, path)
+        assert client.request(method, path, headers=admin).status_code not in (401, 403)
+
+
+def test_a_revoked_key_stops_at_once(
+    client: RecordingClient, keys: ApiKeyStore, producer: dict[str, str]
+) -> None:
+    assert client.get("/api/emails", headers=producer).status_code == 200
+    keys.revoke("scheduler")
+    assert client.get("/api/emails", headers=producer).status_code == 401
+
+
+def test_settings_are_saved_without_ever_returning_a_secret(
+    client: RecordingClient, admin: dict[str, str], peer: SmtpPeer, context: OutboxContext
+) -> None:
+    assert client.get("/api/settings/mail", headers=admin).status_code == 404
+    saved = client.put("/api/settings/mail", headers=admin, json=smtp_form(peer))
+    assert saved.status_code == 200, saved.text
+    view = saved.json()
+    assert (view["version"], view["password_set"], view["username"]) == (1, True, "robot")
+    assert "password" not in view
+
+    # The form left the password empty: the stored one is kept.
+    kept = client.put("/api/settings/mail", headers=admin, json=smtp_form(peer, password=""))
+    assert kept.json()["password_set"] is True
+    stored = context.settings_store.require().settings.secret()
+    assert stored is not None
+    assert stored.get_secret_value() == PASSWORD
+
+    oauth = {
+        "protocol": "oauth",
+        "from_mailbox": "robot@contoso.com",
+        "tenant": "contoso",
+        "client_id": "app",
+        "client_secret": CLIENT_SECRET,
+    }
+    view = client.put("/api/settings/mail", headers=admin, json=oauth).json()
+    assert view["client_secret_set"] is True
+    assert view["instance"] == "https://login.microsoftonline.com/"
+    history = client.get("/api/settings/mail/history", headers=admin).json()
+    assert [(h["version"], h["by"]) for h in history] == [(3, "ann"), (2, "ann"), (1, "ann")]
+    assert "client_secret" in history[0]["changed"]
+    assert history[1]["changed"] == []
+
+
+def test_defaults_are_the_pre_filled_values(client: RecordingClient, admin: dict[str, str]) -> None:
+    smtp = client.get("/api/settings/mail/defaults", headers=admin).json()
+    assert smtp == {
+        "protocol": "smtp",
+        "server": "localhost",
+        "port": 587,
+        "username": None,
+        "accept_any_certificate": False,
+        "tls": "auto",
+    }
+    oauth = client.get("/api/settings/mail/defaults?protocol=oauth", headers=admin).json()
+    assert oauth["instance"] == "https://login.microsoftonline.com/"
+    assert oauth["api_url"] == "https://graph.microsoft.com/"
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"port": 0}, "port"),
+        ({"server": "not a host"}, "server"),
+        ({"from_mailbox": "robot"}, "from_mailbox"),
+        ({"tls": "sometimes"}, "tls"),
+    ],
+)
+def test_invalid_settings_name_the_field(
+    client: RecordingClient,
+    admin: dict[str, str],
+    peer: SmtpPeer,
+    change: dict[str, Any],
+    field: str,
+) -> None:
+    answer = client.put("/api/settings/mail", headers=admin, json=smtp_form(peer, **change))
+    assert answer.status_code == 422
+    assert answer.json()["field"] == field
+    assert answer.json()["detail"].startswith(f"{field}: ")
+
+
+def test_checks_use_the_unsaved_form_and_say_why_they_fail(
+    client: RecordingClient, admin: dict[str, str], peer: SmtpPeer
+) -> None:
+    checked = client.post(
+        "/api/settings/mail/test-connection", headers=admin, json=smtp_form(peer)
+    ).json()
+    assert checked == {"ok": True, "message": f"connected to {peer.host}:{peer.port} as robot"}
+    wrong = client.post(
+        "/api/settings/mail/test-connection",
+        headers=admin,
+        json=smtp_form(peer, password="wrong-password"),
+    ).json()
+    assert wrong["ok"] is False
+    assert "535" in wrong["message"]
+
+    sent = client.post("/api/settings/mail/test-email", headers=admin, json=smtp_form(peer))
+    assert sent.json() == {"ok": True, "message": "test e-mail sent to robot@example.com"}
+    [received] = peer.wait_for_messages(1)
+    assert received.rcpt_tos == ("robot@example.com",)
+
+
+def test_emails_are_queued_listed_and_read(
+    client: RecordingClient, producer: dict[str, str], context: OutboxContext
+) -> None:
+    answer = client.post(
+        "/api/emails",
+        headers=producer,
+        json={
+            "to": ["alice@example.com"],
+            "subject": "Nightly",
+            "text": "ok",
+            "attachments": [
+                {"name": "r.txt", "content_type": "text/plain", "content_base64": "b2sK"}
+            ],
+        },
+    )
+    assert answer.status_code == 202, answer.text
+    accepted = answer.json()
+    assert accepted["status"] == "queued"
+    assert accepted["status_url"].endswith(f"/api/emails/{accepted['id']}")
+    summary = client.get(accepted["status_url"], headers=producer).json()
+    assert (summary["subject"], summary["status"]) == ("Nightly", "queued")
+    assert summary["recipients"][0]["address"] == "alice@example.com"
+    assert client.get("/api/emails/" + "f" * 32, headers=producer).status_code == 404
+
+
+def test_invalid_emails_name_the_field(client: RecordingClient, producer: dict[str, str]) -> None:
+    bad = client.post(
+        "/api/emails", headers=producer, json={"to": ["a@example.com", "nope"], "subject": "s"}
+    )
+    assert bad.status_code == 422
+    assert bad.json()["field"] == "to[1]"
+    no_subject = client.post("/api/emails", headers=producer, json={"to": ["a@example.com"]})
+    assert no_subject.json()["field"] == "subject"
+    bad_key = client.post(
+        "/api/emails",
+        headers={**producer, "Idempotency-Key": "has space"},
+        json={"to": ["a@example.com"], "subject": "s"},
+    )
+    assert (bad_key.status_code, bad_key.json()["field"]) == (422, "Idempotency-Key")
+
+
+def test_a_batch_reports_each_item(client: RecordingClient, producer: dict[str, str]) -> None:
+    answer = client.post(
+        "/api/emails/batch",
+        headers=producer,
+        json=[
+            {"to": ["a@example.com"], "subject": "one"},
+            {"to": ["broken"], "subject": "two"},
+            {"to": ["c@example.com"], "subject": "three", "idempotency_key": "k-3"},
+        ],
+    )
+    assert answer.status_code == 200, answer.text
+    first, second, third = answer.json()
+    assert (first["index"], first["status"]) == (0, "queued")
+    assert (second["index"], second["field"]) == (1, "to[0]")
+    assert "id" not in second
+    assert third["created"] is True
+    again = client.post(
+        "/api/emails/batch",
+        headers=producer,
+        json=[{"to": ["c@example.com"], "subject": "three", "idempotency_key": "k-3"}],
+    ).json()
+    assert (again[0]["id"], again[0]["created"]) == (third["id"], False)
+
+
+def test_pages_of_a_batch_enqueued_at_one_instant(
+    client: RecordingClient, producer: dict[str, str]
+) -> None:
+    client.post(
+        "/api/emails/batch",
+        headers=producer,
+        json=[{"to": ["a@example.com"], "subject": f"m{i}"} for i in range(5)],
+    )
+    seen: list[str] = []
+    cursor = None
+    for _ in range(4):
+        params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = client.get("/api/emails", headers=producer, params=params).json()
+        seen += [item["id"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert len(seen) == len(set(seen)) == 5
+    assert client.get("/api/emails?cursor=junk", headers=producer).json()["field"] == "cursor"
+    queued = client.get("/api/emails?status=queued&limit=10", headers=producer).json()
+    assert len(queued["items"]) == 5
+    assert client.get("/api/emails?status=lost", headers=producer).json()["field"] == "status"
+
+
+def test_the_page_session_needs_its_csrf_token(
+    client: RecordingClient, keys: ApiKeyStore, peer: SmtpPeer
+) -> None:
+    key = keys.create("ann", Role.ADMIN)
+    wrong = client.post("/signin", data={"key": "obx_wrong"})
+    assert wrong.status_code == 401
+    assert "not valid" in wrong.text
+
+    signed_in = client.post("/signin", data={"key": key}, follow_redirects=False)
+    assert signed_in.status_code == 303
+    cookie = signed_in.headers["set-cookie"]
+    assert "HttpOnly" in cookie
+    assert "SameSite=strict" in cookie
+    page = client.get("/settings/mail")
+    csrf = page.text.split('name="csrf-token" content="')[1].split('"')[0]
+
+    assert client.get("/api/settings/mail/defaults").status_code == 200  # reading is safe
+    forged = client.put("/api/settings/mail", json=smtp_form(peer))
+    assert forged.status_code == 403
+    assert CSRF_HEADER in forged.json()["detail"]
+    saved = client.put("/api/settings/mail", json=smtp_form(peer), headers={CSRF_HEADER: csrf})
+    assert saved.status_code == 200
+
+    client.post("/signout", data={"csrf_token": csrf})
+    assert client.get("/api/settings/mail/defaults").status_code == 401
+
+
+def test_a_producer_key_cannot_sign_in(client: RecordingClient, keys: ApiKeyStore) -> None:
+    key = keys.create("scheduler", Role.PRODUCER)
+    refused = client.post("/signin", data={"key": key}, follow_redirects=False)
+    assert refused.status_code == 403
+    assert "only an admin key can sign in" in refused.text
+    assert "set-cookie" not in refused.headers
+
+
+def test_revoking_the_key_ends_its_sessions(client: RecordingClient, keys: ApiKeyStore) -> None:
+    key = keys.create("ann", Role.ADMIN)
+    client.post("/signin", data={"key": key})
+    assert client.get("/api/emails").status_code == 200
+    keys.revoke("ann")
+    assert client.get("/api/emails").status_code == 401
+
+
+def test_metrics_and_readiness_without_a_key(
+    client: RecordingClient, producer: dict[str, str]
+) -> None:
+    client.post("/api/emails", headers=producer, json={"to": ["a@x.org"], "subject": "s"})
+    metrics = client.get("/metrics").text
+    assert 'outbox_deliveries{status="queued"} 1.0' in metrics
+    assert 'outbox_attempts_total{outcome="sent"} 0.0' in metrics
+    assert "outbox_queue_tasks 1.0" in metrics
+    assert "outbox_oldest_queued_seconds" in metrics
+    not_ready = client.get("/readyz")  # Redis is up, but no worker runs in this test
+    assert not_ready.status_code == 503
+    assert not_ready.json() == {"ready": False, "redis": True, "workers": 0}
