@@ -48,8 +48,11 @@ def create_app(context: OutboxContext) -> FastAPI:
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         response = await call_next(request)
-        for name, value in _SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
+        # FastAPI's /docs and /redoc load their viewers from a CDN with an inline script;
+        # everything else outbox serves is its own.
+        if request.url.path not in (app.docs_url, app.redoc_url):
+            for name, value in _SECURITY_HEADERS.items():
+                response.headers.setdefault(name, value)
         # Nothing outbox answers may be kept by a shared cache: it is per key and live.
         response.headers.setdefault("Cache-Control", "no-store")
         return response

@@ -22,11 +22,17 @@ from worker.records.model import (
 )
 
 __all__ = [
+    "as_text",
     "decode_record",
     "encode_attempt",
     "encode_recipients",
     "new_record_fields",
 ]
+
+
+def as_text(value: object) -> str:
+    """A Redis reply (bytes) or a Python value as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def new_record_fields(

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from worker.records.codec import decode_record, encode_attempt
+from worker.records.codec import as_text, decode_record, encode_attempt
 from worker.records.keys import (
     ATTEMPT_COUNTERS,
     IDEMPOTENCY_PREFIX,
@@ -58,10 +58,6 @@ class ScriptCall:
 
     keys: list[str]
     args: list[Argument]
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 # --- CREATE: store a queued record, once per idempotency key -------------------------------
@@ -112,7 +108,7 @@ def create_call(
 
 
 def decode_create(reply: Sequence[Any]) -> Created:
-    return Created(_text(reply[1]), bool(reply[0]))
+    return Created(as_text(reply[1]), bool(reply[0]))
 
 
 # --- CLAIM: take a delivery for one attempt, and read it with the settings version ---------
@@ -208,11 +204,11 @@ def claim_call(
 
 
 def decode_claim(delivery_id: str, reply: Sequence[Any]) -> ClaimResult:
-    match _text(reply[0]):
+    match as_text(reply[0]):
         case "missing":
             return Missing()
         case "final":
-            return AlreadyFinal(DeliveryStatus(_text(reply[1])))
+            return AlreadyFinal(DeliveryStatus(as_text(reply[1])))
         case "busy":
             return Busy(float(reply[1]))
         case "early":

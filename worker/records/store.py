@@ -6,13 +6,12 @@ import heapq
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 import redis
 
 from worker.errors import DeliveryNotFoundError, InvalidInputError, NotRetryableError
 from worker.message import OutgoingMessage
-from worker.records.codec import decode_record, encode_recipients, new_record_fields
+from worker.records.codec import as_text, decode_record, encode_recipients, new_record_fields
 from worker.records.keys import attempts_key, record_key, status_index_key
 from worker.records.model import (
     FINAL_STATUSES,
@@ -113,10 +112,10 @@ class DeliveryStore:
         pipe = self._redis.pipeline(transaction=False)
         for delivery_id in delivery_ids:
             pipe.hget(record_key(delivery_id), "status")
-        return [DeliveryStatus(_text(raw)) if raw else None for raw in pipe.execute()]
+        return [DeliveryStatus(as_text(raw)) if raw else None for raw in pipe.execute()]
 
     def ids_with_status(self, status: DeliveryStatus) -> list[str]:
-        return [_text(raw) for raw in self._redis.zrange(status_index_key(status), 0, -1)]
+        return [as_text(raw) for raw in self._redis.zrange(status_index_key(status), 0, -1)]
 
     def recent(self, status: DeliveryStatus | None = None, limit: int = 50) -> list[DeliveryRecord]:
         """The most recently updated records, newest first, optionally of one status."""
@@ -167,7 +166,7 @@ class DeliveryStore:
                 withscores=True,
             )
         return heapq.nlargest(
-            count, ((score, _text(raw)) for rows in pipe.execute() for raw, score in rows)
+            count, ((score, as_text(raw)) for rows in pipe.execute() for raw, score in rows)
         )
 
     def reset_for_retry(self, delivery_id: str) -> DeliveryRecord:
@@ -225,7 +224,7 @@ class DeliveryStore:
         doomed: list[str] = []
         for status in FINAL_STATUSES:
             doomed += map(
-                _text, self._redis.zrangebyscore(status_index_key(status), "-inf", cutoff)
+                as_text, self._redis.zrangebyscore(status_index_key(status), "-inf", cutoff)
             )
         if not doomed:
             return 0
@@ -251,7 +250,3 @@ class DeliveryStore:
 
     def _run_transition(self, call: ScriptCall) -> bool:
         return decode_transition(self._transition(keys=call.keys, args=call.args))
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
