@@ -35,9 +35,6 @@ _STATUSES: tuple[tuple[type[BaseException], int], ...] = (
     (DeliveryError, 502),  # the mail server or Graph failed us
     (ServiceError, 503),
     (OutboxError, 500),
-    # Infrastructure errors of the Redis client and of the broker, not ours.
-    (redis.RedisError, 503),
-    (OperationalError, 503),
 )
 
 
@@ -66,13 +63,16 @@ def field_of(location: Sequence[int | str]) -> str:
     return field_path(parts)
 
 
+async def _redis_error(request: Request, error: Exception) -> JSONResponse:
+    """A failure of Redis or of the broker, translated into ours: it names where Redis is."""
+    location = request.app.state.services.context.redis_location
+    return await _outbox_error(request, location.unavailable(error))
+
+
 async def _outbox_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, OutboxError)
     status = status_for(error) or 500
-    if isinstance(error, OutboxError):
-        detail = str(error)
-    else:
-        # A library's text may hold a URL with a password: the type says enough.
-        detail = f"{type(error).__name__}: the record store or the broker is unreachable"
+    detail = str(error)
     field = error.field if isinstance(error, InvalidInputError) else None
     if field is not None:
         detail = detail.removeprefix(f"{field}: ")
@@ -92,5 +92,6 @@ async def _validation_error(request: Request, error: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
-    for kind in (OutboxError, redis.RedisError, OperationalError):
-        app.add_exception_handler(kind, _outbox_error)
+    app.add_exception_handler(OutboxError, _outbox_error)
+    for kind in (redis.RedisError, OperationalError):
+        app.add_exception_handler(kind, _redis_error)

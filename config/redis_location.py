@@ -10,12 +10,26 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
-from worker.errors import EmbeddedRedisError
+from worker.errors import EmbeddedRedisError, RedisUnavailableError
 
-__all__ = ["RedisLocation", "ensure_embedded_redis", "redis_server_binary", "resolve_redis"]
+__all__ = [
+    "REDIS_TIMEOUT_SECONDS",
+    "TIMEOUTS",
+    "RedisLocation",
+    "configured_location",
+    "ensure_embedded_redis",
+    "redis_server_binary",
+    "resolve_redis",
+]
+
+REDIS_TIMEOUT_SECONDS = 2.0
 
 SOCKET_NAME = "redis.sock"
 STARTUP_TIMEOUT_SECONDS = 10.0
@@ -33,6 +47,46 @@ class RedisLocation:
         if self.url.startswith("unix://"):
             return "redis+socket://" + self.url.removeprefix("unix://")
         return self.url
+
+    @property
+    def display(self) -> str:
+        """Where it is, for messages: host and port (or the socket path), never a password."""
+        parsed = urlsplit(self.url)
+        if parsed.scheme == "unix":
+            return f"unix socket {parsed.path}"
+        return f"{parsed.hostname or 'localhost'}:{parsed.port or 6379}"
+
+    def client(self) -> redis.Redis:
+        """A client for producers, the CLI and the API: two tries of two seconds each with a
+        short pause, so an unreachable or stalled Redis is reported within about five
+        seconds instead of hanging."""
+        return redis.Redis.from_url(
+            self.url, retry=Retry(ExponentialBackoff(cap=0.5, base=0.1), retries=1), **TIMEOUTS
+        )
+
+    def unavailable(self, error: Exception) -> RedisUnavailableError:
+        """Our error for a failure of the Redis client or of the broker, naming where Redis
+        is (and never the URL, which may hold a password)."""
+        if isinstance(error, redis.ConnectionError | redis.TimeoutError | OSError):
+            what = "is unreachable or not answering"
+        else:
+            what = f"refused a command ({str(error).split(chr(10))[0][:200]})"
+        return RedisUnavailableError(f"Redis at {self.display} {what} ({type(error).__name__})")
+
+
+# Every Redis client of outbox (CLI, producers, API, workers, sweeper) gives up on a connection
+# or a reply after this long, rather than hanging on a stalled server.
+TIMEOUTS: dict[str, Any] = {
+    "socket_connect_timeout": REDIS_TIMEOUT_SECONDS,
+    "socket_timeout": REDIS_TIMEOUT_SECONDS,
+}
+
+
+def configured_location(redis_url: str | None, data_dir: Path) -> RedisLocation:
+    """Where Redis is meant to be, without starting the embedded one (for messages)."""
+    if redis_url:
+        return RedisLocation(redis_url)
+    return RedisLocation(f"unix://{data_dir.resolve() / SOCKET_NAME}")
 
 
 def resolve_redis(redis_url: str | None, data_dir: Path) -> RedisLocation:

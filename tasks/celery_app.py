@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import signal
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import redis
 from celery import Celery, Task
-from celery.signals import worker_process_shutdown
+from celery.signals import worker_process_init, worker_process_shutdown
 
+from config.redis_location import REDIS_TIMEOUT_SECONDS
 from tasks.context import OutboxContext
-from tasks.producer import Producer
+from tasks.producer import Producer, chunked
 from worker.runtime import WorkerRuntime
 
 __all__ = [
+    "DISPATCHED_AT_HEADER",
     "INFRASTRUCTURE_RETRY_SECONDS",
     "QUEUE",
     "SEND_TASK",
+    "CeleryTaskQueue",
     "celery_publisher",
     "create_celery_app",
     "producer_for",
@@ -28,6 +35,7 @@ log = logging.getLogger(__name__)
 
 SEND_TASK = "outbox.send"
 QUEUE = "outbox"
+DISPATCHED_AT_HEADER = "outbox_dispatched_at"
 INFRASTRUCTURE_RETRY_SECONDS = 5
 
 
@@ -47,8 +55,13 @@ def create_celery_app(context: OutboxContext) -> Celery:
         task_default_queue=QUEUE,
         broker_connection_retry_on_startup=True,
         broker_transport_options={
-            "visibility_timeout": context.settings.visibility_timeout_seconds
+            "visibility_timeout": context.settings.visibility_timeout_seconds,
+            "socket_timeout": REDIS_TIMEOUT_SECONDS,
+            "socket_connect_timeout": REDIS_TIMEOUT_SECONDS,
         },
+        broker_connection_timeout=REDIS_TIMEOUT_SECONDS,
+        # A worker whose broker went away (a Redis restart) reconnects by itself, forever.
+        broker_connection_max_retries=None,
         worker_hijack_root_logger=True,
     )
     _register_send_task(app, context)
@@ -70,7 +83,7 @@ class _ProcessRuntime:
                 self._context.settings,
                 redis_url=self._context.redis_location.url,
                 box=self._context.secret_box,
-                schedule_retry=self._schedule_retry,
+                task_queue=CeleryTaskQueue(self._app, self._context.redis),
             )
             self._pid = os.getpid()
         return self._runtime
@@ -79,9 +92,6 @@ class _ProcessRuntime:
         if self._runtime is not None and self._pid == os.getpid():
             self._runtime.close()
             self._runtime = None
-
-    def _schedule_retry(self, delivery_id: str, delay_seconds: float) -> None:
-        self._app.send_task(SEND_TASK, args=[[delivery_id]], countdown=delay_seconds)
 
 
 def _register_send_task(app: Celery, context: OutboxContext) -> None:
@@ -108,16 +118,48 @@ def _register_send_task(app: Celery, context: OutboxContext) -> None:
     def _close_runtime(**_: Any) -> None:
         runtime.close()
 
+    @worker_process_init.connect(weak=False)  # type: ignore[untyped-decorator]
+    def _finish_sends_on_sigterm(**_: Any) -> None:
+        # systemd and most supervisors send SIGTERM to the whole process group. A pool
+        # process that died of it mid-send would leave an e-mail sent but not recorded (sent
+        # again later): it ignores SIGTERM, and the main process's warm shutdown decides
+        # (running jobs finish and are recorded; jobs not started go back to the queue).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
 
 def celery_publisher(app: Celery) -> Callable[[Sequence[Sequence[str]]], None]:
-    """Publishes chunks of delivery ids as send tasks over one broker connection."""
+    """Publishes chunks of delivery ids as send tasks over one broker connection, each
+    stamped with when it was published (the sweeper reads the oldest waiting one's)."""
 
     def publish(chunks: Sequence[Sequence[str]]) -> None:
+        headers = {DISPATCHED_AT_HEADER: time.time()}
         with app.producer_or_acquire() as producer:
             for chunk in chunks:
-                app.send_task(SEND_TASK, args=[list(chunk)], producer=producer)
+                app.send_task(SEND_TASK, args=[list(chunk)], producer=producer, headers=headers)
 
     return publish
+
+
+class CeleryTaskQueue:
+    """The ``outbox`` queue in the Redis broker, as the worker's sweeper uses it."""
+
+    def __init__(self, app: Celery, client: redis.Redis) -> None:
+        self._publish = celery_publisher(app)
+        self._redis = client
+
+    def publish(self, delivery_ids: Sequence[str]) -> None:
+        self._publish(chunked(delivery_ids))
+
+    def oldest_dispatch(self) -> float | None:
+        # kombu's Redis transport pushes on the left and pops on the right: the oldest task
+        # still waiting is the last element of the list.
+        raw = self._redis.lindex(QUEUE, -1)
+        if raw is None:
+            return None
+        try:
+            return float(json.loads(raw)["headers"][DISPATCHED_AT_HEADER])
+        except (ValueError, KeyError, TypeError):
+            return float("-inf")  # not stamped by outbox: assume nothing was consumed yet
 
 
 def producer_for(context: OutboxContext, app: Celery | None = None) -> Producer:

@@ -49,7 +49,7 @@ class OutboxContext:
 
     @cached_property
     def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(self.redis_location.url)
+        return self.redis_location.client()
 
     @cached_property
     def settings_store(self) -> SettingsStore:
@@ -57,7 +57,11 @@ class OutboxContext:
 
     @cached_property
     def deliveries(self) -> DeliveryStore:
-        return DeliveryStore(self.redis, retention_seconds=self.settings.retention_seconds)
+        return DeliveryStore(
+            self.redis,
+            retention_seconds=self.settings.retention_seconds,
+            stranded_after_seconds=self.settings.stranded_after_seconds,
+        )
 
     @cached_property
     def transport_options(self) -> TransportOptions:

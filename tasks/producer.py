@@ -9,13 +9,18 @@ from tasks.message_input import MessageInput
 from worker.errors import DeliveryNotFoundError, MessageTooLargeError, NotRetryableError
 from worker.records import Created, DeliveryRecord, DeliveryStatus, DeliveryStore, NewDelivery
 
-__all__ = ["CHUNK_SIZE", "Producer", "Publisher"]
+__all__ = ["CHUNK_SIZE", "Producer", "Publisher", "chunked"]
 
 # Ids per task message: one Celery message per e-mail caps throughput far below SMTP's;
 # each id in a chunk is still claimed and recorded on its own.
 CHUNK_SIZE = 50
 
 Publisher = Callable[[Sequence[Sequence[str]]], None]
+
+
+def chunked(delivery_ids: Sequence[str]) -> list[Sequence[str]]:
+    """The ids in chunks of CHUNK_SIZE, one task each."""
+    return [delivery_ids[i : i + CHUNK_SIZE] for i in range(0, len(delivery_ids), CHUNK_SIZE)]
 
 
 class Producer:
@@ -100,9 +105,7 @@ class Producer:
         if not delivery_ids:
             return
         try:
-            self._publish(
-                [delivery_ids[i : i + CHUNK_SIZE] for i in range(0, len(delivery_ids), CHUNK_SIZE)]
-            )
+            self._publish(chunked(delivery_ids))
         except Exception as exc:
             # Stored but never queued would be lost silently: record it as failed instead.
             reason = f"could not be queued: {type(exc).__name__}; retry it with `outbox retry`"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -227,11 +229,30 @@ def test_list_status_and_purge(
 
 
 def test_unreachable_redis_is_a_clear_error(outbox_env: dict[str, str]) -> None:
-    env = {**outbox_env, "OUTBOX_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    port = free_port()
+    env = {**outbox_env, "OUTBOX_REDIS_URL": f"redis://:hunter2@127.0.0.1:{port}/0"}
     result = run_outbox(env, "status", "0" * 32)
     assert result.returncode == 1
-    assert result.stderr.startswith("error: ConnectionError")
-    assert "Traceback" not in result.stderr
+    assert result.stderr == (
+        f"error: Redis at 127.0.0.1:{port} is unreachable or not answering (ConnectionError)\n"
+    )
+
+
+def test_a_stalled_redis_is_named_within_five_seconds(outbox_env: dict[str, str]) -> None:
+    """A Redis that accepts connections and never answers (a hung server, a black hole)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        port = listener.getsockname()[1]
+        env = {**outbox_env, "OUTBOX_REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+        for command in (["list"], ["send", "--to", "a@example.com", "--subject", "s"]):
+            started = time.monotonic()
+            result = run_outbox(env, *command)
+            took = time.monotonic() - started
+            assert result.returncode == 1
+            assert f"Redis at 127.0.0.1:{port} is unreachable or not answering" in result.stderr
+            assert "Traceback" not in result.stderr
+            assert took < 6.5, took  # about five seconds, plus starting the command
 
 
 def test_settings_show_needs_no_secret_key(outbox_env: dict[str, str], peer: SmtpPeer) -> None:

@@ -8,7 +8,9 @@ follows the claim scripts' rules) and the memory transport let every branch run 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import contextlib
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pytest
@@ -21,11 +23,15 @@ from worker.errors import ConfigurationError, PermanentError, TransientError
 from worker.message import OutgoingMessage
 from worker.records import (
     AttemptOutcome,
+    Busy,
+    Claimed,
+    ClaimResult,
     DeliveryRecord,
     DeliveryStatus,
     MemoryClaims,
     RecipientState,
 )
+from worker.transports.base import SendResult
 from worker.transports.memory import MemoryTransport, SendHandler
 
 RECIPIENTS = ("a@example.com", "b@example.com")
@@ -60,10 +66,11 @@ class Harness:
 
     handler: SendHandler
     clock: Clock = field(default_factory=Clock)
-    claims: MemoryClaims = field(default_factory=lambda: MemoryClaims(lease_seconds=30))
+    claims: MemoryClaims = field(
+        default_factory=lambda: MemoryClaims(lease_seconds=30, max_attempts=MAX_ATTEMPTS)
+    )
     settings: SettingsVersions = field(default_factory=SettingsVersions)
     transports: list[MemoryTransport] = field(default_factory=list)
-    scheduled: list[tuple[str, float]] = field(default_factory=list)
     # Kept across jobs, as a worker process keeps it: it holds the transport of a version.
     cache: TransportCache = field(init=False)
 
@@ -71,8 +78,11 @@ class Harness:
         self.settings.save(1)
         self.cache = TransportCache(self.transport_for)
 
+    def new_transport(self) -> MemoryTransport:
+        return MemoryTransport(self.handler)
+
     def transport_for(self, stored: StoredSettings) -> MemoryTransport:
-        transport = MemoryTransport(self.handler)
+        transport = self.new_transport()
         self.transports.append(transport)
         return transport
 
@@ -83,22 +93,20 @@ class Harness:
         self.claims.add(delivery_id, message, now=self.clock.now)
         return delivery_id
 
-    def deliver(self, *delivery_ids: str) -> list[JobOutcome]:
-        async def run() -> list[JobOutcome]:
-            deliverer = Deliverer(
-                claims=self.claims,
-                settings=self.settings,
-                transports=self.cache,
-                policy=RetryPolicy(
-                    base_seconds=10, max_seconds=60, max_attempts=MAX_ATTEMPTS, random=lambda: 0.5
-                ),
-                schedule_retry=lambda i, delay: self.scheduled.append((i, delay)),
-                in_flight=asyncio.Semaphore(4),
-                clock=self.clock,
-            )
-            return await deliverer.deliver_many(delivery_ids)
+    def deliverer(self, clock: Callable[[], float] | None = None) -> Deliverer:
+        return Deliverer(
+            claims=self.claims,
+            settings=self.settings,
+            transports=self.cache,
+            policy=RetryPolicy(
+                base_seconds=10, max_seconds=60, max_attempts=MAX_ATTEMPTS, random=lambda: 0.5
+            ),
+            in_flight=asyncio.Semaphore(4),
+            clock=clock or self.clock,
+        )
 
-        return asyncio.run(run())
+    def deliver(self, *delivery_ids: str) -> list[JobOutcome]:
+        return asyncio.run(self.deliverer().deliver_many(delivery_ids))
 
     def record(self, delivery_id: str = "d1") -> DeliveryRecord:
         return self.claims.records[delivery_id]
@@ -205,9 +213,9 @@ def test_one_attempt_decides(
     assert tuple(harness.states().values()) == states
     [recorded] = record.attempts
     assert (recorded.number, recorded.outcome) == (1, attempt)
-    assert [i for i, _ in harness.scheduled] == ([delivery_id] if retry_scheduled else [])
     if retry_scheduled:
-        assert record.next_attempt_at == harness.clock.now + harness.scheduled[0][1]
+        # Backoff with full jitter (fixed at half here): up to 10 s after the first attempt.
+        assert record.next_attempt_at == harness.clock.now + 5.0
     else:
         assert record.next_attempt_at is None
 
@@ -216,7 +224,7 @@ def test_a_retry_sends_only_to_the_deferred_recipients() -> None:
     harness = Harness(refusing({"b@example.com": 451}))
     harness.add()
     harness.deliver("d1")
-    harness.clock.now += harness.scheduled[0][1]
+    harness.clock.now = harness.record().next_attempt_at or 0
     harness.transports[0].handler = refusing({})
 
     assert harness.deliver("d1") == [JobOutcome.SENT]
@@ -231,7 +239,7 @@ def test_retry_after_from_the_server_is_honoured() -> None:
     harness = Harness(raising(TransientError("throttled", code=429, retry_after=42.0)))
     harness.add()
     harness.deliver("d1")
-    assert harness.scheduled == [("d1", 42.0)]
+    assert harness.record().next_attempt_at == harness.clock.now + 42.0
 
 
 def test_the_attempt_limit_ends_in_failed() -> None:
@@ -246,7 +254,6 @@ def test_the_attempt_limit_ends_in_failed() -> None:
     assert record.attempt_count == MAX_ATTEMPTS
     assert set(harness.states().values()) == {FAILED}
     assert record.last_error == "connection refused"
-    assert len(harness.scheduled) == MAX_ATTEMPTS - 1
 
 
 def test_a_late_duplicate_job_never_sends_again() -> None:
@@ -272,8 +279,8 @@ def test_a_delivery_claimed_elsewhere_is_looked_at_again_when_the_lease_ends() -
     asyncio.run(harness.claims.claim("d1", harness.clock.now))  # another process holds it
 
     assert harness.deliver("d1") == [JobOutcome.BUSY]
-    assert harness.scheduled == [("d1", 31.0)]  # the 30 s lease, then one more second
     assert harness.transports == []
+    assert harness.record().attempt_count == 1  # the holder's attempt, nothing more
 
 
 def test_a_claim_whose_holder_died_is_taken_over_and_its_attempt_recorded_lost() -> None:
@@ -332,3 +339,56 @@ def test_one_failing_delivery_does_not_stop_the_others_of_its_job() -> None:
     harness.add("bad", ["bad@example.com"])
     assert harness.deliver("good", "bad") == [JobOutcome.SENT, JobOutcome.FAILED]
     assert harness.record("good").status is DeliveryStatus.SENT
+
+
+def test_a_message_that_kills_its_worker_every_time_fails_after_the_attempt_limit() -> None:
+    harness = Harness(refusing({}))
+    harness.add()
+    for _ in range(MAX_ATTEMPTS):  # each claim's holder dies mid-attempt
+        asyncio.run(harness.claims.claim("d1", harness.clock.now))
+        harness.clock.now += 31
+    assert harness.deliver("d1") == [JobOutcome.FAILED]
+    record = harness.record()
+    assert record.status is DeliveryStatus.FAILED
+    assert [a.outcome for a in record.attempts] == [AttemptOutcome.LOST] * MAX_ATTEMPTS
+    assert record.last_error is not None
+    assert "worker was lost" in record.last_error
+    assert set(harness.states().values()) == {FAILED}
+    assert harness.transports == []
+
+
+class SlowTransport(MemoryTransport):
+    """Takes ``seconds`` of real time to send."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    async def send(
+        self, message: OutgoingMessage, recipients: Sequence[str], date: float
+    ) -> SendResult:
+        await asyncio.sleep(self.seconds)
+        return await super().send(message, recipients, date)
+
+
+def test_a_long_attempt_keeps_its_claim_and_an_abandoned_one_gives_it_up() -> None:
+    harness = Harness(refusing({}))
+    harness.claims.lease_seconds = 0.06  # the attempt below lasts five leases
+    harness.new_transport = lambda: SlowTransport(0.3)  # type: ignore[method-assign]
+    harness.add()
+
+    async def run() -> tuple[ClaimResult, ClaimResult]:
+        attempt = asyncio.create_task(harness.deliverer(time.time).deliver_many(["d1"]))
+        await asyncio.sleep(0.2)
+        during = await harness.claims.claim("d1", time.time())
+        attempt.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await attempt
+        after = await harness.claims.claim("d1", time.time())
+        return during, after
+
+    during, after = asyncio.run(run())
+    assert isinstance(during, Busy)  # renewed all along: never taken over mid-attempt
+    # Abandoned: the claim was given up at once; the next claim took over without waiting.
+    assert isinstance(after, Claimed)
+    assert [a.outcome for a in harness.record().attempts] == [AttemptOutcome.LOST]

@@ -146,7 +146,7 @@ def test_wrong_password_fails_at_once_with_the_servers_reply(
         )
         delivery_id = enqueue(producer)
         assert worker.deliver(delivery_id) == ["failed"]
-        assert worker.scheduled == []
+        assert context.deliveries.get(delivery_id).next_attempt_at is None  # no retry
         record = context.deliveries.get(delivery_id)
         assert record.last_error is not None
         assert "535" in record.last_error
@@ -162,7 +162,7 @@ def test_recipient_550_is_permanent(
     plain_peer.rcpt_replies["alice@example.com"] = "550 5.1.1 No such user"
     delivery_id = enqueue(producer)
     assert worker.deliver(delivery_id) == ["failed"]
-    assert worker.scheduled == []
+    assert context.deliveries.get(delivery_id).next_attempt_at is None  # no retry
     [recipient] = context.deliveries.get(delivery_id).recipients
     assert (recipient.status, recipient.code, recipient.reply) == (
         RecipientState.FAILED,
@@ -182,9 +182,8 @@ def test_451_then_success_is_sent_after_a_retry(
     assert record.next_attempt_at is not None
     assert record.last_error is not None
     assert "451" in record.last_error
-    [(scheduled_id, delay)] = worker.scheduled
-    assert scheduled_id == delivery_id
-    assert 0 < delay <= context.settings.retry_max_seconds
+    delay = record.next_attempt_at - record.updated_at
+    assert 0 <= delay <= context.settings.retry_max_seconds
     assert worker.settle(delivery_id) == "sent"
     record = context.deliveries.get(delivery_id)
     assert [(a.outcome, a.code) for a in record.attempts] == [("transient", 451), ("sent", 250)]
@@ -252,8 +251,9 @@ def test_self_signed_certificate_refused_unless_accepted(
         configure(context, peer, tls=TlsMode.IMPLICIT)
         refused_id = enqueue(producer)
         assert worker.deliver(refused_id) == ["failed"]
-        assert "not trusted" in (context.deliveries.get(refused_id).last_error or "")
-        assert worker.scheduled == []
+        refused = context.deliveries.get(refused_id)
+        assert "not trusted" in (refused.last_error or "")
+        assert refused.next_attempt_at is None  # no retry
 
         configure(context, peer, tls=TlsMode.IMPLICIT, accept_any_certificate=True)
         accepted_id = enqueue(producer)
@@ -311,8 +311,9 @@ def test_server_closing_an_idle_connection_costs_no_retry(
     assert worker.deliver(enqueue(producer)) == ["sent"]
     plain_peer.stop()  # drops the kept-open session
     plain_peer.start()
-    assert worker.deliver(enqueue(producer)) == ["sent"]
-    assert worker.scheduled == []
+    second = enqueue(producer)
+    assert worker.deliver(second) == ["sent"]
+    assert len(context.deliveries.get(second).attempts) == 1  # reconnected in place
 
 
 def test_no_settings_fails_with_a_configuration_reason(
@@ -350,7 +351,7 @@ def test_starttls_required_but_not_offered_is_a_configuration_failure(
     configure(context, plain_peer, tls=TlsMode.STARTTLS)
     delivery_id = enqueue(producer)
     assert worker.deliver(delivery_id) == ["failed"]
-    assert worker.scheduled == []
+    assert context.deliveries.get(delivery_id).next_attempt_at is None  # no retry
     record = context.deliveries.get(delivery_id)
     assert "STARTTLS" in (record.last_error or "")
 

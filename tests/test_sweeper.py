@@ -13,7 +13,7 @@ from tasks.context import OutboxContext
 from tasks.message_input import MessageInput
 from tasks.producer import Producer
 from tests.support.in_process_worker import InProcessWorker
-from worker.records import DeliveryStatus, record_key, status_index_key
+from worker.records import DUE_KEY, DeliveryStatus, record_key, status_index_key
 from worker.testing.smtp_peer import SmtpPeer, smtp_peer
 
 
@@ -32,7 +32,7 @@ def peer(context: OutboxContext) -> Iterator[SmtpPeer]:
 
 
 def strand(redis_client: redis.Redis, delivery_id: str, status: DeliveryStatus, age: float) -> None:
-    """Leave a delivery as a lost job would: in ``status`` since ``age`` seconds, no task."""
+    """Leave a delivery as a lost job would: in ``status`` since ``age`` seconds, no task, due."""
     then = time.time() - age
     redis_client.hset(
         record_key(delivery_id),
@@ -46,28 +46,66 @@ def strand(redis_client: redis.Redis, delivery_id: str, status: DeliveryStatus, 
     )
     redis_client.zrem(status_index_key(DeliveryStatus.QUEUED), delivery_id)
     redis_client.zadd(status_index_key(status), {delivery_id: then})
+    redis_client.zadd(DUE_KEY, {delivery_id: then})
 
 
-def test_expired_claims_and_overdue_retries_are_sent(
+def enqueue(producer: Producer) -> str:
+    return producer.enqueue(MessageInput(to=["a@example.com"], subject="s", text="x")).id
+
+
+def test_lapsed_claims_and_due_retries_are_published_and_sent(
     context: OutboxContext,
     producer: Producer,
     worker: InProcessWorker,
     peer: SmtpPeer,
     redis_client: redis.Redis,
 ) -> None:
-    def new() -> str:
-        return producer.enqueue(MessageInput(to=["a@example.com"], subject="s", text="x")).id
+    claimed_by_lost_worker, due_retry, live_claim = (
+        enqueue(producer),
+        enqueue(producer),
+        enqueue(producer),
+    )
+    strand(redis_client, claimed_by_lost_worker, DeliveryStatus.SENDING, age=40)
+    strand(redis_client, due_retry, DeliveryStatus.RETRYING, age=1)
+    strand(redis_client, live_claim, DeliveryStatus.SENDING, age=5)
+    redis_client.hset(record_key(live_claim), "lease_until", time.time() + 30)  # a live job
 
-    claimed_by_lost_worker, lost_retry, fresh_claim = new(), new(), new()
-    strand(redis_client, claimed_by_lost_worker, DeliveryStatus.SENDING, age=3600)
-    strand(redis_client, lost_retry, DeliveryStatus.RETRYING, age=4 * 3600)
-    strand(redis_client, fresh_claim, DeliveryStatus.SENDING, age=5)  # a live job: left alone
-
-    swept = worker.runtime.sweep_now()
-    assert sorted(swept) == sorted([claimed_by_lost_worker, lost_retry])
-    assert worker.runtime.sweep_now() == []  # one sweep per interval across processes
-    for delivery_id in swept:
+    for delivery_id in (claimed_by_lost_worker, due_retry):
         assert worker.settle(delivery_id) == "sent"
+    assert not worker.queue.take(live_claim)
     record = context.deliveries.get(claimed_by_lost_worker)
     assert [a.outcome for a in record.attempts] == ["lost", "sent"]
     assert len(peer.wait_for_messages(2)) == 2
+
+
+def test_a_queued_delivery_whose_task_was_lost_is_published_once_it_cannot_be_waiting(
+    context: OutboxContext,
+    producer: Producer,
+    worker: InProcessWorker,
+    peer: SmtpPeer,
+    redis_client: redis.Redis,
+) -> None:
+    # A producer died after storing the record and before publishing its task.
+    orphan = enqueue(producer)
+    published_long_ago = time.time() - 120
+    redis_client.zadd(status_index_key(DeliveryStatus.QUEUED), {orphan: published_long_ago})
+    redis_client.zadd(DUE_KEY, {orphan: published_long_ago})
+    fresh = enqueue(producer)  # its task may still be waiting: left alone
+
+    assert worker.settle(orphan) == "sent"
+    time.sleep(0.3)  # a few more sweeps
+    assert not worker.queue.take(fresh)
+    assert redis_client.zscore(DUE_KEY, orphan) is None  # final: no longer due
+
+
+def test_final_ids_leave_the_indexes_after_the_retention(
+    context: OutboxContext, worker: InProcessWorker, redis_client: redis.Redis
+) -> None:
+    old = time.time() - context.settings.retention_seconds - 3600
+    redis_client.zadd(status_index_key(DeliveryStatus.SENT), {"expired-long-ago": old})
+    redis_client.zadd(status_index_key(DeliveryStatus.SENT), {"recent": time.time()})
+    deadline = time.monotonic() + 5
+    while redis_client.zscore(status_index_key(DeliveryStatus.SENT), "expired-long-ago"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert redis_client.zscore(status_index_key(DeliveryStatus.SENT), "recent") is not None

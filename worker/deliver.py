@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Protocol
@@ -31,6 +32,7 @@ from worker.records import (
     DeliveryRecord,
     DeliveryStatus,
     Early,
+    Exhausted,
     Missing,
     RecipientOutcome,
     RecipientState,
@@ -39,20 +41,14 @@ from worker.records import (
 from worker.transports.base import SendResult, Transport
 
 __all__ = [
-    "MIN_RETRY_DELAY_SECONDS",
     "NOT_CONFIGURED",
     "Deliverer",
     "JobOutcome",
-    "RetryScheduler",
     "SettingsSource",
     "TransportCache",
 ]
 
 log = logging.getLogger(__name__)
-
-# A scheduled retry must not arrive before its attempt is recorded, or it would find the
-# delivery still claimed; recording takes milliseconds.
-MIN_RETRY_DELAY_SECONDS = 1.0
 
 NOT_CONFIGURED = "mail settings are not configured; run `outbox settings set ...`, then retry"
 
@@ -63,21 +59,15 @@ class JobOutcome(StrEnum):
     SENT = "sent"
     PARTIALLY_SENT = "partially_sent"
     FAILED = "failed"
-    RETRYING = "retrying"  # a retry is scheduled
+    RETRYING = "retrying"  # a retry is due later: the sweeper publishes it then
     MISSING = "missing"  # no record: expired or purged
-    BUSY = "busy"  # another process holds the claim; looked at again when its lease ends
+    BUSY = "busy"  # another process holds the claim (the sweeper looks again if it lapses)
     EARLY = "early"  # a duplicate job before the scheduled retry: left to that retry
 
     @classmethod
     def of(cls, status: DeliveryStatus) -> JobOutcome:
         """The outcome for a delivery that ended (or already was) in ``status``."""
         return cls(status.value)
-
-
-class RetryScheduler(Protocol):
-    """Arranges for ``delivery_id`` to be attempted again after ``delay_seconds``."""
-
-    def __call__(self, delivery_id: str, delay_seconds: float) -> None: ...
 
 
 class SettingsSource(Protocol):
@@ -119,7 +109,6 @@ class Deliverer:
     settings: SettingsSource
     transports: TransportCache
     policy: RetryPolicy
-    schedule_retry: RetryScheduler
     in_flight: asyncio.Semaphore
     clock: Callable[[], float] = field(default=time.time)
 
@@ -157,13 +146,15 @@ class Deliverer:
             case AlreadyFinal(status=status):
                 log.info("delivery %s is already %s; not sending again", delivery_id, status)
                 return JobOutcome.of(status)
-            case Busy(lease_until=lease_until):
-                # Redelivered while another process holds it (e.g. after a worker was lost):
-                # look again when that claim expires instead of dropping the job.
-                self.schedule_retry(delivery_id, max(lease_until - self.clock(), 0) + 1)
+            case Busy():
+                # A duplicate job while a live process holds it; if that process dies, its
+                # lease lapses and the sweeper publishes the delivery again.
                 return JobOutcome.BUSY
             case Early():
                 return JobOutcome.EARLY
+            case Exhausted(reason=reason):
+                log.error("delivery %s failed: %s", delivery_id, reason)
+                return JobOutcome.FAILED
             case Unreadable() as unreadable:
                 log.error("delivery %s: %s", delivery_id, unreadable.reason)
                 await self.claims.fail_unreadable(delivery_id, unreadable, self.clock())
@@ -177,18 +168,48 @@ class Deliverer:
         result: SendResult | None = None
         error: DeliveryError | None = None
         try:
-            result = await self._send(record, settings_version, pending)
+            async with self._claim_kept(record):
+                result = await self._send(record, settings_version, pending)
         except DeliveryError as exc:
             error = exc
+        except asyncio.CancelledError:
+            # Abandoned (the task was cancelled): let another worker take over at once
+            # rather than when the lease would have run out.
+            with contextlib.suppress(redis.RedisError):
+                await self.claims.release(record, self.clock())
+            raise
         except redis.RedisError:
-            # The record store itself is unreachable: nothing can be recorded; the job is
-            # retried as a whole by the task layer, and this claim expires meanwhile.
+            # The record store itself is unreachable: nothing can be recorded. The claim's
+            # lease lapses, and the sweeper publishes the delivery again.
             raise
         except Exception as exc:
             # A bug or an unexpected library error fails this delivery, not the worker.
             log.exception("delivery %s: unexpected %s", record.id, type(exc).__name__)
             error = PermanentError(f"internal error: {type(exc).__name__}: {exc}")
         return await self._record(record, started, pending, result, error)
+
+    @contextlib.asynccontextmanager
+    async def _claim_kept(self, record: DeliveryRecord) -> AsyncIterator[None]:
+        """Renew the claim's lease while the attempt runs, however long it takes (a large
+        Graph upload, a wait for a connection): only a dead process lets it lapse."""
+
+        async def heartbeat() -> None:
+            while True:
+                await asyncio.sleep(self.claims.lease_seconds / 3)
+                try:
+                    if not await self.claims.renew(record, self.clock()):
+                        log.warning("delivery %s: claim lost during the attempt", record.id)
+                        return
+                except redis.RedisError:
+                    log.warning("delivery %s: could not renew the claim", record.id)
+
+        beating = asyncio.create_task(heartbeat())
+        try:
+            yield
+        finally:
+            beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beating
 
     async def _send(
         self, record: DeliveryRecord, settings_version: int, pending: list[str]
@@ -212,10 +233,7 @@ class Deliverer:
         if any(r.status.needs_sending for r in recipients):
             if self.policy.allows_another_attempt(record.attempts_this_round):
                 retry_after = error.retry_after if isinstance(error, TransientError) else None
-                retry_delay = max(
-                    self.policy.delay(record.attempts_this_round, retry_after),
-                    MIN_RETRY_DELAY_SECONDS,
-                )
+                retry_delay = self.policy.delay(record.attempts_this_round, retry_after)
             else:
                 recipients = tuple(
                     replace(r, status=RecipientState.FAILED) if r.status.needs_sending else r
@@ -232,8 +250,6 @@ class Deliverer:
             reply=error.reply if error else (result.reply if result else None),
             error=error.reason if error else _refusals(recipients),
         )
-        if retry_delay is not None:
-            self.schedule_retry(record.id, retry_delay)
         applied = await self.claims.finish(
             record,
             now=now,

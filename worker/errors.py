@@ -22,13 +22,15 @@
      │    ├── NotRetryableError               only failed or partially sent ones are retried
      │    └── KeyNameTakenError               an API key of that name exists
      └── ServiceError                         outbox's own infrastructure cannot serve
+          ├── RedisUnavailableError           Redis (the records and the broker) unreachable
           ├── EmbeddedRedisError              the embedded Redis cannot be found or started
           └── SecretMismatchError             a stored secret does not decrypt with this key
 
 Library exceptions are translated into these once per library, with ``raise ... from exc``:
 SMTP (aiosmtplib, ssl, socket) in ``worker.transports.smtp.smtp_error``, HTTP (httpx) in
-``worker.http_errors``, msal's results in ``worker.tokens``, pydantic's validation errors at
-the edges. The command line maps the branches to exit codes in one table
+``worker.http_errors``, msal's results in ``worker.tokens``, Redis and broker failures in
+``config.redis_location.RedisLocation.unavailable``, pydantic's validation errors at the
+edges. The command line maps the branches to exit codes in one table
 (``tasks.cli.errors``), the HTTP API to statuses in another (``api.errors``).
 """
 
@@ -54,6 +56,7 @@ __all__ = [
     "OutboxError",
     "PermanentError",
     "PermissionDeniedError",
+    "RedisUnavailableError",
     "SecretKeyError",
     "SecretMismatchError",
     "ServiceError",
@@ -162,6 +165,10 @@ class KeyNameTakenError(ConflictError):
 
 class ServiceError(OutboxError):
     """Something outbox itself relies on cannot serve; an operator must look."""
+
+
+class RedisUnavailableError(ServiceError):
+    """Redis, which holds the records and is the broker, cannot be reached or does not answer."""
 
 
 class EmbeddedRedisError(ServiceError):

@@ -12,13 +12,14 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 
 from config.process import ProcessSettings
+from config.redis_location import TIMEOUTS
 from config.secret_box import SecretBox
 from config.settings_store import SETTINGS_KEY, StoredSettings
 from worker.backoff import RetryPolicy
-from worker.deliver import Deliverer, JobOutcome, RetryScheduler, TransportCache
+from worker.deliver import Deliverer, JobOutcome, TransportCache
 from worker.records import RedisClaims
 from worker.settings_cache import SettingsCache
-from worker.sweeper import SWEEP_INTERVAL_SECONDS, StuckDeliverySweeper
+from worker.sweeper import Sweeper, TaskQueue
 from worker.transports.base import Transport
 from worker.transports.factory import HttpClients, create_transport, transport_options
 
@@ -71,11 +72,13 @@ class WorkerRuntime:
         *,
         redis_url: str,
         box: SecretBox,
-        schedule_retry: RetryScheduler,
+        task_queue: TaskQueue,
     ) -> None:
         quiet_http_logs()
         self._loop = EventLoopThread()
-        self._redis = aioredis.Redis.from_url(redis_url)
+        # Timeouts, so a stalled Redis fails a job (the sweeper runs it again later) instead
+        # of hanging it; redis-py's own retries reconnect when Redis is back.
+        self._redis = aioredis.Redis.from_url(redis_url, **TIMEOUTS)
         options = transport_options(settings)
         self._http = HttpClients.build(options)
 
@@ -88,6 +91,7 @@ class WorkerRuntime:
                 self._redis,
                 settings_key=SETTINGS_KEY,
                 lease_seconds=settings.claim_lease_seconds,
+                max_attempts=settings.max_attempts,
                 retention_seconds=settings.retention_seconds,
             ),
             settings=SettingsCache(self._redis, box),
@@ -96,36 +100,25 @@ class WorkerRuntime:
                 base_seconds=settings.retry_base_seconds,
                 max_seconds=settings.retry_max_seconds,
                 max_attempts=settings.max_attempts,
-                max_retry_after_seconds=settings.visibility_timeout_seconds / 2,
             ),
-            schedule_retry=schedule_retry,
             in_flight=asyncio.Semaphore(
                 IN_FLIGHT_PER_CONNECTION
                 * max(settings.smtp_max_connections, settings.graph_max_concurrency)
             ),
         )
 
-        self._sweeper = StuckDeliverySweeper(
+        self._sweeper = Sweeper(
             self._redis,
-            lease_seconds=settings.claim_lease_seconds,
-            # A scheduled retry runs at most max_retry_after after it was recorded, and its
-            # task is back from a lost worker within the visibility timeout after that.
-            overdue_retry_seconds=settings.visibility_timeout_seconds * 1.5,
-            schedule_retry=schedule_retry,
+            task_queue,
+            interval_seconds=settings.sweep_interval_seconds,
+            stranded_after_seconds=settings.stranded_after_seconds,
+            retention_seconds=settings.retention_seconds,
         )
-        self._sweeping = self._loop.submit(self._sweep_forever())
+        self._sweeping = self._loop.submit(self._sweeper.run_forever())
 
     def sweep_now(self) -> list[str]:
-        """Sweep for stuck deliveries at once (the loop also does it every minute)."""
+        """Sweep at once (the loop also sweeps every interval); returns what it published."""
         return self._loop.run(self._sweeper.sweep())
-
-    async def _sweep_forever(self) -> None:
-        while True:
-            await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
-            try:
-                await self._sweeper.sweep()
-            except Exception:  # a sweep that failed is tried again next interval
-                log.warning("sweep for stuck deliveries failed", exc_info=True)
 
     def deliver(self, delivery_ids: Sequence[str]) -> list[JobOutcome]:
         """Attempt each delivery, concurrently; returns their statuses in order."""

@@ -9,14 +9,21 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import NoReturn
 
+import redis
 import typer
+from kombu.exceptions import OperationalError
+from pydantic import ValidationError
 
+from config.process import ProcessSettings
+from config.redis_location import RedisLocation, configured_location
 from tasks.cli.deliveries import deliveries_app
-from tasks.cli.errors import exit_code, report
+from tasks.cli.errors import exit_code
 from tasks.cli.keys import keys_app
 from tasks.cli.processes import processes_app
 from tasks.cli.settings import settings_app
+from worker.errors import OutboxError
 
 __all__ = ["app", "main"]
 
@@ -35,10 +42,22 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     try:
         app()
-    except Exception as exc:
-        code = exit_code(exc)
-        if code is None:
-            raise  # a bug: the traceback is what a report needs
-        # Input or infrastructure, not a bug: one clear line instead of a traceback.
-        typer.echo(report(exc), err=True)
-        sys.exit(code)
+    except (redis.RedisError, OperationalError) as exc:
+        _exit_with(_redis_location().unavailable(exc))
+    except OutboxError as exc:
+        _exit_with(exc)
+    # Anything else is a bug: its traceback is what a report needs.
+
+
+def _exit_with(error: OutboxError) -> NoReturn:
+    # Input or infrastructure, not a bug: one clear line instead of a traceback.
+    typer.echo(f"error: {error}", err=True)
+    sys.exit(exit_code(error))
+
+
+def _redis_location() -> RedisLocation:
+    try:
+        settings = ProcessSettings()
+    except ValidationError:
+        return RedisLocation("redis://localhost:6379/0")
+    return configured_location(settings.redis_url, settings.data_dir)

@@ -22,5 +22,7 @@ def outbox_environment(
         "OUTBOX_RETRY_MAX_SECONDS": "1",
         "OUTBOX_MAX_ATTEMPTS": "4",
         "OUTBOX_SMTP_TIMEOUT_SECONDS": "5",
+        # Due retries are published by the sweeper: sweep often, so fast retries stay fast.
+        "OUTBOX_SWEEP_INTERVAL_SECONDS": "0.1",
         **overrides,
     }

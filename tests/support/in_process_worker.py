@@ -1,25 +1,52 @@
-"""The real worker runtime driven by a test: retries are collected, then run when the test says."""
+"""The real worker runtime driven by a test: what its sweeper publishes is collected, and the
+test delivers it when it says."""
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from tasks.context import OutboxContext
 from worker.deliver import JobOutcome
 from worker.runtime import WorkerRuntime
 
+FINAL = frozenset({JobOutcome.SENT, JobOutcome.PARTIALLY_SENT, JobOutcome.FAILED})
+
+
+class CollectingQueue:
+    """Stands in for the broker's queue: keeps the ids the sweeper publishes; none waits."""
+
+    def __init__(self) -> None:
+        self._published: list[str] = []
+        self._lock = threading.Lock()
+
+    def publish(self, delivery_ids: Sequence[str]) -> None:
+        with self._lock:
+            self._published += delivery_ids
+
+    def oldest_dispatch(self) -> float | None:
+        return None
+
+    def take(self, delivery_id: str) -> bool:
+        """Whether ``delivery_id`` was published (and forget that it was)."""
+        with self._lock:
+            if delivery_id not in self._published:
+                return False
+            self._published = [i for i in self._published if i != delivery_id]
+            return True
+
 
 class InProcessWorker:
-    """WorkerRuntime with its retry scheduler replaced by a list the test drains."""
+    """WorkerRuntime whose sweeper publishes into a list the test drains."""
 
     def __init__(self, context: OutboxContext) -> None:
-        self.scheduled: list[tuple[str, float]] = []
+        self.queue = CollectingQueue()
         self.runtime = WorkerRuntime(
             context.settings,
             redis_url=context.redis_location.url,
             box=context.secret_box,
-            schedule_retry=lambda delivery_id, delay: self.scheduled.append((delivery_id, delay)),
+            task_queue=self.queue,
         )
 
     def deliver(self, *delivery_ids: str) -> list[JobOutcome]:
@@ -29,23 +56,22 @@ class InProcessWorker:
         self,
         delivery_id: str,
         *,
-        rounds: int = 20,
+        timeout: float = 30,
         before_retry: Callable[[], object] | None = None,
-        honour_delays: bool = False,
     ) -> str:
-        """Deliver, then run each retry the runtime scheduled (at once, or after its delay)."""
-        status = self.deliver(delivery_id)[0]
-        for _ in range(rounds):
-            due = [entry for entry in self.scheduled if entry[0] == delivery_id]
-            if not due:
-                return status
-            self.scheduled = [entry for entry in self.scheduled if entry[0] != delivery_id]
-            if honour_delays:
-                time.sleep(max(delay for _, delay in due))
+        """Deliver, then each time the sweeper publishes the delivery again (its retry is
+        due), deliver it again, until it is final."""
+        outcome = self.deliver(delivery_id)[0]
+        deadline = time.monotonic() + timeout
+        while outcome not in FINAL:
+            while not self.queue.take(delivery_id):
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{delivery_id} still {outcome} after {timeout} s")
+                time.sleep(0.02)
             if before_retry is not None:
                 before_retry()
-            status = self.deliver(delivery_id)[0]
-        raise AssertionError(f"{delivery_id} still retrying after {rounds} rounds ({status})")
+            outcome = self.deliver(delivery_id)[0]
+        return outcome
 
     def close(self) -> None:
         self.runtime.close()

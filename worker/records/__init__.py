@@ -19,6 +19,9 @@ Redis keys (``outbox:`` prefix; ids are 32 hex digits)::
                                             (``config.settings_store``)
     outbox:graph-slots:{mailbox}     zset   leases of Graph requests in flight        per member
                                             (``worker.concurrency``)
+    outbox:due                       zset   ids not final, scored by when the sweeper none
+                                            should look: a queued one's check, a
+                                            retry's due time, a claim's lease end
     outbox:attempts-by-outcome       hash   outcome -> attempts recorded (/metrics)   none
     outbox:sweeper                   string the sweeper's lock for one interval       ~1 min
     outbox:apikeys, outbox:apikey:*  hash,  API keys, stored hashed                   none
@@ -34,24 +37,32 @@ Status transitions, and who makes each one::
     (none)                         queued                 producer  create_many (CREATE)
     queued                         failed                 producer  mark_unqueued: not published
     queued, retrying (once due)    sending                worker    claim (CLAIM)
-    sending (lease expired)        sending                worker    claim: the holder died; its
+    sending (lease lapsed)         sending                worker    claim: the holder died; its
                                                                     attempt is recorded "lost"
+    sending (lease lapsed, the     failed                 worker    claim: a message that kills
+    last attempt)                                                   its worker stops here
     sending                        sent, partially_sent,  worker    finish (TRANSITION)
                                    failed, retrying
     sending                        failed                 worker    fail_unreadable
+    retrying (due)                 queued                 sweeper   SWEEP, then publishes it
     failed, partially_sent         queued                 operator  reset_for_retry
     sent, partially_sent, failed   (deleted)              operator  purge (PURGE); or Redis, when
                                                                     the retention TTL runs out
 
-The sweeper changes no status: it publishes again the ids of expired claims and overdue
-retries, and the claim decides. Every change of status is one Lua script, so a record and
-its index entries never disagree.
+A claim is a lease that its worker renews while the attempt runs (RENEW) and gives up when
+it finishes; a worker that dies lets it lapse within one lease. The sweeper (one worker
+process per interval) reads ``outbox:due`` and publishes again what nobody will otherwise
+run: due retries, lapsed claims, and queued deliveries whose task is no longer in the
+broker's queue (lost with a dead worker, or never published by a producer that died).
+Every change of status is one Lua script, so a record, its index entries and its due time
+never disagree.
 """
 
 from worker.records.claims import ClaimStore, RedisClaims
 from worker.records.codec import decode_record, encode_attempt, encode_recipients
 from worker.records.keys import (
     ATTEMPT_COUNTERS,
+    DUE_KEY,
     KEY_PREFIX,
     STATUS_INDEX_PREFIX,
     attempts_key,
@@ -78,13 +89,16 @@ from worker.records.scripts import (
     ClaimResult,
     Created,
     Early,
+    Exhausted,
     Missing,
+    SweepVerdict,
     Unreadable,
 )
 from worker.records.store import DeliveryStore, NewDelivery, Page
 
 __all__ = [
     "ATTEMPT_COUNTERS",
+    "DUE_KEY",
     "FINAL_STATUSES",
     "KEY_PREFIX",
     "RETRYABLE_STATUSES",
@@ -101,6 +115,7 @@ __all__ = [
     "DeliveryStatus",
     "DeliveryStore",
     "Early",
+    "Exhausted",
     "MemoryClaims",
     "Missing",
     "NewDelivery",
@@ -108,6 +123,7 @@ __all__ = [
     "RecipientOutcome",
     "RecipientState",
     "RedisClaims",
+    "SweepVerdict",
     "Unreadable",
     "attempts_key",
     "decode_record",

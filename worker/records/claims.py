@@ -1,4 +1,5 @@
-"""The worker side of the records: claim a delivery for one attempt, then record its outcome."""
+"""The worker side of the records: claim a delivery for one attempt, keep the claim alive while
+the attempt runs, then record its outcome."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from worker.records.codec import encode_recipients
 from worker.records.model import Attempt, DeliveryRecord, DeliveryStatus, RecipientOutcome
 from worker.records.scripts import (
     CLAIM,
+    RENEW,
     TRANSITION,
     ClaimResult,
     ScriptCall,
@@ -17,6 +19,7 @@ from worker.records.scripts import (
     claim_call,
     decode_claim,
     decode_transition,
+    renew_call,
     transition_call,
 )
 
@@ -26,8 +29,18 @@ __all__ = ["ClaimStore", "RedisClaims"]
 class ClaimStore(Protocol):
     """What a ``Deliverer`` needs of the records: ``RedisClaims``, or ``MemoryClaims`` in tests."""
 
+    @property
+    def lease_seconds(self) -> float:
+        """How long a claim lasts unless renewed."""
+
     async def claim(self, delivery_id: str, now: float) -> ClaimResult:
         """Claim one delivery for one attempt, with the current settings version."""
+
+    async def renew(self, record: DeliveryRecord, now: float) -> bool:
+        """Extend the claim by a lease; False when it was lost meanwhile."""
+
+    async def release(self, record: DeliveryRecord, now: float) -> None:
+        """Give the claim up at once (the attempt was abandoned): another worker takes over."""
 
     async def fail_unreadable(self, delivery_id: str, claim: Unreadable, now: float) -> None:
         """Fail a claimed delivery whose record cannot be decoded."""
@@ -55,13 +68,20 @@ class RedisClaims:
         *,
         settings_key: str,
         lease_seconds: float,
+        max_attempts: int,
         retention_seconds: int,
     ) -> None:
         self._settings_key = settings_key
         self._lease_seconds = lease_seconds
+        self._max_attempts = max_attempts
         self._retention_seconds = retention_seconds
         self._claim = client.register_script(CLAIM)
+        self._renew = client.register_script(RENEW)
         self._transition = client.register_script(TRANSITION)
+
+    @property
+    def lease_seconds(self) -> float:
+        return self._lease_seconds
 
     async def claim(self, delivery_id: str, now: float) -> ClaimResult:
         call = claim_call(
@@ -69,8 +89,20 @@ class RedisClaims:
             now=now,
             lease_seconds=self._lease_seconds,
             settings_key=self._settings_key,
+            max_attempts=self._max_attempts,
+            retention_seconds=self._retention_seconds,
         )
         return decode_claim(delivery_id, await self._claim(keys=call.keys, args=call.args))
+
+    async def renew(self, record: DeliveryRecord, now: float) -> bool:
+        return await self._lease_until(record, now + self._lease_seconds)
+
+    async def release(self, record: DeliveryRecord, now: float) -> None:
+        await self._lease_until(record, now)
+
+    async def _lease_until(self, record: DeliveryRecord, lease_until: float) -> bool:
+        call = renew_call(record.id, attempt_count=record.attempt_count, lease_until=lease_until)
+        return bool(await self._renew(keys=call.keys, args=call.args))
 
     async def fail_unreadable(self, delivery_id: str, claim: Unreadable, now: float) -> None:
         await self._run_transition(
@@ -80,6 +112,7 @@ class RedisClaims:
                 guard=("attempt_count", str(claim.attempt_count)),
                 status=DeliveryStatus.FAILED,
                 expire_seconds=self._retention_seconds,
+                due_at=None,
                 fields={"last_error": claim.reason, "lease_until": "0"},
             )
         )
@@ -103,6 +136,8 @@ class RedisClaims:
                 guard=("attempt_count", str(record.attempt_count)),
                 status=status,
                 expire_seconds=self._retention_seconds if status.is_final else 0,
+                # A retry is due then: the sweeper publishes it.
+                due_at=next_attempt_at,
                 attempt=attempt,
                 fields={
                     "recipients": encode_recipients(recipients),

@@ -6,6 +6,7 @@ from worker.records.model import DeliveryStatus
 
 __all__ = [
     "ATTEMPT_COUNTERS",
+    "DUE_KEY",
     "IDEMPOTENCY_PREFIX",
     "KEY_PREFIX",
     "STATUS_INDEX_PREFIX",
@@ -18,6 +19,9 @@ __all__ = [
 KEY_PREFIX = "outbox:"
 STATUS_INDEX_PREFIX = f"{KEY_PREFIX}status:"
 IDEMPOTENCY_PREFIX = f"{KEY_PREFIX}idempotency:"
+# When the sweeper should look at each delivery that is not final (a zset id -> unix time):
+# a queued one's check, a retry's due time, a claim's lease end.
+DUE_KEY = f"{KEY_PREFIX}due"
 # Attempts recorded so far, by outcome (for /metrics): a hash outcome -> count.
 ATTEMPT_COUNTERS = f"{KEY_PREFIX}attempts-by-outcome"
 

@@ -2,7 +2,8 @@
 
 It keeps records as values in a dict and follows ``CLAIM`` and ``TRANSITION`` step by step
 (final records are never claimed, a live claim makes others wait, a scheduled retry is not
-run early, an expired claim is taken over with a ``lost`` attempt). The Redis scripts
+run early, a lapsed claim is taken over with a ``lost`` attempt, and fails the delivery once
+the attempts are used up that way). The Redis scripts
 themselves are tested against a real Redis.
 """
 
@@ -25,6 +26,7 @@ from worker.records.scripts import (
     Claimed,
     ClaimResult,
     Early,
+    Exhausted,
     Missing,
     Unreadable,
 )
@@ -35,8 +37,11 @@ __all__ = ["MemoryClaims"]
 class MemoryClaims:
     """Records in a dict; ``settings_version`` plays the settings hash the claim reads."""
 
-    def __init__(self, *, lease_seconds: float = 30.0, settings_version: int = 1) -> None:
+    def __init__(
+        self, *, lease_seconds: float = 30.0, max_attempts: int = 8, settings_version: int = 1
+    ) -> None:
         self.lease_seconds = lease_seconds
+        self.max_attempts = max_attempts
         self.settings_version = settings_version
         self.records: dict[str, DeliveryRecord] = {}
         self._lease_until: dict[str, float] = {}
@@ -77,6 +82,25 @@ class MemoryClaims:
                 error="the worker was lost during this attempt; its claim expired",
             )
             attempts = (*attempts, lost)
+            if record.attempts_this_round >= self.max_attempts:
+                reason = (
+                    f"the worker was lost during attempt {record.attempt_count}, the last of "
+                    f"{self.max_attempts} allowed; not tried again"
+                )
+                self.records[delivery_id] = replace(
+                    record,
+                    status=DeliveryStatus.FAILED,
+                    updated_at=now,
+                    last_error=reason,
+                    attempts=attempts,
+                    recipients=tuple(
+                        replace(r, status=RecipientState.FAILED, reply="the worker was lost")
+                        if r.status.needs_sending
+                        else r
+                        for r in record.recipients
+                    ),
+                )
+                return Exhausted(reason)
         if record.status is DeliveryStatus.RETRYING and (record.next_attempt_at or 0) > now + 1:
             return Early(record.next_attempt_at or 0)
         claimed = replace(
@@ -89,6 +113,21 @@ class MemoryClaims:
         self.records[delivery_id] = claimed
         self._lease_until[delivery_id] = now + self.lease_seconds
         return Claimed(claimed, self.settings_version)
+
+    async def renew(self, record: DeliveryRecord, now: float) -> bool:
+        return self._lease(record, now + self.lease_seconds)
+
+    async def release(self, record: DeliveryRecord, now: float) -> None:
+        self._lease(record, now)
+
+    def _lease(self, record: DeliveryRecord, lease_until: float) -> bool:
+        current = self.records.get(record.id)
+        if current is None or current.status is not DeliveryStatus.SENDING:
+            return False
+        if current.attempt_count != record.attempt_count:
+            return False
+        self._lease_until[record.id] = lease_until
+        return True
 
     async def fail_unreadable(self, delivery_id: str, claim: Unreadable, now: float) -> None:
         record = self.records.get(delivery_id)

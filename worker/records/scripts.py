@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from worker.records.codec import as_text, decode_record, encode_attempt
 from worker.records.keys import (
     ATTEMPT_COUNTERS,
+    DUE_KEY,
     IDEMPOTENCY_PREFIX,
     STATUS_INDEX_PREFIX,
     attempts_key,
@@ -28,6 +30,8 @@ __all__ = [
     "CLAIM",
     "CREATE",
     "PURGE",
+    "RENEW",
+    "SWEEP",
     "TRANSITION",
     "AlreadyFinal",
     "Busy",
@@ -35,17 +39,22 @@ __all__ = [
     "Claimed",
     "Created",
     "Early",
+    "Exhausted",
     "Missing",
     "PurgeResult",
     "ScriptCall",
+    "SweepVerdict",
     "Unreadable",
     "claim_call",
     "create_call",
     "decode_claim",
     "decode_create",
     "decode_purge",
+    "decode_sweep",
     "decode_transition",
     "purge_call",
+    "renew_call",
+    "sweep_call",
     "transition_call",
 ]
 
@@ -61,8 +70,8 @@ class ScriptCall:
 
 
 # --- CREATE: store a queued record, once per idempotency key -------------------------------
-# KEYS: record, queued index, idempotency key ("" when none)
-# ARGV: id, now, idempotency ttl seconds, field, value, ...
+# KEYS: record, queued index, idempotency key ("" when none), due
+# ARGV: id, now, idempotency ttl seconds, due at, field, value, ...
 # -> {1, id} when created, {0, existing id} when the idempotency key was already used.
 CREATE = """
 if KEYS[3] ~= '' then
@@ -70,8 +79,9 @@ if KEYS[3] ~= '' then
   if existing then return {0, existing} end
   redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[3])
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
 return {1, ARGV[1]}
 """
 
@@ -91,17 +101,20 @@ def create_call(
     fields: Mapping[str, str | bytes],
     idempotency: str | None,
     idempotency_ttl_seconds: int,
+    due_at: float,
 ) -> ScriptCall:
     return ScriptCall(
         keys=[
             record_key(delivery_id),
             status_index_key(DeliveryStatus.QUEUED),
             idempotency_key(idempotency) if idempotency else "",
+            DUE_KEY,
         ],
         args=[
             delivery_id,
             repr(now),
             idempotency_ttl_seconds,
+            repr(due_at),
             *(item for pair in fields.items() for item in pair),
         ],
     )
@@ -112,11 +125,13 @@ def decode_create(reply: Sequence[Any]) -> Created:
 
 
 # --- CLAIM: take a delivery for one attempt, and read it with the settings version ---------
-# A claim whose lease ran out belonged to a lost worker: its attempt is recorded as "lost".
-# KEYS: record, settings hash, attempts list, attempt counters
-# ARGV: id, now, lease seconds, status index prefix
+# The claim is a lease, renewed while the attempt runs (RENEW). A claim whose lease ran out
+# belonged to a lost worker: its attempt is recorded as "lost" and counts; once the attempts
+# are used up that way (a message that kills its worker), the delivery fails instead.
+# KEYS: record, settings hash, attempts list, attempt counters, due
+# ARGV: id, now, lease seconds, status index prefix, max attempts, retention seconds
 # -> {'missing'} | {'final', status} | {'busy', lease_until} | {'early', next_attempt_at}
-#    | {'claimed', version, {field, value, ...}}
+#    | {'exhausted', reason} | {'claimed', version, {field, value, ...}}
 CLAIM = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing'} end
@@ -127,23 +142,50 @@ local now = tonumber(ARGV[2])
 if status == 'sending' then
   local lease = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
   if lease > now then return {'busy', tostring(lease)} end
+  local number = tonumber(redis.call('HGET', KEYS[1], 'attempt_count') or '0')
   redis.call('RPUSH', KEYS[3], cjson.encode({
-    number = tonumber(redis.call('HGET', KEYS[1], 'attempt_count')),
+    number = number,
     started_at = tonumber(redis.call('HGET', KEYS[1], 'updated_at')),
     duration_ms = 0, outcome = 'lost',
     error = 'the worker was lost during this attempt; its claim expired'}))
   redis.call('HINCRBY', KEYS[4], 'lost', 1)
+  local used = number - tonumber(redis.call('HGET', KEYS[1], 'retry_base') or '0')
+  if used >= tonumber(ARGV[5]) then
+    local reason = 'the worker was lost during attempt ' .. number .. ', the last of '
+      .. ARGV[5] .. ' allowed; not tried again'
+    local recipients = redis.call('HGET', KEYS[1], 'recipients')
+    if recipients then
+      local decoded = cjson.decode(recipients)
+      for _, r in ipairs(decoded) do
+        if r.status == 'pending' or r.status == 'deferred' then
+          r.status = 'failed'
+          r.reply = 'the worker was lost'
+        end
+      end
+      redis.call('HSET', KEYS[1], 'recipients', cjson.encode(decoded))
+    end
+    redis.call('HSET', KEYS[1], 'status', 'failed', 'updated_at', ARGV[2], 'lease_until', '0',
+      'last_error', reason, 'next_attempt_at', '')
+    redis.call('ZREM', ARGV[4] .. 'sending', ARGV[1])
+    redis.call('ZADD', ARGV[4] .. 'failed', now, ARGV[1])
+    redis.call('ZREM', KEYS[5], ARGV[1])
+    redis.call('EXPIRE', KEYS[1], ARGV[6])
+    redis.call('EXPIRE', KEYS[3], ARGV[6])
+    return {'exhausted', reason}
+  end
 end
 if status == 'retrying' then
   -- A duplicate job (its delivery's retry is already scheduled) must not skip the backoff.
   local due = tonumber(redis.call('HGET', KEYS[1], 'next_attempt_at') or '0') or 0
   if due > now + 1 then return {'early', tostring(due)} end
 end
+local lease_until = now + tonumber(ARGV[3])
 redis.call('HINCRBY', KEYS[1], 'attempt_count', 1)
 redis.call('HSET', KEYS[1], 'status', 'sending', 'updated_at', ARGV[2],
-  'lease_until', tostring(now + tonumber(ARGV[3])))
+  'lease_until', tostring(lease_until))
 redis.call('ZREM', ARGV[4] .. status, ARGV[1])
 redis.call('ZADD', ARGV[4] .. 'sending', now, ARGV[1])
+redis.call('ZADD', KEYS[5], lease_until, ARGV[1])
 local version = redis.call('HGET', KEYS[2], 'version') or '0'
 return {'claimed', version, redis.call('HGETALL', KEYS[1])}
 """
@@ -184,6 +226,13 @@ class Missing:
 
 
 @dataclass(frozen=True, slots=True)
+class Exhausted:
+    """The attempts were used up by workers lost mid-attempt: the claim failed the delivery."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Unreadable:
     """Claimed, but the record cannot be decoded: it fails instead of blocking its task."""
 
@@ -191,15 +240,34 @@ class Unreadable:
     reason: str
 
 
-ClaimResult = Claimed | AlreadyFinal | Busy | Early | Missing | Unreadable
+ClaimResult = Claimed | AlreadyFinal | Busy | Early | Exhausted | Missing | Unreadable
 
 
 def claim_call(
-    delivery_id: str, *, now: float, lease_seconds: float, settings_key: str
+    delivery_id: str,
+    *,
+    now: float,
+    lease_seconds: float,
+    settings_key: str,
+    max_attempts: int,
+    retention_seconds: int,
 ) -> ScriptCall:
     return ScriptCall(
-        keys=[record_key(delivery_id), settings_key, attempts_key(delivery_id), ATTEMPT_COUNTERS],
-        args=[delivery_id, repr(now), repr(lease_seconds), STATUS_INDEX_PREFIX],
+        keys=[
+            record_key(delivery_id),
+            settings_key,
+            attempts_key(delivery_id),
+            ATTEMPT_COUNTERS,
+            DUE_KEY,
+        ],
+        args=[
+            delivery_id,
+            repr(now),
+            repr(lease_seconds),
+            STATUS_INDEX_PREFIX,
+            max_attempts,
+            retention_seconds,
+        ],
     )
 
 
@@ -213,6 +281,8 @@ def decode_claim(delivery_id: str, reply: Sequence[Any]) -> ClaimResult:
             return Busy(float(reply[1]))
         case "early":
             return Early(float(reply[1]))
+        case "exhausted":
+            return Exhausted(as_text(reply[1]))
     flat = reply[2]
     fields = dict(zip(flat[::2], flat[1::2], strict=True))
     try:
@@ -225,12 +295,13 @@ def decode_claim(delivery_id: str, reply: Sequence[Any]) -> ClaimResult:
 
 
 # --- TRANSITION: move a record to a new status if it is still as the caller saw it ---------
-# The guard field must still hold the guard value; the attempt (if any) is appended, and the
-# expiry set (final statuses) or cleared.
-# KEYS: record, attempts list, attempt counters
+# The guard field must still hold the guard value; the attempt (if any) is appended and
+# counted, the expiry set (final statuses) or cleared, and the time the sweeper should look at
+# the delivery next set (a retry's due time; a queued one's check) or dropped (final).
+# KEYS: record, attempts list, attempt counters, due
 # ARGV: id, now, guard field, guard value, new status, status index prefix,
 #       expire seconds (0 = keep forever), attempt json ("" = none), attempt outcome,
-#       field, value, ...
+#       due at ("" = not due: final), field, value, ...
 # -> 1 when applied, 0 when the guard no longer holds (or the record is gone).
 TRANSITION = """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -238,10 +309,15 @@ if not status then return 0 end
 if redis.call('HGET', KEYS[1], ARGV[3]) ~= ARGV[4] then return 0 end
 redis.call('ZREM', ARGV[6] .. status, ARGV[1])
 redis.call('ZADD', ARGV[6] .. ARGV[5], ARGV[2], ARGV[1])
-redis.call('HSET', KEYS[1], 'status', ARGV[5], 'updated_at', ARGV[2], unpack(ARGV, 10))
+redis.call('HSET', KEYS[1], 'status', ARGV[5], 'updated_at', ARGV[2], unpack(ARGV, 11))
 if ARGV[8] ~= '' then
   redis.call('RPUSH', KEYS[2], ARGV[8])
   redis.call('HINCRBY', KEYS[3], ARGV[9], 1)
+end
+if ARGV[10] == '' then
+  redis.call('ZREM', KEYS[4], ARGV[1])
+else
+  redis.call('ZADD', KEYS[4], ARGV[10], ARGV[1])
 end
 local ttl = tonumber(ARGV[7])
 if ttl > 0 then
@@ -262,11 +338,12 @@ def transition_call(
     guard: tuple[str, str],
     status: DeliveryStatus,
     expire_seconds: int,
+    due_at: float | None,
     attempt: Attempt | None = None,
     fields: Mapping[str, str] | None = None,
 ) -> ScriptCall:
     return ScriptCall(
-        keys=[record_key(delivery_id), attempts_key(delivery_id), ATTEMPT_COUNTERS],
+        keys=[record_key(delivery_id), attempts_key(delivery_id), ATTEMPT_COUNTERS, DUE_KEY],
         args=[
             delivery_id,
             repr(now),
@@ -277,6 +354,7 @@ def transition_call(
             str(expire_seconds),
             encode_attempt(attempt) if attempt else "",
             attempt.outcome.value if attempt else "",
+            repr(due_at) if due_at is not None else "",
             *(item for pair in (fields or {}).items() for item in pair),
         ],
     )
@@ -290,7 +368,7 @@ def decode_transition(reply: Any) -> bool:
 # --- PURGE: delete a record that is still final and older than the cutoff ------------------
 # A retry between the purge's listing and this call keeps it. The attempts, the index entry
 # and the idempotency key go with it.
-# KEYS: record, attempts list; ARGV: id, cutoff, status index prefix, idempotency key prefix
+# KEYS: record, attempts list, due; ARGV: id, cutoff, status index prefix, idempotency prefix
 # -> 1 when deleted, 0 when kept, -1 when the record was already gone (expired)
 PURGE = """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -303,6 +381,7 @@ local key = redis.call('HGET', KEYS[1], 'idempotency_key')
 if key then redis.call('DEL', ARGV[4] .. key) end
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('ZREM', ARGV[3] .. status, ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
 return 1
 """
 
@@ -315,10 +394,96 @@ class PurgeResult:
 
 def purge_call(delivery_id: str, *, cutoff: float) -> ScriptCall:
     return ScriptCall(
-        keys=[record_key(delivery_id), attempts_key(delivery_id)],
+        keys=[record_key(delivery_id), attempts_key(delivery_id), DUE_KEY],
         args=[delivery_id, repr(cutoff), STATUS_INDEX_PREFIX, IDEMPOTENCY_PREFIX],
     )
 
 
 def decode_purge(reply: Any) -> PurgeResult:
     return PurgeResult(deleted=int(reply) > 0, already_gone=int(reply) < 0)
+
+
+# --- RENEW: extend (or, with lease_until = now, give up) the lease of a claim still ours ----
+# KEYS: record, due; ARGV: id, attempt count of the claim, lease until
+# -> 1 when the claim is still ours and was renewed, 0 when it was lost meanwhile.
+RENEW = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'sending' then return 0 end
+if redis.call('HGET', KEYS[1], 'attempt_count') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'lease_until', ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+return 1
+"""
+
+
+def renew_call(delivery_id: str, *, attempt_count: int, lease_until: float) -> ScriptCall:
+    return ScriptCall(
+        keys=[record_key(delivery_id), DUE_KEY],
+        args=[delivery_id, str(attempt_count), repr(lease_until)],
+    )
+
+
+# --- SWEEP: decide, for one delivery the due set says to look at, whether to publish it ----
+# queued: published again once its task can no longer be waiting in the broker's queue (it
+#   was dispatched before the oldest task still waiting there); else looked at again later.
+# retrying: its retry is due: queued again, and published.
+# sending: a lease that ran out (the holder died): published, so a worker takes it over.
+# KEYS: record, due; ARGV: id, now, status index prefix, dispatched before (the oldest
+#   waiting task's dispatch time, less a margin), look again after (seconds)
+# -> 'publish' | 'waiting' | 'held' | 'gone'
+SWEEP = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or status == 'sent' or status == 'partially_sent' or status == 'failed' then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return 'gone'
+end
+local now = tonumber(ARGV[2])
+local later = now + tonumber(ARGV[5])
+if status == 'sending' then
+  local lease = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
+  if lease > now then
+    redis.call('ZADD', KEYS[2], lease, ARGV[1])
+    return 'held'
+  end
+  redis.call('ZADD', KEYS[2], later, ARGV[1])
+  return 'publish'
+end
+local queued = ARGV[3] .. 'queued'
+if status == 'queued' then
+  redis.call('ZADD', KEYS[2], later, ARGV[1])
+  local dispatched = tonumber(redis.call('ZSCORE', queued, ARGV[1]) or '0')
+  if dispatched >= tonumber(ARGV[4]) then return 'waiting' end
+else
+  redis.call('HSET', KEYS[1], 'status', 'queued', 'updated_at', ARGV[2])
+  redis.call('ZREM', ARGV[3] .. status, ARGV[1])
+  redis.call('ZADD', KEYS[2], later, ARGV[1])
+end
+-- The score of a queued delivery is when it was last dispatched: now.
+redis.call('ZADD', queued, now, ARGV[1])
+return 'publish'
+"""
+
+
+class SweepVerdict(StrEnum):
+    PUBLISH = "publish"  # publish its task (again)
+    WAITING = "waiting"  # its task may still be waiting in the broker's queue
+    HELD = "held"  # a live claim holds it
+    GONE = "gone"  # final or expired: no longer due
+
+
+def sweep_call(
+    delivery_id: str, *, now: float, dispatched_before: float, look_again_after: float
+) -> ScriptCall:
+    return ScriptCall(
+        keys=[record_key(delivery_id), DUE_KEY],
+        args=[
+            delivery_id,
+            repr(now),
+            STATUS_INDEX_PREFIX,
+            repr(dispatched_before),
+            repr(look_again_after),
+        ],
+    )
+
+
+def decode_sweep(reply: Any) -> SweepVerdict:
+    return SweepVerdict(as_text(reply))

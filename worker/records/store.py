@@ -72,9 +72,14 @@ class _Cursor:
 class DeliveryStore:
     """Synchronous access to delivery records for producers, the CLI and the HTTP API."""
 
-    def __init__(self, client: redis.Redis, *, retention_seconds: int) -> None:
+    def __init__(
+        self, client: redis.Redis, *, retention_seconds: int, stranded_after_seconds: float
+    ) -> None:
         self._redis = client
         self._retention_seconds = retention_seconds
+        # A queued delivery still unclaimed this long after its task was published is looked
+        # at by the sweeper (in case that task was lost).
+        self._stranded_after_seconds = stranded_after_seconds
         self._create = client.register_script(CREATE)
         self._transition = client.register_script(TRANSITION)
         self._purge = client.register_script(PURGE)
@@ -92,6 +97,7 @@ class DeliveryStore:
                 ),
                 idempotency=delivery.idempotency_key,
                 idempotency_ttl_seconds=self._retention_seconds,
+                due_at=now + self._stranded_after_seconds,
             )
             self._create(keys=call.keys, args=call.args, client=pipe)
         return [decode_create(reply) for reply in pipe.execute()]
@@ -186,13 +192,15 @@ class DeliveryStore:
             else r
             for r in record.recipients
         )
+        now = time.time()
         applied = self._run_transition(
             transition_call(
                 delivery_id,
-                now=time.time(),
+                now=now,
                 guard=("status", record.status.value),
                 status=DeliveryStatus.QUEUED,
                 expire_seconds=0,
+                due_at=now + self._stranded_after_seconds,
                 fields={
                     "recipients": encode_recipients(recipients),
                     "retry_base": str(record.attempt_count),
@@ -214,6 +222,7 @@ class DeliveryStore:
                 guard=("status", DeliveryStatus.QUEUED.value),
                 status=DeliveryStatus.FAILED,
                 expire_seconds=self._retention_seconds,
+                due_at=None,
                 fields={"last_error": reason},
             )
         )
