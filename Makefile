@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test check lint typecheck format pytest bench tools clean
+.PHONY: run test check lint typecheck format pytest faults bench tools clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,11 +35,21 @@ format: $(STAMP)
 pytest: $(STAMP) tools
 	$(BIN)/python -m pytest
 
-# docker-compose validates docker-compose.yml offline; Debian's package, installed if missing.
+# docker-compose validates docker-compose.yml offline; chromium runs the page's browser tests
+# (Playwright drives Debian's build, never one of its own). Debian's packages, installed if missing.
 tools:
 	@command -v docker-compose >/dev/null || { \
 	  echo "installing Debian's docker-compose (to validate docker-compose.yml)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; }
+	@test -x /usr/lib/chromium/chromium || { \
+	  echo "installing Debian's chromium (for the browser tests in tests/browser)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+## faults: every fault scenario with outbox's default timings; the rows of docs/reliability.md
+faults: $(STAMP)
+	rm -f faults-report.md
+	OUTBOX_FAULTS=full OUTBOX_FAULTS_REPORT=faults-report.md $(BIN)/python -m pytest tests/faults -s --timeout 900 -m ""
+	@cat faults-report.md
 
 ## bench: throughput, latency and memory against the naive design and the protocol limit
 bench: $(STAMP)

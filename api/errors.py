@@ -87,7 +87,12 @@ async def _validation_error(request: Request, error: Exception) -> JSONResponse:
         for problem in error.errors()
     ]
     detail = "; ".join(f"{field}: {message}" if field else message for field, message in problems)
-    return JSONResponse(error_body(detail, problems[0][0] or None), status_code=422)
+    # "field" names the first problem; "errors" lists every one, for a form to mark them all.
+    body = {
+        **error_body(detail, problems[0][0] or None),
+        "errors": [{"field": field or None, "detail": message} for field, message in problems],
+    }
+    return JSONResponse(body, status_code=422)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -119,6 +119,12 @@ def _register_send_task(app: Celery, context: OutboxContext) -> None:
         runtime.close()
 
     @worker_process_init.connect(weak=False)  # type: ignore[untyped-decorator]
+    def _start_runtime(**_: Any) -> None:
+        # Now, not at the first task: the runtime's sweeper must run even when no task comes
+        # (a producer died before publishing, the broker lost its messages).
+        runtime.get()
+
+    @worker_process_init.connect(weak=False)  # type: ignore[untyped-decorator]
     def _finish_sends_on_sigterm(**_: Any) -> None:
         # systemd and most supervisors send SIGTERM to the whole process group. A pool
         # process that died of it mid-send would leave an e-mail sent but not recorded (sent

@@ -36,6 +36,11 @@ class OutboxContext:
             raise InvalidEnvironmentError(
                 f"invalid environment: {describe_validation_error(exc)}"
             ) from None
+        return cls.from_settings(settings)
+
+    @classmethod
+    def from_settings(cls, settings: ProcessSettings) -> OutboxContext:
+        """The context of ``settings`` (starting the embedded Redis if no URL is set)."""
         return cls(settings, resolve_redis(settings.redis_url, settings.data_dir))
 
     @cached_property

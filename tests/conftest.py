@@ -55,7 +55,7 @@ def certificate_authority() -> trustme.CA:
 
 @pytest.fixture(scope="session")
 def client_tls_context(certificate_authority: trustme.CA) -> ssl.SSLContext:
-    """A client context trusting only the test CA."""
+    """A client outbox_context trusting only the test CA."""
     context = ssl.create_default_context()
     certificate_authority.configure_trust(context)
     return context
@@ -67,7 +67,7 @@ def server_certificate(certificate_authority: trustme.CA) -> trustme.LeafCert:
 
 
 @pytest.fixture
-def context(outbox_env: dict[str, str]) -> OutboxContext:
+def outbox_context(outbox_env: dict[str, str]) -> OutboxContext:
     return OutboxContext.from_environment()
 
 
@@ -87,17 +87,23 @@ def publisher() -> CollectingPublisher:
 
 
 @pytest.fixture
-def producer(context: OutboxContext, publisher: CollectingPublisher) -> Producer:
+def producer(outbox_context: OutboxContext, publisher: CollectingPublisher) -> Producer:
     return Producer(
-        context.deliveries,
+        outbox_context.deliveries,
         publisher,
         message_id_domain="outbox.test",
-        max_message_bytes=context.settings.max_message_bytes,
+        max_message_bytes=outbox_context.settings.max_message_bytes,
     )
 
 
 @pytest.fixture
-def worker(context: OutboxContext) -> Iterator[InProcessWorker]:
-    running = InProcessWorker(context)
+def worker(outbox_context: OutboxContext) -> Iterator[InProcessWorker]:
+    running = InProcessWorker(outbox_context)
     yield running
     running.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The browser tests run last: Playwright's sync API keeps an event loop running in the
+    main thread until the session ends, and a later ``asyncio.run`` would trip over it."""
+    items.sort(key=lambda item: item.path.parent.name == "browser")

@@ -14,7 +14,9 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.auth import CSRF_HEADER
 from config.api_keys import ApiKeyStore, Role
+from config.redis_location import RedisLocation
 from tasks.context import OutboxContext
+from worker.testing.redis_server import free_port
 from worker.testing.smtp_peer import SmtpPeer, smtp_peer
 
 PASSWORD = "api-Secret-Pa55word"
@@ -34,8 +36,8 @@ class RecordingClient(TestClient):
 
 
 @pytest.fixture
-def client(context: OutboxContext) -> Iterator[RecordingClient]:
-    with RecordingClient(create_app(context)) as running:
+def client(outbox_context: OutboxContext) -> Iterator[RecordingClient]:
+    with RecordingClient(create_app(outbox_context)) as running:
         running.bodies = []
         yield running
     for body in running.bodies:
@@ -44,8 +46,8 @@ def client(context: OutboxContext) -> Iterator[RecordingClient]:
 
 
 @pytest.fixture
-def keys(context: OutboxContext) -> ApiKeyStore:
-    return ApiKeyStore(context.redis)
+def keys(outbox_context: OutboxContext) -> ApiKeyStore:
+    return ApiKeyStore(outbox_context.redis)
 
 
 @pytest.fixture
@@ -125,7 +127,7 @@ def test_a_revoked_key_stops_at_once(
 
 
 def test_settings_are_saved_without_ever_returning_a_secret(
-    client: RecordingClient, admin: dict[str, str], peer: SmtpPeer, context: OutboxContext
+    client: RecordingClient, admin: dict[str, str], peer: SmtpPeer, outbox_context: OutboxContext
 ) -> None:
     assert client.get("/api/settings/mail", headers=admin).status_code == 404
     saved = client.put("/api/settings/mail", headers=admin, json=smtp_form(peer))
@@ -137,7 +139,7 @@ def test_settings_are_saved_without_ever_returning_a_secret(
     # The form left the password empty: the stored one is kept.
     kept = client.put("/api/settings/mail", headers=admin, json=smtp_form(peer, password=""))
     assert kept.json()["password_set"] is True
-    stored = context.settings_store.require().settings.secret()
+    stored = outbox_context.settings_store.require().settings.secret()
     assert stored is not None
     assert stored.get_secret_value() == PASSWORD
 
@@ -216,7 +218,7 @@ def test_checks_use_the_unsaved_form_and_say_why_they_fail(
 
 
 def test_emails_are_queued_listed_and_read(
-    client: RecordingClient, producer: dict[str, str], context: OutboxContext
+    client: RecordingClient, producer: dict[str, str], outbox_context: OutboxContext
 ) -> None:
     answer = client.post(
         "/api/emails",
@@ -359,3 +361,16 @@ def test_metrics_and_readiness_without_a_key(
     not_ready = client.get("/readyz")  # Redis is up, but no worker runs in this test
     assert not_ready.status_code == 503
     assert not_ready.json() == {"ready": False, "redis": True, "workers": 0}
+
+
+def test_an_unreachable_redis_answers_503_naming_it(outbox_context: OutboxContext) -> None:
+    port = free_port()
+    cut_off = OutboxContext(
+        outbox_context.settings, RedisLocation(f"redis://:pw@127.0.0.1:{port}/0")
+    )
+    with TestClient(create_app(cut_off)) as client:
+        answer = client.get("/api/emails", headers={"Authorization": "Bearer obx_any"})
+    assert answer.status_code == 503
+    assert answer.json()["detail"] == (
+        f"Redis at 127.0.0.1:{port} is unreachable or not answering (ConnectionError)"
+    )

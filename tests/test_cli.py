@@ -127,7 +127,7 @@ def test_send_test_goes_to_the_from_mailbox(outbox_env: dict[str, str], peer: Sm
 
 def test_send_with_files_then_delivered(
     outbox_env: dict[str, str],
-    context: OutboxContext,
+    outbox_context: OutboxContext,
     worker: InProcessWorker,
     peer: SmtpPeer,
     tmp_path: Path,
@@ -164,7 +164,7 @@ def test_send_with_files_then_delivered(
 
 
 def test_batch_enqueues_valid_lines_and_reports_invalid_ones(
-    outbox_env: dict[str, str], context: OutboxContext, tmp_path: Path
+    outbox_env: dict[str, str], outbox_context: OutboxContext, tmp_path: Path
 ) -> None:
     lines = [
         {"to": ["a@example.com"], "subject": "one", "text": "1"},
@@ -190,12 +190,17 @@ def test_batch_enqueues_valid_lines_and_reports_invalid_ones(
     assert [row["line"] for row in rows] == [1, 2, 3]
     assert rows[1]["error"].startswith("to[0]: ")
     assert "line 2: to[0]" in result.stderr
-    queued = {r.id: r.message.subject for r in context.deliveries.recent(DeliveryStatus.QUEUED)}
+    queued = {
+        r.id: r.message.subject for r in outbox_context.deliveries.recent(DeliveryStatus.QUEUED)
+    }
     assert queued == {rows[0]["id"]: "one", rows[2]["id"]: "three"}
 
 
 def test_list_status_and_purge(
-    outbox_env: dict[str, str], context: OutboxContext, worker: InProcessWorker, peer: SmtpPeer
+    outbox_env: dict[str, str],
+    outbox_context: OutboxContext,
+    worker: InProcessWorker,
+    peer: SmtpPeer,
 ) -> None:
     set_smtp(outbox_env, *plain(peer))
     sent_id = run_outbox(

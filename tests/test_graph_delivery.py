@@ -32,7 +32,7 @@ def graph(server_certificate: trustme.LeafCert) -> Iterator[GraphStandIn]:
         yield running
 
 
-def configure(context: OutboxContext, graph: GraphStandIn, **overrides: object) -> None:
+def configure(outbox_context: OutboxContext, graph: GraphStandIn, **overrides: object) -> None:
     fields: dict[str, object] = {
         "from_mailbox": MAILBOX,
         "instance": graph.base_url,
@@ -42,7 +42,7 @@ def configure(context: OutboxContext, graph: GraphStandIn, **overrides: object) 
         "client_secret": SecretStr(SECRET),
         **overrides,
     }
-    context.settings_store.save(OAuthSettings.model_validate(fields))
+    outbox_context.settings_store.save(OAuthSettings.model_validate(fields))
 
 
 def enqueue(producer: Producer, **fields: object) -> str:
@@ -57,9 +57,9 @@ def send_mail_requests(graph: GraphStandIn) -> list[float]:
 
 
 def test_send_mail_request_matches_the_message(
-    context: OutboxContext, producer: Producer, worker: InProcessWorker, graph: GraphStandIn
+    outbox_context: OutboxContext, producer: Producer, worker: InProcessWorker, graph: GraphStandIn
 ) -> None:
-    configure(context, graph)
+    configure(outbox_context, graph)
     delivery_id = enqueue(
         producer,
         cc=["bob@example.com"],
@@ -76,7 +76,7 @@ def test_send_mail_request_matches_the_message(
     body = request.json()
     assert body["saveToSentItems"] is False
     message = body["message"]
-    record = context.deliveries.get(delivery_id)
+    record = outbox_context.deliveries.get(delivery_id)
     assert message["subject"] == "Run results"
     assert message["body"] == {"contentType": "HTML", "content": "<p>All <b>green</b>.</p>"}
     assert message["toRecipients"] == [{"emailAddress": {"address": "alice@example.com"}}]
@@ -98,9 +98,9 @@ def test_send_mail_request_matches_the_message(
 
 
 def test_many_emails_one_token_request(
-    context: OutboxContext, producer: Producer, worker: InProcessWorker, graph: GraphStandIn
+    outbox_context: OutboxContext, producer: Producer, worker: InProcessWorker, graph: GraphStandIn
 ) -> None:
-    configure(context, graph)
+    configure(outbox_context, graph)
     created = producer.enqueue_many(
         [MessageInput(to=["a@example.com"], subject=f"n{n}", text="x") for n in range(200)]
     )
@@ -109,22 +109,22 @@ def test_many_emails_one_token_request(
         assert worker.deliver(*ids[start : start + 50]) == ["sent"] * 50
     assert len(send_mail_requests(graph)) == 200
     assert graph.token_requests == 1
-    assert graph.max_in_flight <= context.settings.graph_max_concurrency
+    assert graph.max_in_flight <= outbox_context.settings.graph_max_concurrency
 
 
 def test_wrong_client_secret_is_a_configuration_failure(
-    context: OutboxContext,
+    outbox_context: OutboxContext,
     producer: Producer,
     worker: InProcessWorker,
     graph: GraphStandIn,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    configure(context, graph, client_secret=SecretStr("not-the-Secret-42"))
+    configure(outbox_context, graph, client_secret=SecretStr("not-the-Secret-42"))
     delivery_id = enqueue(producer)
     assert worker.deliver(delivery_id) == ["failed"]
-    assert context.deliveries.get(delivery_id).next_attempt_at is None  # no retry
-    record = context.deliveries.get(delivery_id)
+    assert outbox_context.deliveries.get(delivery_id).next_attempt_at is None  # no retry
+    record = outbox_context.deliveries.get(delivery_id)
     [attempt] = record.attempts
     assert (attempt.outcome, attempt.code) == ("configuration", 7000215)
     assert "invalid_client" in (record.last_error or "")
@@ -133,20 +133,20 @@ def test_wrong_client_secret_is_a_configuration_failure(
 
 
 def test_unknown_tenant_is_a_configuration_failure(
-    context: OutboxContext, producer: Producer, worker: InProcessWorker, graph: GraphStandIn
+    outbox_context: OutboxContext, producer: Producer, worker: InProcessWorker, graph: GraphStandIn
 ) -> None:
-    configure(context, graph, tenant="no-such-tenant")
+    configure(outbox_context, graph, tenant="no-such-tenant")
     delivery_id = enqueue(producer)
     assert worker.deliver(delivery_id) == ["failed"]
-    record = context.deliveries.get(delivery_id)
+    record = outbox_context.deliveries.get(delivery_id)
     assert [a.outcome for a in record.attempts] == ["configuration"]
     assert "no-such-tenant" in (record.last_error or "")
 
 
 def test_429_retry_after_is_honoured(
-    context: OutboxContext, producer: Producer, worker: InProcessWorker, graph: GraphStandIn
+    outbox_context: OutboxContext, producer: Producer, worker: InProcessWorker, graph: GraphStandIn
 ) -> None:
-    configure(context, graph)
+    configure(outbox_context, graph)
     graph.send_mail_faults.append(
         ScriptedResponse(
             429,
@@ -158,29 +158,29 @@ def test_429_retry_after_is_honoured(
     assert worker.settle(delivery_id) == "sent"
     first, second = send_mail_requests(graph)
     assert second - first >= 2.0
-    record = context.deliveries.get(delivery_id)
+    record = outbox_context.deliveries.get(delivery_id)
     assert [(a.outcome, a.code) for a in record.attempts] == [("transient", 429), ("sent", 202)]
     assert "ApplicationThrottled" in (record.attempts[0].reply or "")
 
 
 def test_503_storm_then_recovery_is_sent(
-    context: OutboxContext, producer: Producer, worker: InProcessWorker, graph: GraphStandIn
+    outbox_context: OutboxContext, producer: Producer, worker: InProcessWorker, graph: GraphStandIn
 ) -> None:
-    configure(context, graph)
+    configure(outbox_context, graph)
     unavailable = ScriptedResponse(
         503, {}, {"error": {"code": "ServiceUnavailable", "message": "Try later"}}
     )
     graph.send_mail_faults.extend([unavailable] * 3)
     delivery_id = enqueue(producer)
     assert worker.settle(delivery_id) == "sent"
-    outcomes = [a.outcome for a in context.deliveries.get(delivery_id).attempts]
+    outcomes = [a.outcome for a in outbox_context.deliveries.get(delivery_id).attempts]
     assert outcomes == ["transient", "transient", "transient", "sent"]
 
 
 def test_other_4xx_is_permanent_with_graphs_code(
-    context: OutboxContext, producer: Producer, worker: InProcessWorker, graph: GraphStandIn
+    outbox_context: OutboxContext, producer: Producer, worker: InProcessWorker, graph: GraphStandIn
 ) -> None:
-    configure(context, graph)
+    configure(outbox_context, graph)
     graph.send_mail_faults.append(
         ScriptedResponse(
             400, {}, {"error": {"code": "ErrorInvalidRecipients", "message": "Bad recipient"}}
@@ -188,28 +188,28 @@ def test_other_4xx_is_permanent_with_graphs_code(
     )
     delivery_id = enqueue(producer)
     assert worker.deliver(delivery_id) == ["failed"]
-    assert context.deliveries.get(delivery_id).next_attempt_at is None  # no retry
-    record = context.deliveries.get(delivery_id)
+    assert outbox_context.deliveries.get(delivery_id).next_attempt_at is None  # no retry
+    record = outbox_context.deliveries.get(delivery_id)
     assert [(a.outcome, a.code) for a in record.attempts] == [("permanent", 400)]
     assert "ErrorInvalidRecipients: Bad recipient" in (record.last_error or "")
 
 
 def test_a_stale_token_is_refreshed_once_and_the_send_retried_in_place(
-    context: OutboxContext, producer: Producer, worker: InProcessWorker, graph: GraphStandIn
+    outbox_context: OutboxContext, producer: Producer, worker: InProcessWorker, graph: GraphStandIn
 ) -> None:
-    configure(context, graph)
+    configure(outbox_context, graph)
     assert worker.deliver(enqueue(producer)) == ["sent"]
     graph.invalidate_tokens()
     delivery_id = enqueue(producer)
     assert worker.deliver(delivery_id) == ["sent"]
     assert graph.token_requests == 2
-    assert len(context.deliveries.get(delivery_id).attempts) == 1
+    assert len(outbox_context.deliveries.get(delivery_id).attempts) == 1
 
 
 def test_a_large_attachment_goes_through_an_upload_session(
-    context: OutboxContext, producer: Producer, worker: InProcessWorker, graph: GraphStandIn
+    outbox_context: OutboxContext, producer: Producer, worker: InProcessWorker, graph: GraphStandIn
 ) -> None:
-    configure(context, graph)
+    configure(outbox_context, graph)
     content = bytes(range(256)) * (5 * 1024 * 1024 // 256)
     delivery_id = enqueue(
         producer,
@@ -232,9 +232,9 @@ def test_a_large_attachment_goes_through_an_upload_session(
 
 
 def test_concurrency_per_mailbox_stays_under_graphs_limit(
-    context: OutboxContext, producer: Producer, worker: InProcessWorker, graph: GraphStandIn
+    outbox_context: OutboxContext, producer: Producer, worker: InProcessWorker, graph: GraphStandIn
 ) -> None:
-    configure(context, graph)
+    configure(outbox_context, graph)
     graph.mailbox_concurrency_limit = 4
     graph.send_mail_delay_seconds = 0.05
     created = producer.enqueue_many(
@@ -246,21 +246,21 @@ def test_concurrency_per_mailbox_stays_under_graphs_limit(
 
 
 def test_switching_from_smtp_to_oauth_applies_to_the_next_job(
-    context: OutboxContext, producer: Producer, worker: InProcessWorker, graph: GraphStandIn
+    outbox_context: OutboxContext, producer: Producer, worker: InProcessWorker, graph: GraphStandIn
 ) -> None:
     with smtp_peer() as peer:
-        context.settings_store.save(
+        outbox_context.settings_store.save(
             SmtpSettings(server=peer.host, port=peer.port, from_mailbox=MAILBOX, tls=TlsMode.NONE)
         )
         assert worker.deliver(enqueue(producer)) == ["sent"]
-        configure(context, graph)
+        configure(outbox_context, graph)
         assert worker.deliver(enqueue(producer)) == ["sent"]
         assert len(peer.messages) == 1
     assert len(send_mail_requests(graph)) == 1
 
 
 def test_other_libraries_ca_variables_do_not_override_the_bundle(
-    context: OutboxContext,
+    outbox_context: OutboxContext,
     producer: Producer,
     graph: GraphStandIn,
     monkeypatch: pytest.MonkeyPatch,
@@ -268,7 +268,7 @@ def test_other_libraries_ca_variables_do_not_override_the_bundle(
 ) -> None:
     for variable in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE"):
         monkeypatch.setenv(variable, "/nonexistent/ca.pem")
-    configure(context, graph)
+    configure(outbox_context, graph)
     worker = InProcessWorker(OutboxContext.from_environment())
     try:
         assert worker.deliver(enqueue(producer)) == ["sent"]
@@ -277,9 +277,9 @@ def test_other_libraries_ca_variables_do_not_override_the_bundle(
 
 
 def test_the_mailbox_limit_holds_across_worker_processes(
-    context: OutboxContext, producer: Producer, worker: InProcessWorker, graph: GraphStandIn
+    outbox_context: OutboxContext, producer: Producer, worker: InProcessWorker, graph: GraphStandIn
 ) -> None:
-    configure(context, graph)
+    configure(outbox_context, graph)
     graph.mailbox_concurrency_limit = 4
     graph.send_mail_delay_seconds = 0.05
     ids = [
@@ -301,14 +301,14 @@ def test_the_mailbox_limit_holds_across_worker_processes(
 
 
 def test_a_duplicate_job_does_not_run_a_scheduled_retry_early(
-    context: OutboxContext,
+    outbox_context: OutboxContext,
     producer: Producer,
     worker: InProcessWorker,
     graph: GraphStandIn,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO)
-    configure(context, graph)
+    configure(outbox_context, graph)
     graph.send_mail_faults.append(
         ScriptedResponse(429, {"Retry-After": "30"}, {"error": {"code": "TooManyRequests"}})
     )

@@ -20,12 +20,12 @@ def message(**fields: object) -> MessageInput:
 
 
 def test_enqueue_stores_a_queued_record_and_publishes_only_its_id(
-    context: OutboxContext, producer: Producer, publisher: CollectingPublisher
+    outbox_context: OutboxContext, producer: Producer, publisher: CollectingPublisher
 ) -> None:
     created = producer.enqueue(message(text="secret body"))
     assert created.created
     assert publisher.chunks == [[created.id]]
-    record = context.deliveries.get(created.id)
+    record = outbox_context.deliveries.get(created.id)
     assert record.status is DeliveryStatus.QUEUED
     assert record.message.message_id == f"<{created.id}@outbox.test>"
     assert [r.address for r in record.recipients] == ["a@example.com"]
@@ -54,10 +54,10 @@ def test_bulk_enqueue_publishes_chunks_of_ids(
 
 
 def test_too_large_is_refused_before_anything_is_stored(
-    context: OutboxContext, publisher: CollectingPublisher, redis_client: redis.Redis
+    outbox_context: OutboxContext, publisher: CollectingPublisher, redis_client: redis.Redis
 ) -> None:
     small = Producer(
-        context.deliveries, publisher, message_id_domain="outbox.test", max_message_bytes=100
+        outbox_context.deliveries, publisher, message_id_domain="outbox.test", max_message_bytes=100
     )
     attachment = {"name": "big.bin", "content": b"x" * 1000}
     with pytest.raises(MessageTooLargeError, match="attachments"):
@@ -66,22 +66,22 @@ def test_too_large_is_refused_before_anything_is_stored(
 
 
 def test_a_broker_failure_leaves_a_failed_record_not_a_lost_one(
-    context: OutboxContext,
+    outbox_context: OutboxContext,
 ) -> None:
     def broken(_: object) -> None:
         raise ConnectionError("broker down")
 
     producer = Producer(
-        context.deliveries, broken, message_id_domain="outbox.test", max_message_bytes=10**6
+        outbox_context.deliveries, broken, message_id_domain="outbox.test", max_message_bytes=10**6
     )
     with pytest.raises(ConnectionError):
         producer.enqueue(message())
-    [record] = context.deliveries.recent(DeliveryStatus.FAILED)
+    [record] = outbox_context.deliveries.recent(DeliveryStatus.FAILED)
     assert "could not be queued" in (record.last_error or "")
 
 
 def test_retry_requeues_failed_deliveries_only(
-    context: OutboxContext,
+    outbox_context: OutboxContext,
     producer: Producer,
     publisher: CollectingPublisher,
     redis_client: redis.Redis,
@@ -95,13 +95,13 @@ def test_retry_requeues_failed_deliveries_only(
     redis_client.zadd(status_index_key(DeliveryStatus.FAILED), {created.id: time.time()})
     [record] = producer.retry_all_failed()
     assert record.id == created.id
-    assert context.deliveries.get(created.id).status is DeliveryStatus.QUEUED
-    assert context.deliveries.ids_with_status(DeliveryStatus.FAILED) == []
+    assert outbox_context.deliveries.get(created.id).status is DeliveryStatus.QUEUED
+    assert outbox_context.deliveries.ids_with_status(DeliveryStatus.FAILED) == []
     assert publisher.chunks[-1] == [created.id]
 
 
 def test_retry_all_failed_skips_expired_records_and_queues_the_rest(
-    context: OutboxContext,
+    outbox_context: OutboxContext,
     producer: Producer,
     publisher: CollectingPublisher,
     redis_client: redis.Redis,
@@ -114,11 +114,11 @@ def test_retry_all_failed_skips_expired_records_and_queues_the_rest(
     redis_client.delete(record_key(expired))  # its retention ran out; the index lags
     assert [r.id for r in producer.retry_all_failed()] == [kept]
     assert publisher.chunks[-1] == [kept]
-    assert context.deliveries.ids_with_status(DeliveryStatus.FAILED) == []
+    assert outbox_context.deliveries.ids_with_status(DeliveryStatus.FAILED) == []
 
 
 def test_retry_queues_what_it_reset_before_an_unknown_id(
-    context: OutboxContext,
+    outbox_context: OutboxContext,
     producer: Producer,
     publisher: CollectingPublisher,
     redis_client: redis.Redis,
@@ -127,20 +127,20 @@ def test_retry_queues_what_it_reset_before_an_unknown_id(
     redis_client.hset(record_key(delivery_id), "status", "failed")
     with pytest.raises(DeliveryNotFoundError):
         producer.retry([delivery_id, "no-such-id"])
-    assert context.deliveries.get(delivery_id).status is DeliveryStatus.QUEUED
+    assert outbox_context.deliveries.get(delivery_id).status is DeliveryStatus.QUEUED
     assert publisher.chunks[-1] == [delivery_id]
 
 
 def test_recent_lists_newest_first_and_by_status(
-    context: OutboxContext, producer: Producer
+    outbox_context: OutboxContext, producer: Producer
 ) -> None:
     ids = [producer.enqueue(message(subject=f"n{n}")).id for n in range(3)]
-    assert [r.id for r in context.deliveries.recent(limit=2)] == ids[:0:-1]
-    assert context.deliveries.recent(DeliveryStatus.SENT) == []
+    assert [r.id for r in outbox_context.deliveries.recent(limit=2)] == ids[:0:-1]
+    assert outbox_context.deliveries.recent(DeliveryStatus.SENT) == []
 
 
 def test_purge_removes_old_final_records(
-    context: OutboxContext, producer: Producer, redis_client: redis.Redis
+    outbox_context: OutboxContext, producer: Producer, redis_client: redis.Redis
 ) -> None:
     old = producer.enqueue(message(idempotency_key="old")).id
     fresh = producer.enqueue(message()).id
@@ -148,19 +148,19 @@ def test_purge_removes_old_final_records(
     redis_client.hset(record_key(old), mapping={"status": "sent", "updated_at": long_ago})
     redis_client.zrem(status_index_key(DeliveryStatus.QUEUED), old)
     redis_client.zadd(status_index_key(DeliveryStatus.SENT), {old: long_ago})
-    assert context.deliveries.purge(7 * 86400) == 1
+    assert outbox_context.deliveries.purge(7 * 86400) == 1
     with pytest.raises(DeliveryNotFoundError):
-        context.deliveries.get(old)
-    assert context.deliveries.get(fresh).status is DeliveryStatus.QUEUED
+        outbox_context.deliveries.get(old)
+    assert outbox_context.deliveries.get(fresh).status is DeliveryStatus.QUEUED
     assert redis_client.exists("outbox:idempotency:old") == 0
 
 
 def test_purge_keeps_a_record_retried_after_it_was_listed(
-    context: OutboxContext, producer: Producer, redis_client: redis.Redis
+    outbox_context: OutboxContext, producer: Producer, redis_client: redis.Redis
 ) -> None:
     delivery_id = producer.enqueue(message()).id
     long_ago = time.time() - 10 * 86400
     # As if purge listed it while it was an old `sent` record, and a retry requeued it since.
     redis_client.zadd(status_index_key(DeliveryStatus.SENT), {delivery_id: long_ago})
-    assert context.deliveries.purge(7 * 86400) == 0
-    assert context.deliveries.get(delivery_id).status is DeliveryStatus.QUEUED
+    assert outbox_context.deliveries.purge(7 * 86400) == 0
+    assert outbox_context.deliveries.get(delivery_id).status is DeliveryStatus.QUEUED

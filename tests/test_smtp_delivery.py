@@ -31,7 +31,7 @@ def plain_peer() -> Iterator[SmtpPeer]:
         yield peer
 
 
-def configure(context: OutboxContext, peer: SmtpPeer, **overrides: object) -> None:
+def configure(outbox_context: OutboxContext, peer: SmtpPeer, **overrides: object) -> None:
     fields: dict[str, object] = {
         "server": peer.host,
         "port": peer.port,
@@ -39,7 +39,7 @@ def configure(context: OutboxContext, peer: SmtpPeer, **overrides: object) -> No
         "tls": TlsMode.NONE,
         **overrides,
     }
-    context.settings_store.save(SmtpSettings.model_validate(fields))
+    outbox_context.settings_store.save(SmtpSettings.model_validate(fields))
 
 
 def enqueue(producer: Producer, **fields: object) -> str:
@@ -56,13 +56,13 @@ def parse(data: bytes) -> EmailMessage:
 
 
 def test_plain_delivery_matches_the_message(
-    context: OutboxContext,
+    outbox_context: OutboxContext,
     producer: Producer,
     worker: InProcessWorker,
     plain_peer: SmtpPeer,
     redis_client: redis.Redis,
 ) -> None:
-    configure(context, plain_peer)
+    configure(outbox_context, plain_peer)
     delivery_id = enqueue(
         producer,
         cc=["bob@example.com"],
@@ -81,7 +81,7 @@ def test_plain_delivery_matches_the_message(
         "carol@example.com",
     ]
     mime = parse(received.data)
-    record = context.deliveries.get(delivery_id)
+    record = outbox_context.deliveries.get(delivery_id)
     assert mime["Message-ID"] == record.message.message_id
     assert (mime["From"], mime["To"], mime["Cc"]) == (
         "robot@example.com",
@@ -99,7 +99,7 @@ def test_plain_delivery_matches_the_message(
     assert record.status is DeliveryStatus.SENT
     assert [r.status for r in record.recipients] == [RecipientState.SENT] * 3
     assert [a.outcome for a in record.attempts] == ["sent"]
-    retention = context.settings.retention_seconds
+    retention = outbox_context.settings.retention_seconds
     assert retention - 60 < redis_client.ttl(record_key(delivery_id)) <= retention
 
 
@@ -108,7 +108,7 @@ def test_plain_delivery_matches_the_message(
     [("starttls", TlsMode.STARTTLS), ("starttls", TlsMode.AUTO), ("implicit", TlsMode.IMPLICIT)],
 )
 def test_tls_and_login(
-    context: OutboxContext,
+    outbox_context: OutboxContext,
     producer: Producer,
     worker: InProcessWorker,
     server_certificate: trustme.LeafCert,
@@ -120,18 +120,18 @@ def test_tls_and_login(
         certificate=server_certificate,
         credentials={USER: PASSWORD},  # type: ignore[arg-type]
     ) as peer:
-        configure(context, peer, tls=mode, username=USER, password=SecretStr(PASSWORD))
+        configure(outbox_context, peer, tls=mode, username=USER, password=SecretStr(PASSWORD))
         delivery_id = enqueue(producer)
         assert worker.deliver(delivery_id) == ["sent"]
         [received] = peer.wait_for_messages(1)
         assert (
             parse(received.data)["Message-ID"]
-            == context.deliveries.get(delivery_id).message.message_id
+            == outbox_context.deliveries.get(delivery_id).message.message_id
         )
 
 
 def test_wrong_password_fails_at_once_with_the_servers_reply(
-    context: OutboxContext,
+    outbox_context: OutboxContext,
     producer: Producer,
     worker: InProcessWorker,
     server_certificate: trustme.LeafCert,
@@ -142,12 +142,16 @@ def test_wrong_password_fails_at_once_with_the_servers_reply(
         tls="starttls", certificate=server_certificate, credentials={USER: PASSWORD}
     ) as peer:
         configure(
-            context, peer, tls=TlsMode.STARTTLS, username=USER, password=SecretStr("wrong-pw-123")
+            outbox_context,
+            peer,
+            tls=TlsMode.STARTTLS,
+            username=USER,
+            password=SecretStr("wrong-pw-123"),
         )
         delivery_id = enqueue(producer)
         assert worker.deliver(delivery_id) == ["failed"]
-        assert context.deliveries.get(delivery_id).next_attempt_at is None  # no retry
-        record = context.deliveries.get(delivery_id)
+        assert outbox_context.deliveries.get(delivery_id).next_attempt_at is None  # no retry
+        record = outbox_context.deliveries.get(delivery_id)
         assert record.last_error is not None
         assert "535" in record.last_error
         assert [(a.outcome, a.code) for a in record.attempts] == [("configuration", 535)]
@@ -156,14 +160,14 @@ def test_wrong_password_fails_at_once_with_the_servers_reply(
 
 
 def test_recipient_550_is_permanent(
-    context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
+    outbox_context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
 ) -> None:
-    configure(context, plain_peer)
+    configure(outbox_context, plain_peer)
     plain_peer.rcpt_replies["alice@example.com"] = "550 5.1.1 No such user"
     delivery_id = enqueue(producer)
     assert worker.deliver(delivery_id) == ["failed"]
-    assert context.deliveries.get(delivery_id).next_attempt_at is None  # no retry
-    [recipient] = context.deliveries.get(delivery_id).recipients
+    assert outbox_context.deliveries.get(delivery_id).next_attempt_at is None  # no retry
+    [recipient] = outbox_context.deliveries.get(delivery_id).recipients
     assert (recipient.status, recipient.code, recipient.reply) == (
         RecipientState.FAILED,
         550,
@@ -172,44 +176,44 @@ def test_recipient_550_is_permanent(
 
 
 def test_451_then_success_is_sent_after_a_retry(
-    context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
+    outbox_context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
 ) -> None:
-    configure(context, plain_peer)
+    configure(outbox_context, plain_peer)
     plain_peer.data_replies.append("451 4.3.0 Try again later")
     delivery_id = enqueue(producer)
     assert worker.deliver(delivery_id) == ["retrying"]
-    record = context.deliveries.get(delivery_id)
+    record = outbox_context.deliveries.get(delivery_id)
     assert record.next_attempt_at is not None
     assert record.last_error is not None
     assert "451" in record.last_error
     delay = record.next_attempt_at - record.updated_at
-    assert 0 <= delay <= context.settings.retry_max_seconds
+    assert 0 <= delay <= outbox_context.settings.retry_max_seconds
     assert worker.settle(delivery_id) == "sent"
-    record = context.deliveries.get(delivery_id)
+    record = outbox_context.deliveries.get(delivery_id)
     assert [(a.outcome, a.code) for a in record.attempts] == [("transient", 451), ("sent", 250)]
     assert len(plain_peer.wait_for_messages(1)) == 1
 
 
 def test_server_down_then_up_is_delivered(
-    context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
+    outbox_context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
 ) -> None:
-    configure(context, plain_peer)
+    configure(outbox_context, plain_peer)
     plain_peer.stop()
     delivery_id = enqueue(producer)
     assert worker.deliver(delivery_id) == ["retrying"]
-    assert "refused" in (context.deliveries.get(delivery_id).last_error or "")
+    assert "refused" in (outbox_context.deliveries.get(delivery_id).last_error or "")
     assert worker.settle(delivery_id, before_retry=plain_peer.start) == "sent"
     assert len(plain_peer.wait_for_messages(1)) == 1
 
 
 def test_mixed_recipients_are_partially_sent(
-    context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
+    outbox_context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
 ) -> None:
-    configure(context, plain_peer)
+    configure(outbox_context, plain_peer)
     plain_peer.rcpt_replies["ghost@example.com"] = "550 5.1.1 Unknown"
     delivery_id = enqueue(producer, to=["alice@example.com", "ghost@example.com"])
     assert worker.deliver(delivery_id) == ["partially_sent"]
-    record = context.deliveries.get(delivery_id)
+    record = outbox_context.deliveries.get(delivery_id)
     assert {r.address: r.status for r in record.recipients} == {
         "alice@example.com": RecipientState.SENT,
         "ghost@example.com": RecipientState.FAILED,
@@ -218,9 +222,9 @@ def test_mixed_recipients_are_partially_sent(
 
 
 def test_a_deferred_recipient_alone_gets_the_retry(
-    context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
+    outbox_context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
 ) -> None:
-    configure(context, plain_peer)
+    configure(outbox_context, plain_peer)
     plain_peer.rcpt_replies["busy@example.com"] = "452 4.2.2 Mailbox full, try later"
     delivery_id = enqueue(producer, to=["alice@example.com", "busy@example.com"])
     assert worker.deliver(delivery_id) == ["retrying"]
@@ -232,51 +236,51 @@ def test_a_deferred_recipient_alone_gets_the_retry(
 
 
 def test_attempts_exhausted_is_failed_with_the_last_reason(
-    context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
+    outbox_context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
 ) -> None:
-    configure(context, plain_peer)
+    configure(outbox_context, plain_peer)
     plain_peer.data_replies.extend(["451 4.3.0 Busy"] * 10)
     delivery_id = enqueue(producer)
     assert worker.settle(delivery_id) == "failed"
-    record = context.deliveries.get(delivery_id)
-    assert len(record.attempts) == context.settings.max_attempts
+    record = outbox_context.deliveries.get(delivery_id)
+    assert len(record.attempts) == outbox_context.settings.max_attempts
     assert "451" in (record.last_error or "")
 
 
 def test_self_signed_certificate_refused_unless_accepted(
-    context: OutboxContext, producer: Producer, worker: InProcessWorker
+    outbox_context: OutboxContext, producer: Producer, worker: InProcessWorker
 ) -> None:
     untrusted = trustme.CA().issue_cert("localhost", "127.0.0.1")
     with smtp_peer(tls="implicit", certificate=untrusted) as peer:
-        configure(context, peer, tls=TlsMode.IMPLICIT)
+        configure(outbox_context, peer, tls=TlsMode.IMPLICIT)
         refused_id = enqueue(producer)
         assert worker.deliver(refused_id) == ["failed"]
-        refused = context.deliveries.get(refused_id)
+        refused = outbox_context.deliveries.get(refused_id)
         assert "not trusted" in (refused.last_error or "")
         assert refused.next_attempt_at is None  # no retry
 
-        configure(context, peer, tls=TlsMode.IMPLICIT, accept_any_certificate=True)
+        configure(outbox_context, peer, tls=TlsMode.IMPLICIT, accept_any_certificate=True)
         accepted_id = enqueue(producer)
         assert worker.deliver(accepted_id) == ["sent"]
         assert len(peer.wait_for_messages(1)) == 1
 
 
 def test_a_settings_change_applies_to_the_next_job(
-    context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
+    outbox_context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
 ) -> None:
-    configure(context, plain_peer)
+    configure(outbox_context, plain_peer)
     assert worker.deliver(enqueue(producer)) == ["sent"]
     with smtp_peer() as second:
-        configure(context, second)
+        configure(outbox_context, second)
         assert worker.deliver(enqueue(producer)) == ["sent"]
         assert len(second.wait_for_messages(1)) == 1
     assert len(plain_peer.messages) == 1
 
 
 def test_one_connection_serves_many_jobs(
-    context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
+    outbox_context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
 ) -> None:
-    configure(context, plain_peer)
+    configure(outbox_context, plain_peer)
     for _ in range(20):
         assert worker.deliver(enqueue(producer)) == ["sent"]
     assert len(plain_peer.wait_for_messages(20)) == 20
@@ -284,55 +288,55 @@ def test_one_connection_serves_many_jobs(
 
 
 def test_a_chunk_is_sent_concurrently_on_a_capped_pool(
-    context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
+    outbox_context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
 ) -> None:
-    configure(context, plain_peer)
+    configure(outbox_context, plain_peer)
     delivery_ids = [enqueue(producer, subject=f"n{n}") for n in range(40)]
     assert worker.deliver(*delivery_ids) == ["sent"] * 40
     assert len(plain_peer.wait_for_messages(40)) == 40
-    assert 1 <= plain_peer.connections <= context.settings.smtp_max_connections
+    assert 1 <= plain_peer.connections <= outbox_context.settings.smtp_max_connections
 
 
 def test_a_sent_delivery_is_never_sent_again(
-    context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
+    outbox_context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
 ) -> None:
-    configure(context, plain_peer)
+    configure(outbox_context, plain_peer)
     delivery_id = enqueue(producer)
     assert worker.deliver(delivery_id) == ["sent"]
     assert worker.deliver(delivery_id) == ["sent"]  # a redelivered task message
     assert len(plain_peer.wait_for_messages(1)) == 1
-    assert len(context.deliveries.get(delivery_id).attempts) == 1
+    assert len(outbox_context.deliveries.get(delivery_id).attempts) == 1
 
 
 def test_server_closing_an_idle_connection_costs_no_retry(
-    context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
+    outbox_context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
 ) -> None:
-    configure(context, plain_peer)
+    configure(outbox_context, plain_peer)
     assert worker.deliver(enqueue(producer)) == ["sent"]
     plain_peer.stop()  # drops the kept-open session
     plain_peer.start()
     second = enqueue(producer)
     assert worker.deliver(second) == ["sent"]
-    assert len(context.deliveries.get(second).attempts) == 1  # reconnected in place
+    assert len(outbox_context.deliveries.get(second).attempts) == 1  # reconnected in place
 
 
 def test_no_settings_fails_with_a_configuration_reason(
-    context: OutboxContext, producer: Producer, worker: InProcessWorker
+    outbox_context: OutboxContext, producer: Producer, worker: InProcessWorker
 ) -> None:
     delivery_id = enqueue(producer)
     assert worker.deliver(delivery_id) == ["failed"]
-    record = context.deliveries.get(delivery_id)
+    record = outbox_context.deliveries.get(delivery_id)
     assert "not configured" in (record.last_error or "")
     assert [a.outcome for a in record.attempts] == ["configuration"]
 
 
 def test_settings_saved_with_another_key_fail_with_a_configuration_reason(
-    context: OutboxContext,
+    outbox_context: OutboxContext,
     producer: Producer,
     plain_peer: SmtpPeer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    configure(context, plain_peer, password=SecretStr("pw"))
+    configure(outbox_context, plain_peer, password=SecretStr("pw"))
     monkeypatch.setenv("OUTBOX_SECRET_KEY", Fernet.generate_key().decode())
     other_key_worker = InProcessWorker(OutboxContext.from_environment())
     try:
@@ -340,30 +344,30 @@ def test_settings_saved_with_another_key_fail_with_a_configuration_reason(
         assert other_key_worker.deliver(delivery_id) == ["failed"]
     finally:
         other_key_worker.close()
-    record = context.deliveries.get(delivery_id)
+    record = outbox_context.deliveries.get(delivery_id)
     assert "OUTBOX_SECRET_KEY" in (record.last_error or "")
     assert [a.outcome for a in record.attempts] == ["configuration"]
 
 
 def test_starttls_required_but_not_offered_is_a_configuration_failure(
-    context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
+    outbox_context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
 ) -> None:
-    configure(context, plain_peer, tls=TlsMode.STARTTLS)
+    configure(outbox_context, plain_peer, tls=TlsMode.STARTTLS)
     delivery_id = enqueue(producer)
     assert worker.deliver(delivery_id) == ["failed"]
-    assert context.deliveries.get(delivery_id).next_attempt_at is None  # no retry
-    record = context.deliveries.get(delivery_id)
+    assert outbox_context.deliveries.get(delivery_id).next_attempt_at is None  # no retry
+    record = outbox_context.deliveries.get(delivery_id)
     assert "STARTTLS" in (record.last_error or "")
 
 
 def test_an_unreadable_record_fails_alone(
-    context: OutboxContext,
+    outbox_context: OutboxContext,
     producer: Producer,
     worker: InProcessWorker,
     plain_peer: SmtpPeer,
     redis_client: redis.Redis,
 ) -> None:
-    configure(context, plain_peer)
+    configure(outbox_context, plain_peer)
     broken, fine = enqueue(producer), enqueue(producer)
     redis_client.hset(record_key(broken), "message", "{not json")
     assert worker.deliver(broken, fine) == ["failed", "sent"]

@@ -18,9 +18,9 @@ from worker.testing.smtp_peer import SmtpPeer, smtp_peer
 
 
 @pytest.fixture
-def peer(context: OutboxContext) -> Iterator[SmtpPeer]:
+def peer(outbox_context: OutboxContext) -> Iterator[SmtpPeer]:
     with smtp_peer() as running:
-        context.settings_store.save(
+        outbox_context.settings_store.save(
             SmtpSettings(
                 server=running.host,
                 port=running.port,
@@ -54,7 +54,7 @@ def enqueue(producer: Producer) -> str:
 
 
 def test_lapsed_claims_and_due_retries_are_published_and_sent(
-    context: OutboxContext,
+    outbox_context: OutboxContext,
     producer: Producer,
     worker: InProcessWorker,
     peer: SmtpPeer,
@@ -73,13 +73,13 @@ def test_lapsed_claims_and_due_retries_are_published_and_sent(
     for delivery_id in (claimed_by_lost_worker, due_retry):
         assert worker.settle(delivery_id) == "sent"
     assert not worker.queue.take(live_claim)
-    record = context.deliveries.get(claimed_by_lost_worker)
+    record = outbox_context.deliveries.get(claimed_by_lost_worker)
     assert [a.outcome for a in record.attempts] == ["lost", "sent"]
     assert len(peer.wait_for_messages(2)) == 2
 
 
 def test_a_queued_delivery_whose_task_was_lost_is_published_once_it_cannot_be_waiting(
-    context: OutboxContext,
+    outbox_context: OutboxContext,
     producer: Producer,
     worker: InProcessWorker,
     peer: SmtpPeer,
@@ -99,9 +99,9 @@ def test_a_queued_delivery_whose_task_was_lost_is_published_once_it_cannot_be_wa
 
 
 def test_final_ids_leave_the_indexes_after_the_retention(
-    context: OutboxContext, worker: InProcessWorker, redis_client: redis.Redis
+    outbox_context: OutboxContext, worker: InProcessWorker, redis_client: redis.Redis
 ) -> None:
-    old = time.time() - context.settings.retention_seconds - 3600
+    old = time.time() - outbox_context.settings.retention_seconds - 3600
     redis_client.zadd(status_index_key(DeliveryStatus.SENT), {"expired-long-ago": old})
     redis_client.zadd(status_index_key(DeliveryStatus.SENT), {"recent": time.time()})
     deadline = time.monotonic() + 5

@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Protocol
 
 import redis
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from config.settings_store import StoredSettings
 from worker.backoff import RetryPolicy
@@ -49,6 +50,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# How long an attempt's outcome is held while Redis cannot take it, before the job gives up
+# (the claim then lapses, and the delivery is taken over and attempted again).
+RECORD_PATIENCE_SECONDS = 60.0
 
 NOT_CONFIGURED = "mail settings are not configured; run `outbox settings set ...`, then retry"
 
@@ -250,15 +255,24 @@ class Deliverer:
             reply=error.reply if error else (result.reply if result else None),
             error=error.reason if error else _refusals(recipients),
         )
-        applied = await self.claims.finish(
-            record,
-            now=now,
-            status=status,
-            attempt=attempt,
-            recipients=recipients,
-            last_error=attempt.error,
-            next_attempt_at=now + retry_delay if retry_delay is not None else None,
-        )
+        # What was sent must be recorded, or it is sent again: while Redis is away (a restart),
+        # keep trying for a while rather than leave the outcome to a take-over.
+        async for trying in AsyncRetrying(
+            retry=retry_if_exception_type(redis.RedisError),
+            wait=wait_exponential(multiplier=0.1, max=2),
+            stop=stop_after_delay(RECORD_PATIENCE_SECONDS),
+            reraise=True,
+        ):
+            with trying:
+                applied = await self.claims.finish(
+                    record,
+                    now=now,
+                    status=status,
+                    attempt=attempt,
+                    recipients=recipients,
+                    last_error=attempt.error,
+                    next_attempt_at=now + retry_delay if retry_delay is not None else None,
+                )
         if not applied:
             log.warning("delivery %s: claim lost before the attempt was recorded", record.id)
         log.info("delivery %s attempt %d: %s", record.id, record.attempt_count, status.value)

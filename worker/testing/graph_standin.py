@@ -168,9 +168,9 @@ class GraphStandIn:
     """Entra ID token issuance plus Graph sendMail / draft / upload-session on 127.0.0.1.
 
     The listening socket is bound in the constructor, so ``base_url`` is known
-    before ``start()``. Scripted behaviour (``send_mail_faults``,
-    ``send_mail_delay_seconds``, ``mailbox_concurrency_limit``) may be changed
-    at any time; handler threads read it on every request.
+    before ``start()``. Scripted behaviour (``send_mail_faults``, ``send_mail_delay_seconds``,
+    ``upload_delay_seconds``, ``mailbox_concurrency_limit``) may be changed at any time;
+    handler threads read it on every request.
     """
 
     def __init__(
@@ -190,6 +190,7 @@ class GraphStandIn:
         self.token_requests = 0
         self.send_mail_faults: list[ScriptedResponse] = []
         self.send_mail_delay_seconds = 0.0
+        self.upload_delay_seconds = 0.0
         self.mailbox_concurrency_limit: int | None = None
         self.throttled = 0
         self.max_in_flight = 0
@@ -787,6 +788,8 @@ class GraphStandIn:
             with self._lock:
                 self._sessions.pop(session_id, None)
             return self._graph_ok(req, 204)
+        if self.upload_delay_seconds > 0:
+            time.sleep(self.upload_delay_seconds)  # a slow link: each chunk takes this long
         if len(req.body) > MAX_UPLOAD_CHUNK_BYTES:
             return self._graph_error(
                 req,

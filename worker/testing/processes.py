@@ -16,6 +16,8 @@ __all__ = [
     "ROOT",
     "Service",
     "child_pids",
+    "pid_of_connection",
+    "rss_mb",
     "run_outbox",
 ]
 
@@ -72,6 +74,10 @@ class Service:
         return self._process.pid
 
     @property
+    def exited(self) -> bool:
+        return self._process.poll() is not None
+
+    @property
     def output(self) -> str:
         return "".join(self._lines)
 
@@ -104,3 +110,37 @@ def child_pids(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             found.append(int(stat.parent.name))
     return found
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, in MB (0 once it has exited)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def pid_of_connection(local_port: int) -> int | None:
+    """The process that owns the loopback TCP connection from ``local_port`` (Linux /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == local_port:
+                inodes.add(fields[9])
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            for fd in fd_dir.iterdir():
+                if os.readlink(fd) in wanted:
+                    return int(fd_dir.parent.name)
+        except OSError:
+            continue  # it exited, or is not ours to read
+    return None

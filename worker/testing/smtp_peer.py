@@ -7,6 +7,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from types import TracebackType
@@ -85,6 +86,10 @@ class SmtpPeer:
         self.data_replies: list[str] = []
         self.drop_next_connections = 0
         self.data_delay_seconds = 0.0
+        # Called with the recipients and the client's port when DATA ends, before the message
+        # is accepted; a reply it returns is sent instead of accepting the message. A fault
+        # test uses it to kill the process that is sending.
+        self.on_data: Callable[[tuple[str, ...], int], str | None] | None = None
         self._credentials = dict(credentials) if credentials is not None else None
         self._ssl_context = _server_context(certificate) if certificate is not None else None
         self._lock = threading.Lock()
@@ -278,6 +283,13 @@ class _PeerHandler:
         delay = self._peer.data_delay_seconds
         if delay > 0:
             await asyncio.sleep(delay)
+        on_data = self._peer.on_data
+        if on_data is not None:
+            # aiosmtpd's annotation says str; at run time it is the socket's peername.
+            client: tuple[str, int] = session.peer  # type: ignore[assignment]
+            override = on_data(tuple(envelope.rcpt_tos), client[1])
+            if override is not None:
+                return override
         reply = self._peer._next_data_reply()
         if reply is not None:
             return reply

@@ -1,0 +1,298 @@
+"""The Mail Settings and Deliveries pages in a real browser, against real processes: the
+``outbox api`` and ``outbox worker`` commands, Redis, and an aiosmtpd server with STARTTLS
+and a login."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import redis
+from playwright.sync_api import Page, expect
+
+from config.settings_store import SETTINGS_KEY
+from tests.browser.conftest import SMTP_PASSWORD, SMTP_USER, screenshot, sign_in
+from worker.testing.processes import Service, run_outbox
+from worker.testing.redis_server import free_port
+from worker.testing.smtp_peer import SmtpPeer
+
+FROM = "robot@example.com"
+KEEP_SECRET = "saved; leave empty to keep"
+SLOW = 30_000  # ms: a worker's round trip
+
+
+@pytest.fixture
+def nothing_saved(env: dict[str, str]) -> None:
+    """No mail settings yet: the page shows the defaults."""
+    client = redis.Redis.from_url(env["OUTBOX_REDIS_URL"])
+    client.delete(SETTINGS_KEY)
+    client.close()
+
+
+def save_smtp(env: dict[str, str], *args: str, password: str | None = None) -> None:
+    """Save SMTP settings from the command line, as an operator would."""
+    extra = ["--password-stdin"] if password is not None else []
+    result = run_outbox(
+        env,
+        "settings",
+        "set",
+        "smtp",
+        "--from-mailbox",
+        FROM,
+        *args,
+        *extra,
+        stdin=None if password is None else password + "\n",
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def fill_smtp(page: Page, peer: SmtpPeer, password: str) -> None:
+    page.get_by_label("Protocol").select_option(label="SMTP")
+    page.get_by_label("From Mailbox").fill(FROM)
+    page.get_by_label("SMTP Server").fill(peer.host)
+    page.get_by_label("SMTP Port").fill(str(peer.port))
+    page.get_by_label("TLS mode").select_option(label="STARTTLS")
+    page.get_by_label("SMTP Username").fill(SMTP_USER)
+    page.get_by_label("SMTP Password").fill(password)
+
+
+def test_sign_in_takes_an_admin_key_only(
+    page: Page, site: str, admin_key: str, producer_key: str
+) -> None:
+    page.goto(site + "/")
+    expect(page).to_have_url(site + "/settings/mail")
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    screenshot(page, "signin", docs=True)
+
+    page.get_by_label("Admin key").fill("obx_not-a-key")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_have_text("That key is not valid.")
+    expect(page.get_by_label("Admin key")).to_be_visible()
+
+    page.get_by_label("Admin key").fill(producer_key)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_contain_text("only an admin key can sign in")
+    screenshot(page, "signin-producer-key")
+
+    page.get_by_label("Admin key").fill(admin_key)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Mail Settings")).to_be_visible()
+    expect(page.get_by_text("Signed in as ann")).to_be_visible()
+
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+
+
+@pytest.mark.usefixtures("nothing_saved")
+def test_protocols_show_their_fields_with_defaults(admin_page: Page) -> None:
+    page = admin_page
+    expect(page.get_by_text("Not saved yet")).to_be_visible()
+    expect(page.get_by_label("Protocol")).to_have_value("smtp")
+    expect(page.get_by_label("SMTP Server", exact=True)).to_have_value("localhost")
+    expect(page.get_by_label("SMTP Port")).to_have_value("587")
+    expect(page.get_by_label("TLS mode")).to_have_value("auto")
+    expect(page.get_by_label("Accept any certificate")).not_to_be_checked()
+    expect(page.get_by_label("Instance")).to_be_hidden()
+    page.get_by_label("From Mailbox").fill(FROM)
+    screenshot(page, "mail-settings-smtp", docs=True)
+
+    page.get_by_label("Protocol").select_option(label="OAuth")
+    expect(page.get_by_label("Instance")).to_have_value("https://login.microsoftonline.com/")
+    expect(page.get_by_label("API URL")).to_have_value("https://graph.microsoft.com/")
+    for empty in ("Tenant", "Client ID", "Client Secret"):
+        expect(page.get_by_label(empty, exact=True)).to_have_value("")
+    expect(page.get_by_label("From Mailbox")).to_have_value(FROM)
+    expect(page.get_by_label("SMTP Server", exact=True)).to_be_hidden()
+    expect(page.get_by_label("SMTP Port")).to_be_hidden()
+    expect(page.get_by_role("button", name="Test connection")).to_be_enabled()
+    screenshot(page, "mail-settings-oauth", docs=True)
+
+    page.get_by_label("Protocol").select_option(label="SMTP")
+    expect(page.get_by_label("SMTP Port")).to_have_value("587")
+    page.set_viewport_size({"width": 400, "height": 800})
+    screenshot(page, "mail-settings-narrow", docs=True)
+
+
+def test_test_connection_logs_in_or_says_why_not(admin_page: Page, peer: SmtpPeer) -> None:
+    page = admin_page
+    fill_smtp(page, peer, SMTP_PASSWORD)
+    page.get_by_role("button", name="Test connection").click()
+    expect(page.get_by_role("button", name="Test connection")).to_be_enabled()
+    expect(page.get_by_role("status")).to_have_text(
+        f"Connected to {peer.host}:{peer.port} as {SMTP_USER}"
+    )
+    expect(page.get_by_role("status")).to_have_class(re.compile(r"\bok\b"))
+
+    page.get_by_label("SMTP Password").fill("wrong password")
+    page.get_by_role("button", name="Test connection").click()
+    expect(page.get_by_role("status")).to_contain_text("535")
+    expect(page.get_by_role("status")).to_contain_text("Authentication credentials invalid")
+    expect(page.get_by_role("status")).to_have_class(re.compile(r"\bfail\b"))
+    screenshot(page, "mail-settings-test-connection-failed")
+
+
+def test_send_test_email_reaches_the_from_mailbox(admin_page: Page, peer: SmtpPeer) -> None:
+    page = admin_page
+    before = len(peer.messages)
+    fill_smtp(page, peer, SMTP_PASSWORD)
+    peer.data_delay_seconds = 1.0
+    try:
+        page.get_by_role("button", name="Send test email").click()
+        # While the request runs, no button can start another.
+        for name in ("Send test email", "Test connection", "Save", "Cancel"):
+            expect(page.get_by_role("button", name=name)).to_be_disabled()
+        expect(page.get_by_role("status")).to_have_text(f"Sending a test e-mail to {FROM}…")
+    finally:
+        peer.data_delay_seconds = 0.0
+    expect(page.get_by_role("status")).to_have_text(f"Test e-mail sent to {FROM}")
+    expect(page.get_by_role("status")).to_have_class(re.compile(r"\bok\b"))
+    [arrived] = peer.wait_for_messages(before + 1)[before:]
+    assert arrived.rcpt_tos == (FROM,)
+    screenshot(page, "mail-settings-test-email-sent")
+
+
+def test_save_persists_and_keeps_the_password_secret(admin_page: Page, peer: SmtpPeer) -> None:
+    page = admin_page
+    fill_smtp(page, peer, SMTP_PASSWORD)
+    page.get_by_label("From Mailbox").fill("not an address")
+    page.get_by_role("button", name="Save").click()
+    mailbox_error = page.locator("#error-from_mailbox")
+    expect(mailbox_error).to_be_visible()
+    expect(page.get_by_label("From Mailbox")).to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_label("From Mailbox")).to_have_accessible_description(re.compile(r"\S"))
+    screenshot(page, "mail-settings-field-error")
+
+    page.get_by_label("From Mailbox").fill(FROM)
+    page.get_by_role("button", name="Save").click()
+    expect(page.get_by_role("status")).to_have_text(re.compile(r"^Saved \(version \d+\)$"))
+    expect(mailbox_error).to_be_hidden()
+
+    page.reload()
+    expect(page.get_by_text(re.compile(r"Version \d+ · saved"))).to_be_visible()
+    expect(page.get_by_label("SMTP Server", exact=True)).to_have_value(peer.host)
+    expect(page.get_by_label("SMTP Port")).to_have_value(str(peer.port))
+    expect(page.get_by_label("From Mailbox")).to_have_value(FROM)
+    expect(page.get_by_label("SMTP Username")).to_have_value(SMTP_USER)
+    expect(page.get_by_label("TLS mode")).to_have_value("starttls")
+    password = page.get_by_label("SMTP Password")
+    expect(password).to_have_value("")
+    expect(password).to_have_attribute("placeholder", KEEP_SECRET)
+    assert SMTP_PASSWORD not in page.content()
+    screenshot(page, "mail-settings-saved")
+
+    # The empty password field means the saved one: it still logs in.
+    page.get_by_role("button", name="Test connection").click()
+    expect(page.get_by_role("status")).to_have_class(re.compile(r"\bok\b"))
+
+
+def test_cancel_discards_edits(admin_page: Page, env: dict[str, str]) -> None:
+    save_smtp(env, "--server", "mail.example.com", "--port", "2525", "--tls", "none")
+    page = admin_page
+    page.reload()
+    expect(page.get_by_label("SMTP Server", exact=True)).to_have_value("mail.example.com")
+
+    page.get_by_label("SMTP Server", exact=True).fill("typo.example.com")
+    page.get_by_label("SMTP Port").fill("70000")
+    page.get_by_label("From Mailbox").fill("someone@example.com")
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator("#error-port")).to_be_visible()
+    page.get_by_label("Protocol").select_option(label="OAuth")
+    page.get_by_label("Tenant").fill("contoso")
+    page.get_by_role("button", name="Cancel").click()
+
+    expect(page.get_by_label("Protocol")).to_have_value("smtp")
+    expect(page.get_by_label("SMTP Server", exact=True)).to_have_value("mail.example.com")
+    expect(page.get_by_label("SMTP Port")).to_have_value("2525")
+    expect(page.get_by_label("TLS mode")).to_have_value("none")
+    expect(page.get_by_label("From Mailbox")).to_have_value(FROM)
+    expect(page.locator("#error-port")).to_be_hidden()
+    expect(page.get_by_role("status")).to_contain_text("discarded")
+    page.get_by_label("Protocol").select_option(label="OAuth")
+    expect(page.get_by_label("Tenant")).to_have_value("")
+    screenshot(page, "mail-settings-cancelled")
+
+
+def test_deliveries_show_a_failure_and_retry_it(
+    page: Page,
+    site: str,
+    admin_key: str,
+    env: dict[str, str],
+    peer: SmtpPeer,
+    worker_process: Service,
+    tmp_path: Path,
+) -> None:
+    closed = free_port()
+    save_smtp(env, "--server", "127.0.0.1", "--port", str(closed), "--tls", "none")
+    sent = run_outbox(
+        env, "send", "--to", "alice@example.com", "--subject", "Quarterly report", "--text", "Q3"
+    )
+    assert sent.returncode == 0, sent.stderr
+
+    sign_in(page, site, admin_key, "/deliveries")
+    expect(page.get_by_role("heading", name="Deliveries")).to_be_visible()
+    report = page.get_by_role("row").filter(has_text="Quarterly report")
+    expect(report.get_by_text("failed", exact=True)).to_be_visible(timeout=SLOW)
+    expect(report).to_contain_text("refused")
+
+    page.get_by_label("Status").select_option(label="Sent")
+    expect(page.get_by_text("No sent deliveries.")).to_be_visible()
+    page.get_by_label("Status").select_option(label="Failed")
+    expect(report).to_be_visible()
+    page.get_by_label("Status").select_option(label="All")
+
+    # Fix the settings, and have more mail to show: one sent, one partly refused.
+    save_smtp(
+        env,
+        "--server",
+        peer.host,
+        "--port",
+        str(peer.port),
+        "--tls",
+        "starttls",
+        "--username",
+        SMTP_USER,
+        password=SMTP_PASSWORD,
+    )
+    peer.rcpt_replies["nobody@example.com"] = "550 5.1.1 No such user here"
+    batch = tmp_path / "more.jsonl"
+    batch.write_text(
+        "\n".join(
+            json.dumps(message)
+            for message in (
+                {"to": ["bob@example.com"], "subject": "Welcome aboard", "text": "Hi"},
+                {
+                    "to": ["carol@example.com", "nobody@example.com"],
+                    "subject": "Team update",
+                    "text": "News",
+                },
+            )
+        )
+    )
+    more = run_outbox(env, "send", "--batch", str(batch))
+    assert more.returncode == 0, more.stderr
+    before = len(peer.messages)
+
+    report.get_by_role("button", name="Retry").click()
+    expect(report.get_by_text("sent", exact=True)).to_be_visible(timeout=SLOW)
+    expect(report.get_by_role("button", name="Retry")).to_have_count(0)
+    arrived = peer.wait_for_messages(before + 1)
+    assert any(m.rcpt_tos == ("alice@example.com",) for m in arrived[before:])
+    partly = page.get_by_role("row").filter(has_text="Team update")
+    expect(partly.get_by_text("partially sent")).to_be_visible(timeout=SLOW)
+    expect(partly.get_by_role("button", name="Retry")).to_be_visible()
+
+    # The delivery's recipients and attempts, opened from the keyboard.
+    report.get_by_role("button", name="Quarterly report").focus()
+    page.keyboard.press("Enter")
+    detail = page.get_by_role("region", name="Quarterly report")
+    expect(detail).to_be_visible()
+    expect(detail.get_by_role("row").filter(has_text="alice@example.com")).to_contain_text("sent")
+    attempts = detail.get_by_role("table").nth(1)
+    expect(attempts.get_by_role("row")).to_have_count(3)  # the header, then two attempts
+    expect(attempts).to_contain_text("refused")
+    expect(page.get_by_role("row").filter(has_text="Welcome aboard")).to_contain_text("sent")
+    screenshot(page, "deliveries", docs=True)
+    page.set_viewport_size({"width": 400, "height": 800})
+    screenshot(page, "deliveries-narrow")
