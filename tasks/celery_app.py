@@ -21,8 +21,8 @@ from tasks.producer import Producer, chunked
 from worker.runtime import WorkerRuntime
 
 __all__ = [
-    "DISPATCHED_AT_HEADER",
     "INFRASTRUCTURE_RETRY_SECONDS",
+    "PUBLISHED_AT_HEADER",
     "QUEUE",
     "SEND_TASK",
     "CeleryTaskQueue",
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 SEND_TASK = "outbox.send"
 QUEUE = "outbox"
-DISPATCHED_AT_HEADER = "outbox_dispatched_at"
+PUBLISHED_AT_HEADER = "outbox_published_at"
 INFRASTRUCTURE_RETRY_SECONDS = 5
 
 
@@ -138,7 +138,7 @@ def celery_publisher(app: Celery) -> Callable[[Sequence[Sequence[str]]], None]:
     stamped with when it was published (the sweeper reads the oldest waiting one's)."""
 
     def publish(chunks: Sequence[Sequence[str]]) -> None:
-        headers = {DISPATCHED_AT_HEADER: time.time()}
+        headers = {PUBLISHED_AT_HEADER: time.time()}
         with app.producer_or_acquire() as producer:
             for chunk in chunks:
                 app.send_task(SEND_TASK, args=[list(chunk)], producer=producer, headers=headers)
@@ -156,14 +156,14 @@ class CeleryTaskQueue:
     def publish(self, delivery_ids: Sequence[str]) -> None:
         self._publish(chunked(delivery_ids))
 
-    def oldest_dispatch(self) -> float | None:
+    def oldest_published(self) -> float | None:
         # kombu's Redis transport pushes on the left and pops on the right: the oldest task
         # still waiting is the last element of the list.
         raw = self._redis.lindex(QUEUE, -1)
         if raw is None:
             return None
         try:
-            return float(json.loads(raw)["headers"][DISPATCHED_AT_HEADER])
+            return float(json.loads(raw)["headers"][PUBLISHED_AT_HEADER])
         except (ValueError, KeyError, TypeError):
             return float("-inf")  # not stamped by outbox: assume nothing was consumed yet
 

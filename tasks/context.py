@@ -62,11 +62,7 @@ class OutboxContext:
 
     @cached_property
     def deliveries(self) -> DeliveryStore:
-        return DeliveryStore(
-            self.redis,
-            retention_seconds=self.settings.retention_seconds,
-            stranded_after_seconds=self.settings.stranded_after_seconds,
-        )
+        return DeliveryStore(self.redis, retention_seconds=self.settings.retention_seconds)
 
     @cached_property
     def transport_options(self) -> TransportOptions:

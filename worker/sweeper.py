@@ -20,20 +20,23 @@ from worker.records import (
     DUE_KEY,
     FINAL_STATUSES,
     KEY_PREFIX,
+    DeliveryStatus,
     SweepVerdict,
     status_index_key,
 )
 from worker.records.codec import as_text
 from worker.records.scripts import SWEEP, decode_sweep, sweep_call
 
-__all__ = ["DISPATCH_MARGIN_SECONDS", "Sweeper", "TaskQueue"]
+__all__ = ["PUBLISH_MARGIN_SECONDS", "Sweeper", "TaskQueue"]
 
 log = logging.getLogger(__name__)
 
 _LOCK_KEY = f"{KEY_PREFIX}sweeper"
-# Producers stamp a task when they publish it, not when they store its records: a task
-# published this much after its stamp might otherwise be thought consumed.
-DISPATCH_MARGIN_SECONDS = 10.0
+# A queued delivery's score is when its record was stored (or last published); its task is
+# stamped when published, a little later, and the tasks of concurrent producers reach the
+# queue slightly out of stamp order. This margin covers both, so a waiting task is never
+# thought gone.
+PUBLISH_MARGIN_SECONDS = 10.0
 _MOST_PER_SWEEP = 5000
 
 
@@ -43,12 +46,14 @@ class TaskQueue(Protocol):
     def publish(self, delivery_ids: Sequence[str]) -> None:
         """Publish send tasks for these deliveries (in chunks, as the producer does)."""
 
-    def oldest_dispatch(self) -> float | None:
+    def oldest_published(self) -> float | None:
         """When the oldest task still waiting in the queue was published; None when none
         waits (an unknown task counts as infinitely old: nothing is judged lost then)."""
 
 
 class Sweeper:
+    """Runs in every worker process; each interval, the one that takes the lock sweeps."""
+
     def __init__(
         self,
         client: aioredis.Redis,
@@ -81,18 +86,14 @@ class Sweeper:
         if not await self._redis.set(_LOCK_KEY, "1", nx=True, px=lock_ms):
             return []  # another worker process swept this interval
         now = self._clock()
-        oldest = await asyncio.to_thread(self._queue.oldest_dispatch)
-        dispatched_before = (now if oldest is None else oldest) - DISPATCH_MARGIN_SECONDS
-        due = [
-            as_text(raw)
-            for raw in await self._redis.zrangebyscore(
-                DUE_KEY, "-inf", now, start=0, num=_MOST_PER_SWEEP
-            )
-        ]
-        verdicts = await self._judge(due, now, dispatched_before)
+        oldest = await asyncio.to_thread(self._queue.oldest_published)
+        # A delivery published before the oldest task still waiting has left the queue.
+        published_before = (now if oldest is None else oldest) - PUBLISH_MARGIN_SECONDS
+        candidates = await self._candidates(now, published_before)
+        verdicts = await self._judge(candidates, now, published_before)
         publish = [
             delivery_id
-            for delivery_id, verdict in zip(due, verdicts, strict=True)
+            for delivery_id, verdict in zip(candidates, verdicts, strict=True)
             if verdict is SweepVerdict.PUBLISH
         ]
         if publish:
@@ -101,17 +102,32 @@ class Sweeper:
         await self._trim_indexes(now)
         return publish
 
+    async def _candidates(self, now: float, published_before: float) -> list[str]:
+        """Due retries and lapsed claims (the due set), and queued deliveries published long
+        enough ago that no worker took them and that their task has left the queue."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zrangebyscore(DUE_KEY, "-inf", now, start=0, num=_MOST_PER_SWEEP)
+        pipe.zrangebyscore(
+            status_index_key(DeliveryStatus.QUEUED),
+            "-inf",
+            min(now - self._stranded_after_seconds, published_before),
+            start=0,
+            num=_MOST_PER_SWEEP,
+        )
+        due, stranded = await pipe.execute()
+        return list(dict.fromkeys(as_text(raw) for raw in (*due, *stranded)))
+
     async def _judge(
-        self, due: list[str], now: float, dispatched_before: float
+        self, candidates: list[str], now: float, published_before: float
     ) -> list[SweepVerdict]:
-        if not due:
+        if not candidates:
             return []
         pipe = self._redis.pipeline(transaction=False)
-        for delivery_id in due:
+        for delivery_id in candidates:
             call = sweep_call(
                 delivery_id,
                 now=now,
-                dispatched_before=dispatched_before,
+                published_before=published_before,
                 look_again_after=self._stranded_after_seconds,
             )
             await self._sweep(keys=call.keys, args=call.args, client=pipe)

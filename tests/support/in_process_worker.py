@@ -25,7 +25,7 @@ class CollectingQueue:
         with self._lock:
             self._published += delivery_ids
 
-    def oldest_dispatch(self) -> float | None:
+    def oldest_published(self) -> float | None:
         return None
 
     def take(self, delivery_id: str) -> bool:

@@ -11,17 +11,18 @@ Redis keys (``outbox:`` prefix; ids are 32 hex digits)::
                                             ``last_error``, ``retry_base``,
                                             ``idempotency_key``, ``updated_at``
     outbox:msg:{id}:attempts         list   one JSON ``Attempt`` per try              as the record
-    outbox:status:{status}           zset   ids in that status, scored by the time    none (purge
-                                            they entered it                           drops ids)
+    outbox:status:{status}           zset   ids in that status, scored by the time    none (the
+                                            they entered it (queued: when their task  sweeper drops
+                                            was last published)                       expired ids)
     outbox:idempotency:{key}         string the id the key first created              retention
     outbox:settings                  hash   ``version``, ``document`` (mail settings, none
                                             secret encrypted), ``saved_at``
                                             (``config.settings_store``)
     outbox:graph-slots:{mailbox}     zset   leases of Graph requests in flight        per member
                                             (``worker.concurrency``)
-    outbox:due                       zset   ids not final, scored by when the sweeper none
-                                            should look: a queued one's check, a
-                                            retry's due time, a claim's lease end
+    outbox:due                       zset   retrying and sending ids, scored by when none
+                                            the sweeper should look: a retry's due
+                                            time, a claim's lease end
     outbox:attempts-by-outcome       hash   outcome -> attempts recorded (/metrics)   none
     outbox:sweeper                   string the sweeper's lock for one interval       ~1 min
     outbox:apikeys, outbox:apikey:*  hash,  API keys, stored hashed                   none
@@ -51,9 +52,10 @@ Status transitions, and who makes each one::
 
 A claim is a lease that its worker renews while the attempt runs (RENEW) and gives up when
 it finishes; a worker that dies lets it lapse within one lease. The sweeper (one worker
-process per interval) reads ``outbox:due`` and publishes again what nobody will otherwise
-run: due retries, lapsed claims, and queued deliveries whose task is no longer in the
-broker's queue (lost with a dead worker, or never published by a producer that died).
+process per interval) reads ``outbox:due`` and the queued index, and publishes again what
+nobody will otherwise run: due retries, lapsed claims, and queued deliveries whose task is no
+longer in the broker's queue (lost with a dead worker, or never published by a producer that
+died).
 Every change of status is one Lua script, so a record, its index entries and its due time
 never disagree.
 """

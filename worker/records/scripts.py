@@ -70,8 +70,9 @@ class ScriptCall:
 
 
 # --- CREATE: store a queued record, once per idempotency key -------------------------------
-# KEYS: record, queued index, idempotency key ("" when none), due
-# ARGV: id, now, idempotency ttl seconds, due at, field, value, ...
+# Its score in the queued index is when it was published (the sweeper's check of lost tasks).
+# KEYS: record, queued index, idempotency key ("" when none)
+# ARGV: id, now, idempotency ttl seconds, field, value, ...
 # -> {1, id} when created, {0, existing id} when the idempotency key was already used.
 CREATE = """
 if KEYS[3] ~= '' then
@@ -79,9 +80,8 @@ if KEYS[3] ~= '' then
   if existing then return {0, existing} end
   redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[3])
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
 return {1, ARGV[1]}
 """
 
@@ -101,20 +101,17 @@ def create_call(
     fields: Mapping[str, str | bytes],
     idempotency: str | None,
     idempotency_ttl_seconds: int,
-    due_at: float,
 ) -> ScriptCall:
     return ScriptCall(
         keys=[
             record_key(delivery_id),
             status_index_key(DeliveryStatus.QUEUED),
             idempotency_key(idempotency) if idempotency else "",
-            DUE_KEY,
         ],
         args=[
             delivery_id,
             repr(now),
             idempotency_ttl_seconds,
-            repr(due_at),
             *(item for pair in fields.items() for item in pair),
         ],
     )
@@ -296,12 +293,12 @@ def decode_claim(delivery_id: str, reply: Sequence[Any]) -> ClaimResult:
 
 # --- TRANSITION: move a record to a new status if it is still as the caller saw it ---------
 # The guard field must still hold the guard value; the attempt (if any) is appended and
-# counted, the expiry set (final statuses) or cleared, and the time the sweeper should look at
-# the delivery next set (a retry's due time; a queued one's check) or dropped (final).
+# counted, the expiry set (final statuses) or cleared, and the delivery's due time set (a
+# retry's) or dropped (final, or queued: the queued index holds those).
 # KEYS: record, attempts list, attempt counters, due
 # ARGV: id, now, guard field, guard value, new status, status index prefix,
 #       expire seconds (0 = keep forever), attempt json ("" = none), attempt outcome,
-#       due at ("" = not due: final), field, value, ...
+#       due at ("" = not due), field, value, ...
 # -> 1 when applied, 0 when the guard no longer holds (or the record is gone).
 TRANSITION = """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -422,13 +419,14 @@ def renew_call(delivery_id: str, *, attempt_count: int, lease_until: float) -> S
     )
 
 
-# --- SWEEP: decide, for one delivery the due set says to look at, whether to publish it ----
-# queued: published again once its task can no longer be waiting in the broker's queue (it
-#   was dispatched before the oldest task still waiting there); else looked at again later.
-# retrying: its retry is due: queued again, and published.
+# --- SWEEP: decide, for one delivery the sweeper looks at, whether to publish it -----------
 # sending: a lease that ran out (the holder died): published, so a worker takes it over.
-# KEYS: record, due; ARGV: id, now, status index prefix, dispatched before (the oldest
-#   waiting task's dispatch time, less a margin), look again after (seconds)
+# retrying: its retry is due: queued again, and published.
+# queued: published again when its task can no longer be waiting in the broker's queue (it
+#   was published before the oldest task still waiting there).
+# A delivery published here is scored "published now" in the queued index.
+# KEYS: record, due; ARGV: id, now, status index prefix, published before (the oldest
+#   waiting task's publication time, less a margin), look again after (seconds)
 # -> 'publish' | 'waiting' | 'held' | 'gone'
 SWEEP = """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -437,27 +435,24 @@ if not status or status == 'sent' or status == 'partially_sent' or status == 'fa
   return 'gone'
 end
 local now = tonumber(ARGV[2])
-local later = now + tonumber(ARGV[5])
 if status == 'sending' then
   local lease = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
   if lease > now then
     redis.call('ZADD', KEYS[2], lease, ARGV[1])
     return 'held'
   end
-  redis.call('ZADD', KEYS[2], later, ARGV[1])
+  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[5]), ARGV[1])
   return 'publish'
 end
 local queued = ARGV[3] .. 'queued'
 if status == 'queued' then
-  redis.call('ZADD', KEYS[2], later, ARGV[1])
-  local dispatched = tonumber(redis.call('ZSCORE', queued, ARGV[1]) or '0')
-  if dispatched >= tonumber(ARGV[4]) then return 'waiting' end
+  local published = tonumber(redis.call('ZSCORE', queued, ARGV[1]) or '0')
+  if published >= tonumber(ARGV[4]) then return 'waiting' end
 else
   redis.call('HSET', KEYS[1], 'status', 'queued', 'updated_at', ARGV[2])
   redis.call('ZREM', ARGV[3] .. status, ARGV[1])
-  redis.call('ZADD', KEYS[2], later, ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
 end
--- The score of a queued delivery is when it was last dispatched: now.
 redis.call('ZADD', queued, now, ARGV[1])
 return 'publish'
 """
@@ -471,7 +466,7 @@ class SweepVerdict(StrEnum):
 
 
 def sweep_call(
-    delivery_id: str, *, now: float, dispatched_before: float, look_again_after: float
+    delivery_id: str, *, now: float, published_before: float, look_again_after: float
 ) -> ScriptCall:
     return ScriptCall(
         keys=[record_key(delivery_id), DUE_KEY],
@@ -479,7 +474,7 @@ def sweep_call(
             delivery_id,
             repr(now),
             STATUS_INDEX_PREFIX,
-            repr(dispatched_before),
+            repr(published_before),
             repr(look_again_after),
         ],
     )

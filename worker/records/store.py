@@ -72,14 +72,9 @@ class _Cursor:
 class DeliveryStore:
     """Synchronous access to delivery records for producers, the CLI and the HTTP API."""
 
-    def __init__(
-        self, client: redis.Redis, *, retention_seconds: int, stranded_after_seconds: float
-    ) -> None:
+    def __init__(self, client: redis.Redis, *, retention_seconds: int) -> None:
         self._redis = client
         self._retention_seconds = retention_seconds
-        # A queued delivery still unclaimed this long after its task was published is looked
-        # at by the sweeper (in case that task was lost).
-        self._stranded_after_seconds = stranded_after_seconds
         self._create = client.register_script(CREATE)
         self._transition = client.register_script(TRANSITION)
         self._purge = client.register_script(PURGE)
@@ -97,7 +92,6 @@ class DeliveryStore:
                 ),
                 idempotency=delivery.idempotency_key,
                 idempotency_ttl_seconds=self._retention_seconds,
-                due_at=now + self._stranded_after_seconds,
             )
             self._create(keys=call.keys, args=call.args, client=pipe)
         return [decode_create(reply) for reply in pipe.execute()]
@@ -192,15 +186,14 @@ class DeliveryStore:
             else r
             for r in record.recipients
         )
-        now = time.time()
         applied = self._run_transition(
             transition_call(
                 delivery_id,
-                now=now,
+                now=time.time(),
                 guard=("status", record.status.value),
                 status=DeliveryStatus.QUEUED,
                 expire_seconds=0,
-                due_at=now + self._stranded_after_seconds,
+                due_at=None,
                 fields={
                     "recipients": encode_recipients(recipients),
                     "retry_base": str(record.attempt_count),
