@@ -12,10 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 import trustme
 
-from tests.support.environment import outbox_environment
+from tests.support.environment import fresh_environment
 from worker.testing.graph_standin import GraphStandIn
 from worker.testing.processes import ROOT, Service, run_outbox
 from worker.testing.redis_server import RedisServer, free_port
@@ -30,10 +29,7 @@ def env(
     tmp_path_factory: pytest.TempPathFactory,
     certificate_authority: trustme.CA,
 ) -> dict[str, str]:
-    client = redis.Redis.from_url(redis_server.url)
-    client.flushdb()
-    client.close()
-    return outbox_environment(
+    return fresh_environment(
         redis_server.url,
         tmp_path_factory.mktemp("e2e"),
         certificate_authority,

@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import trustme
 from playwright.sync_api import BrowserContext, ConsoleMessage, Page, expect
 
-from tests.support.environment import outbox_environment
+from tests.support.environment import fresh_environment
 from worker.testing.processes import ROOT, Service, run_outbox
 from worker.testing.redis_server import RedisServer, free_port
 from worker.testing.smtp_peer import SmtpPeer, smtp_peer
@@ -69,10 +68,7 @@ def env(
     certificate_authority: trustme.CA,
 ) -> dict[str, str]:
     """One attempt per delivery, so a delivery to a closed port fails at once."""
-    client = redis.Redis.from_url(redis_server.url)
-    client.flushdb()
-    client.close()
-    return outbox_environment(
+    return fresh_environment(
         redis_server.url,
         tmp_path_factory.mktemp("browser"),
         certificate_authority,

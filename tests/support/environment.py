@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import redis
 import trustme
 from cryptography.fernet import Fernet
 
@@ -26,3 +27,15 @@ def outbox_environment(
         "OUTBOX_SWEEP_INTERVAL_SECONDS": "0.1",
         **overrides,
     }
+
+
+def fresh_environment(
+    redis_url: str, directory: Path, certificate_authority: trustme.CA, **overrides: str
+) -> dict[str, str]:
+    """``outbox_environment`` on an emptied Redis database: for a module's real processes."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return outbox_environment(redis_url, directory, certificate_authority, **overrides)
