@@ -11,7 +11,7 @@ from api.auth import Admin, Caller
 from api.errors import error_body, field_of
 from api.services import ApiServices, services
 from tasks.message_input import MessageInput
-from worker.errors import InvalidInputError, MessageTooLargeError
+from worker.errors import InvalidInputError
 from worker.records import Created, DeliveryStatus, record_summary
 
 __all__ = ["MAX_BATCH", "router"]
@@ -85,7 +85,7 @@ def send_batch(
     for index, raw in enumerate(messages):
         try:
             message = MessageInput.model_validate(raw)
-            found.producer.check_size(message)
+            found.producer.check_limits(message)
         except ValidationError as exc:
             problem = exc.errors(include_url=False, include_input=False)[0]
             field = field_of(problem["loc"])
@@ -93,8 +93,9 @@ def send_batch(
                 "index": index,
                 **error_body(str(problem["msg"]).removeprefix("Value error, "), field or None),
             }
-        except MessageTooLargeError as exc:
-            results[index] = {"index": index, **error_body(str(exc), exc.field)}
+        except InvalidInputError as exc:
+            detail = str(exc).removeprefix(f"{exc.field}: ")
+            results[index] = {"index": index, **error_body(detail, exc.field)}
         else:
             valid.append((index, message))
     created = found.producer.enqueue_many([m for _, m in valid]) if valid else []

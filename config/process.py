@@ -15,6 +15,7 @@ __all__ = ["DEFAULT_VISIBILITY_TIMEOUT_SECONDS", "ProcessSettings"]
 # it only bounds how long a task reserved by a dead worker waits before the broker gives it
 # out again; the sweeper finds such deliveries much sooner.
 DEFAULT_VISIBILITY_TIMEOUT_SECONDS = 3600
+DEFAULT_MAX_RECIPIENTS = 500
 
 
 class ProcessSettings(BaseSettings):
@@ -38,6 +39,11 @@ class ProcessSettings(BaseSettings):
     max_attempts: int = Field(default=8, ge=1, le=100)
     retention_days: float = Field(default=30.0, gt=0)
     max_message_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
+    max_recipients: int = Field(
+        default=DEFAULT_MAX_RECIPIENTS,
+        ge=1,
+        description="To, Cc and Bcc together, per message (Exchange's and Graph's usual limit).",
+    )
     smtp_timeout_seconds: float = Field(default=30.0, gt=0)
     smtp_max_connections: int = Field(default=4, ge=1, le=100)
     graph_max_concurrency: int = Field(

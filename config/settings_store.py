@@ -142,6 +142,10 @@ class SettingsStore:
         kept_secret = None
         if settings.secret() is None and previous and previous["protocol"] == settings.protocol:
             kept_secret = previous.get(f"{SECRET_FIELD[settings.protocol]}_encrypted")
+            if kept_secret:
+                # Keeping a secret this key cannot read would save settings that fail every
+                # delivery: refuse now (SecretMismatchError says to enter it again).
+                self._box.decrypt(kept_secret)
         document = encode_document(settings, self._box, kept_secret)
         saved_at = time.time()
         pipe = self._redis.pipeline(transaction=True)

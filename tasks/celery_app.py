@@ -175,6 +175,7 @@ def producer_for(context: OutboxContext, app: Celery | None = None) -> Producer:
         celery_publisher(app or create_celery_app(context)),
         message_id_domain=context.settings.message_id_domain,
         max_message_bytes=context.settings.max_message_bytes,
+        max_recipients=context.settings.max_recipients,
     )
 
 

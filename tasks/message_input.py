@@ -23,6 +23,7 @@ from worker.message import Attachment, OutgoingMessage
 
 __all__ = [
     "RESERVED_HEADERS",
+    "RESERVED_HEADER_PREFIXES",
     "Address",
     "AttachmentInput",
     "MessageInput",
@@ -32,10 +33,12 @@ __all__ = [
 
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 field name: printable ASCII except ':'
 _CONTENT_TYPE = re.compile(r"^[\w.+-]+/[\w.+-]+$")
-# Headers outbox writes itself; a producer setting them would corrupt or spoof the message.
+# Headers outbox writes itself, and those that belong to the transport (trace, resent and
+# signature headers): a producer setting them would corrupt or spoof the message.
 RESERVED_HEADERS = frozenset(
     {
         "from",
+        "sender",
         "to",
         "cc",
         "bcc",
@@ -43,13 +46,13 @@ RESERVED_HEADERS = frozenset(
         "subject",
         "date",
         "message-id",
-        "sender",
         "mime-version",
-        "content-type",
-        "content-transfer-encoding",
-        "content-disposition",
+        "received",
+        "return-path",
+        "dkim-signature",
     }
 )
+RESERVED_HEADER_PREFIXES = ("content-", "resent-")
 
 Address = Annotated[str, AfterValidator(mailbox_address)]
 
@@ -119,11 +122,17 @@ class MessageInput(BaseModel):
     @field_validator("headers")
     @classmethod
     def _headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        seen: dict[str, str] = {}
         for name, value in headers.items():
             if not _HEADER_NAME.match(name):
                 raise ValueError(f"header name {name!r} is not a valid field name")
-            if name.lower() in RESERVED_HEADERS:
-                raise ValueError(f"header {name!r} is set by outbox and cannot be given")
+            folded = name.lower()
+            if folded in RESERVED_HEADERS or folded.startswith(RESERVED_HEADER_PREFIXES):
+                raise ValueError(f"header {name!r} is set by outbox or the mail servers")
+            if folded in seen:
+                # Header names are case-insensitive: these would be one header, twice.
+                raise ValueError(f"headers {seen[folded]!r} and {name!r} are the same header")
+            seen[folded] = name
             try:
                 single_line(value)
             except ValueError as exc:
@@ -137,10 +146,10 @@ class MessageInput(BaseModel):
         return self
 
     def size(self) -> int:
-        """Approximate size of what will be sent, to enforce the message size limit."""
+        """Bytes of what will be sent, at least: bodies in UTF-8, attachments in base64."""
         return (
-            len(self.text or "")
-            + len(self.html or "")
+            len((self.text or "").encode())
+            + len((self.html or "").encode())
             + sum(len(a.content) * 4 // 3 for a in self.attachments)
         )
 

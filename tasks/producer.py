@@ -5,8 +5,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 
+from config.process import DEFAULT_MAX_RECIPIENTS
 from tasks.message_input import MessageInput
-from worker.errors import DeliveryNotFoundError, MessageTooLargeError, NotRetryableError
+from worker.errors import (
+    DeliveryNotFoundError,
+    MessageTooLargeError,
+    NotRetryableError,
+    TooManyRecipientsError,
+)
 from worker.records import Created, DeliveryRecord, DeliveryStatus, DeliveryStore, NewDelivery
 
 __all__ = ["CHUNK_SIZE", "Producer", "Publisher", "chunked"]
@@ -33,11 +39,13 @@ class Producer:
         *,
         message_id_domain: str,
         max_message_bytes: int,
+        max_recipients: int = DEFAULT_MAX_RECIPIENTS,
     ) -> None:
         self._deliveries = deliveries
         self._publish = publish
         self._domain = message_id_domain
         self._max_message_bytes = max_message_bytes
+        self._max_recipients = max_recipients
 
     def enqueue(self, message: MessageInput) -> Created:
         return self.enqueue_many([message])[0]
@@ -45,7 +53,7 @@ class Producer:
     def enqueue_many(self, messages: Sequence[MessageInput]) -> list[Created]:
         """Store every message, then hand the new ids to the broker in chunks."""
         for message in messages:
-            self.check_size(message)
+            self.check_limits(message)
         new = []
         for message in messages:
             delivery_id = uuid.uuid4().hex
@@ -68,13 +76,22 @@ class Producer:
         self._queue([c.id for c in created if c.created] + still_queued)
         return created
 
-    def check_size(self, message: MessageInput) -> None:
-        """Raise MessageTooLargeError for a message over OUTBOX_MAX_MESSAGE_BYTES."""
-        if message.size() > self._max_message_bytes:
+    def check_limits(self, message: MessageInput) -> None:
+        """Refuse a message over OUTBOX_MAX_MESSAGE_BYTES (encoded bytes, not characters) or
+        with more recipients than OUTBOX_MAX_RECIPIENTS (To, Cc and Bcc together)."""
+        size = message.size()
+        if size > self._max_message_bytes:
             raise MessageTooLargeError(
-                f"the message is about {message.size()} bytes, over the "
-                f"limit of {self._max_message_bytes} (OUTBOX_MAX_MESSAGE_BYTES)",
-                field="attachments",
+                f"the message is about {size} bytes, over the limit of "
+                f"{self._max_message_bytes} (OUTBOX_MAX_MESSAGE_BYTES)",
+                field="attachments" if message.attachments else "text",
+            )
+        recipients = len({*message.to, *message.cc, *message.bcc})
+        if recipients > self._max_recipients:
+            raise TooManyRecipientsError(
+                f"{recipients} recipients (to, cc and bcc together), over the limit of "
+                f"{self._max_recipients} (OUTBOX_MAX_RECIPIENTS)",
+                field="to",
             )
 
     def retry(self, delivery_ids: Iterable[str]) -> list[DeliveryRecord]:

@@ -269,3 +269,17 @@ def test_settings_show_needs_no_secret_key(outbox_env: dict[str, str], peer: Smt
     checked = run_outbox(other_key, "settings", "test-connection")
     assert checked.returncode == 1
     assert "OUTBOX_SECRET_KEY" in checked.stderr
+
+
+def test_saving_without_the_secret_refuses_when_the_stored_one_is_unreadable(
+    outbox_env: dict[str, str], peer: SmtpPeer
+) -> None:
+    set_smtp(outbox_env, *plain(peer), "--username", "u", "--password-stdin", stdin="pw\n")
+    other_key = {**outbox_env, "OUTBOX_SECRET_KEY": Fernet.generate_key().decode()}
+    refused = run_outbox(other_key, "settings", "set", "smtp", *plain(peer), "--username", "u")
+    assert refused.returncode == 1
+    assert "cannot be decrypted with the current OUTBOX_SECRET_KEY" in refused.stderr
+    shown = json.loads(run_outbox(outbox_env, "settings", "show", "--json").stdout)
+    assert shown["version"] == 1  # nothing was saved
+    # Entering the secret again with the new key works.
+    set_smtp(other_key, *plain(peer), "--username", "u", "--password-stdin", stdin="pw2\n")

@@ -42,6 +42,15 @@ def test_bad_address_names_its_position() -> None:
         ({"idempotency_key": "has space"}, "idempotency_key"),
         ({"subject": "line\u2028separator"}, "subject"),
         ({"headers": {"X-Tag": "a\u0085b"}}, "headers"),
+        ({"subject": "a\x00b"}, "subject"),  # NUL, wherever it stands
+        ({"subject": "bell\x07"}, "subject"),
+        ({"headers": {"X-Tag": "\x1bescape"}}, "headers"),
+        ({"headers": {"Received": "from evil"}}, "headers"),
+        ({"headers": {"Resent-To": "victim@example.com"}}, "headers"),
+        ({"headers": {"Content-Type": "text/html"}}, "headers"),
+        ({"headers": {"Return-Path": "<x@example.com>"}}, "headers"),
+        ({"headers": {"DKIM-Signature": "v=1"}}, "headers"),
+        ({"headers": {"X-A": "1", "x-a": "2"}}, "headers"),
         ({"to": ["jörg@example.com"]}, "to[0]"),  # needs SMTPUTF8, not negotiated
     ],
 )
@@ -64,3 +73,24 @@ def test_attachment_from_base64() -> None:
         }
     )
     assert message.attachments[0].content == b"hi"
+
+
+def test_controls_are_named_by_code_and_position() -> None:
+    assert problems(subject="a\x00b") == (
+        "subject: must not contain control characters: U+0000 at position 2"
+    )
+    assert "same header" in problems(headers={"X-A": "1", "x-a": "2"})
+
+
+def test_a_tab_is_fine_in_a_subject_and_a_header() -> None:
+    message = MessageInput.model_validate(
+        {"to": ["a@example.com"], "subject": "a\tb", "headers": {"X-Tag": "c\td"}}
+    )
+    assert message.subject == "a\tb"
+
+
+def test_size_counts_encoded_bytes_not_characters() -> None:
+    message = MessageInput.model_validate(
+        {"to": ["a@example.com"], "subject": "s", "text": "é" * 60_000}
+    )
+    assert message.size() == 120_000

@@ -11,7 +11,12 @@ from tasks.context import OutboxContext
 from tasks.message_input import MessageInput
 from tasks.producer import CHUNK_SIZE, Producer
 from tests.conftest import CollectingPublisher
-from worker.errors import DeliveryNotFoundError, MessageTooLargeError, NotRetryableError
+from worker.errors import (
+    DeliveryNotFoundError,
+    MessageTooLargeError,
+    NotRetryableError,
+    TooManyRecipientsError,
+)
 from worker.records import DeliveryStatus, record_key, status_index_key
 
 
@@ -164,3 +169,36 @@ def test_purge_keeps_a_record_retried_after_it_was_listed(
     redis_client.zadd(status_index_key(DeliveryStatus.SENT), {delivery_id: long_ago})
     assert outbox_context.deliveries.purge(7 * 86400) == 0
     assert outbox_context.deliveries.get(delivery_id).status is DeliveryStatus.QUEUED
+
+
+def test_a_non_ascii_body_counts_its_bytes_against_the_limit(
+    outbox_context: OutboxContext, publisher: CollectingPublisher
+) -> None:
+    small = Producer(
+        outbox_context.deliveries,
+        publisher,
+        message_id_domain="outbox.test",
+        max_message_bytes=100_000,
+    )
+    with pytest.raises(MessageTooLargeError, match="120000 bytes") as refused:
+        small.enqueue(MessageInput(to=["a@example.com"], subject="s", text="é" * 60_000))
+    assert refused.value.field == "text"
+    assert publisher.chunks == []
+
+
+def test_recipients_are_limited_per_message(
+    outbox_context: OutboxContext, publisher: CollectingPublisher
+) -> None:
+    producer = Producer(
+        outbox_context.deliveries,
+        publisher,
+        message_id_domain="outbox.test",
+        max_message_bytes=10**6,
+        max_recipients=3,
+    )
+    to = [f"r{i}@example.com" for i in range(3)]
+    producer.enqueue(MessageInput(to=to, cc=[to[0]], subject="s"))  # 3 distinct: accepted
+    with pytest.raises(TooManyRecipientsError, match="4 recipients") as refused:
+        producer.enqueue(MessageInput(to=to, bcc=["r3@example.com"], subject="s"))
+    assert refused.value.field == "to"
+    assert len(publisher.chunks) == 1

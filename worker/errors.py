@@ -9,6 +9,7 @@
      │    └── ConfigurationError              the mail settings are wrong or missing: fix, retry
      ├── InvalidInputError(field)             the caller must change what it asked for
      │    ├── MessageTooLargeError            over OUTBOX_MAX_MESSAGE_BYTES
+     │    ├── TooManyRecipientsError          over OUTBOX_MAX_RECIPIENTS
      │    └── InvalidEnvironmentError         an OUTBOX_* variable is malformed
      │         └── SecretKeyError             OUTBOX_SECRET_KEY is not a Fernet key
      ├── AccessError                          the caller may not do this
@@ -61,6 +62,7 @@ __all__ = [
     "SecretMismatchError",
     "ServiceError",
     "SettingsNotConfiguredError",
+    "TooManyRecipientsError",
     "TransientError",
     "error_type",
 ]
@@ -113,6 +115,10 @@ class InvalidInputError(OutboxError):
 
 class MessageTooLargeError(InvalidInputError):
     """The message exceeds OUTBOX_MAX_MESSAGE_BYTES."""
+
+
+class TooManyRecipientsError(InvalidInputError):
+    """The message has more recipients than OUTBOX_MAX_RECIPIENTS."""
 
 
 class InvalidEnvironmentError(InvalidInputError):

@@ -15,7 +15,7 @@ from tasks.cli.common import JsonFlag, load_context, local_time, producer_for
 from tasks.cli.errors import EXIT_FAILED, EXIT_USAGE, fail
 from tasks.context import OutboxContext
 from tasks.message_input import MessageInput, describe_validation_error
-from worker.errors import InvalidInputError, MessageTooLargeError
+from worker.errors import InvalidInputError
 from worker.records import DeliveryRecord, DeliveryStatus, record_summary
 
 __all__ = ["deliveries_app"]
@@ -130,10 +130,10 @@ def _send_batch(path: Path, as_json: bool) -> None:
             continue
         try:
             message = MessageInput.model_validate_json(line)
-            producer.check_size(message)
+            producer.check_limits(message)
         except ValidationError as exc:
             problems.append((number, describe_validation_error(exc)))
-        except MessageTooLargeError as exc:
+        except InvalidInputError as exc:
             problems.append((number, str(exc)))
         else:
             valid.append((number, message))
