@@ -39,9 +39,10 @@ def read_settings(found: Services) -> dict[str, Any]:
 
 @router.put("")
 def save_settings(settings: SettingsBody, key: Admin, found: Services) -> dict[str, Any]:
-    """Save a new version; without a secret the stored one (same protocol) is kept."""
+    """Save a new version; without a secret the stored one (same protocol) is kept. The
+    answer's ``warnings`` say what the administrator must know (an unverified certificate)."""
     found.context.settings_store.save(settings, by=key.name)
-    return _view(found)
+    return {**_view(found), "warnings": settings.warnings()}
 
 
 @router.get("/defaults")

@@ -120,6 +120,16 @@ class SmtpSettings(BaseModel):
     def secret(self) -> SecretStr | None:
         return self.password
 
+    def warnings(self) -> list[str]:
+        """What an administrator must know about these settings before relying on them."""
+        if not self.accept_any_certificate or self.tls is TlsMode.NONE:
+            return []
+        return [
+            f"accept any certificate is on: the certificate of {self.server}:{self.port} is "
+            "not verified, so anyone on the network path can pose as the server and read "
+            "the password and the mail"
+        ]
+
 
 class OAuthSettings(BaseModel):
     """Send through Microsoft Graph with OAuth 2.0 client credentials."""
@@ -141,6 +151,9 @@ class OAuthSettings(BaseModel):
 
     def secret(self) -> SecretStr | None:
         return self.client_secret
+
+    def warnings(self) -> list[str]:
+        return []
 
 
 MailSettings = Annotated[SmtpSettings | OAuthSettings, Field(discriminator="protocol")]

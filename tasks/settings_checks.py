@@ -41,7 +41,12 @@ async def check_connection(
         await transport.verify()
     if isinstance(settings, SmtpSettings):
         who = f" as {settings.username}" if settings.username else ""
-        return f"connected to {settings.server}:{settings.port}{who}"
+        unverified = (
+            " (its certificate was not verified: accept any certificate is on)"
+            if settings.warnings()
+            else ""
+        )
+        return f"connected to {settings.server}:{settings.port}{who}{unverified}"
     return f"token acquired from {settings.instance}{settings.tenant} for {settings.api_url}"
 
 

@@ -374,3 +374,18 @@ def test_an_unreachable_redis_answers_503_naming_it(outbox_context: OutboxContex
     assert answer.json()["detail"] == (
         f"Redis at 127.0.0.1:{port} is unreachable or not answering (ConnectionError)"
     )
+
+
+def test_accepting_any_certificate_is_said_when_saved_and_checked(
+    client: RecordingClient, admin: dict[str, str], peer: SmtpPeer
+) -> None:
+    weakened = smtp_form(peer, accept_any_certificate=True)
+    saved = client.put("/api/settings/mail", headers=admin, json=weakened).json()
+    [warning] = saved["warnings"]
+    assert warning.startswith("accept any certificate is on")
+    assert f"{peer.host}:{peer.port}" in warning
+    checked = client.post("/api/settings/mail/test-connection", headers=admin, json=weakened).json()
+    assert checked["ok"] is True
+    assert "not verified" in checked["message"]
+    verified = client.put("/api/settings/mail", headers=admin, json=smtp_form(peer)).json()
+    assert verified["warnings"] == []

@@ -283,3 +283,15 @@ def test_saving_without_the_secret_refuses_when_the_stored_one_is_unreadable(
     assert shown["version"] == 1  # nothing was saved
     # Entering the secret again with the new key works.
     set_smtp(other_key, *plain(peer), "--username", "u", "--password-stdin", stdin="pw2\n")
+
+
+def test_accepting_any_certificate_is_said_when_saved(
+    outbox_env: dict[str, str], peer: SmtpPeer
+) -> None:
+    saved = run_outbox(
+        outbox_env, "settings", "set", "smtp", *server(peer), "--accept-any-certificate"
+    )
+    assert saved.returncode == 0
+    assert saved.stderr.startswith("warning: accept any certificate is on: the certificate of")
+    verified = run_outbox(outbox_env, "settings", "set", "smtp", *server(peer))
+    assert "warning" not in verified.stderr

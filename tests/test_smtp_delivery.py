@@ -248,7 +248,10 @@ def test_attempts_exhausted_is_failed_with_the_last_reason(
 
 
 def test_self_signed_certificate_refused_unless_accepted(
-    outbox_context: OutboxContext, producer: Producer, worker: InProcessWorker
+    outbox_context: OutboxContext,
+    producer: Producer,
+    worker: InProcessWorker,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     untrusted = trustme.CA().issue_cert("localhost", "127.0.0.1")
     with smtp_peer(tls="implicit", certificate=untrusted) as peer:
@@ -261,8 +264,13 @@ def test_self_signed_certificate_refused_unless_accepted(
 
         configure(outbox_context, peer, tls=TlsMode.IMPLICIT, accept_any_certificate=True)
         accepted_id = enqueue(producer)
-        assert worker.deliver(accepted_id) == ["sent"]
-        assert len(peer.wait_for_messages(1)) == 1
+        with caplog.at_level(logging.WARNING, logger="worker.runtime"):
+            assert worker.deliver(accepted_id) == ["sent"]
+            assert worker.deliver(enqueue(producer)) == ["sent"]
+        assert len(peer.wait_for_messages(2)) == 2
+        # Said once for the settings version that weakens it, not once per e-mail.
+        [said] = [r for r in caplog.records if "accept any certificate is on" in r.message]
+        assert "mail settings version 2" in said.message
 
 
 def test_a_settings_change_applies_to_the_next_job(

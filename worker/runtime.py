@@ -83,6 +83,10 @@ class WorkerRuntime:
         self._http = HttpClients.build(options)
 
         def transport_for(stored: StoredSettings) -> Transport:
+            # Built once per settings version: what the administrator chose to weaken is
+            # logged once for it.
+            for warning in stored.settings.warnings():
+                log.warning("mail settings version %d: %s", stored.version, warning)
             return create_transport(stored.settings, options, self._http, self._redis)
 
         self._transports = TransportCache(transport_for)

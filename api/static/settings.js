@@ -203,7 +203,13 @@
       state.saved = response.data;
       resetForm();
       showSavedMeta();
-      Outbox.say(result, `Saved (version ${state.saved.version})`, "ok");
+      const warnings = response.data.warnings || [];
+      if (warnings.length) {
+        // Saved, but weakened on purpose: say so, the way the CLI does.
+        Outbox.say(result, `Saved (version ${state.saved.version}). Warning: ${warnings.join("; ")}`, "fail");
+      } else {
+        Outbox.say(result, `Saved (version ${state.saved.version})`, "ok");
+      }
     });
   }
 

@@ -55,6 +55,8 @@ def _save(context: OutboxContext, build: Callable[[], SmtpSettings | OAuthSettin
         raise InvalidInputError(describe_validation_error(exc)) from None
     version = context.settings_store.save(settings, by=_operator())
     typer.echo(f"saved mail settings version {version} ({settings.protocol})")
+    for warning in settings.warnings():
+        typer.echo(f"warning: {warning}", err=True)
 
 
 @set_app.command("smtp")
