@@ -7,8 +7,10 @@ import re
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, field_validator
+
+from config.addresses import mailbox_address
+from config.header_text import single_line
 
 __all__ = [
     "DEFAULT_API_URL",
@@ -19,8 +21,6 @@ __all__ = [
     "OAuthSettings",
     "SmtpSettings",
     "TlsMode",
-    "mailbox_address",
-    "single_line",
 ]
 
 DEFAULT_INSTANCE = "https://login.microsoftonline.com/"
@@ -36,35 +36,6 @@ class TlsMode(StrEnum):
     STARTTLS = "starttls"  # STARTTLS required
     IMPLICIT = "implicit"  # TLS from the first byte (SMTPS)
     NONE = "none"  # plain text, never upgraded
-
-
-# Characters that end a header line or corrupt it on the wire: every C0 control but tab (NUL
-# included), DEL, NEL and the Unicode line and paragraph separators.
-_FORBIDDEN_IN_A_LINE = re.compile("[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
-
-
-def single_line(value: str) -> str:
-    """Refuse line breaks of every kind and control characters, wherever they stand."""
-    found = _FORBIDDEN_IN_A_LINE.search(value)
-    if found:
-        character = found.group()
-        kind = "line breaks (CR/LF)" if character in "\r\n" else "control characters"
-        raise ValueError(
-            f"must not contain {kind}: U+{ord(character):04X} at position {found.start() + 1}"
-        )
-    return value
-
-
-def mailbox_address(value: str) -> str:
-    """Validate one e-mail address (syntax only, no DNS) and return its normalized form.
-
-    Non-ASCII local parts need SMTPUTF8, which outbox does not negotiate: refused here.
-    """
-    single_line(value)
-    try:
-        return validate_email(value, check_deliverability=False, allow_smtputf8=False).normalized
-    except EmailNotValidError as exc:
-        raise ValueError(str(exc)) from None
 
 
 def _host_name_or_ip(value: str) -> str:

@@ -18,7 +18,8 @@ from pydantic import (
     model_validator,
 )
 
-from config.mail_settings import mailbox_address, single_line
+from config.addresses import mailbox_address
+from config.header_text import single_line
 from worker.message import Attachment, OutgoingMessage
 
 __all__ = [

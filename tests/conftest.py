@@ -15,6 +15,7 @@ from tasks.producer import Producer
 from tests.support.environment import outbox_environment
 from tests.support.in_process_worker import InProcessWorker
 from worker.testing.redis_server import RedisServer
+from worker.testing.smtp_peer import SmtpPeer, smtp_peer
 
 
 @pytest.fixture(scope="session")
@@ -107,3 +108,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The browser tests run last: Playwright's sync API keeps an event loop running in the
     main thread until the session ends, and a later ``asyncio.run`` would trip over it."""
     items.sort(key=lambda item: item.path.parent.name == "browser")
+
+
+@pytest.fixture
+def plain_peer() -> Iterator[SmtpPeer]:
+    """A plain-text aiosmtpd server without AUTH."""
+    with smtp_peer() as peer:
+        yield peer

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import email
-import email.policy
 import logging
-from collections.abc import Iterator
-from email.message import EmailMessage
 
 import pytest
 import redis
@@ -14,45 +10,15 @@ import trustme
 from cryptography.fernet import Fernet
 from pydantic import SecretStr
 
-from config.mail_settings import SmtpSettings, TlsMode
+from config.mail_settings import TlsMode
 from tasks.context import OutboxContext
-from tasks.message_input import MessageInput
 from tasks.producer import Producer
 from tests.support.in_process_worker import InProcessWorker
+from tests.support.smtp_delivery import configure, enqueue, parse
 from worker.records import DeliveryStatus, RecipientState, record_key
 from worker.testing.smtp_peer import SmtpPeer, smtp_peer
 
 USER, PASSWORD = "robot", "correct horse battery staple"
-
-
-@pytest.fixture
-def plain_peer() -> Iterator[SmtpPeer]:
-    with smtp_peer() as peer:
-        yield peer
-
-
-def configure(outbox_context: OutboxContext, peer: SmtpPeer, **overrides: object) -> None:
-    fields: dict[str, object] = {
-        "server": peer.host,
-        "port": peer.port,
-        "from_mailbox": "robot@example.com",
-        "tls": TlsMode.NONE,
-        **overrides,
-    }
-    outbox_context.settings_store.save(SmtpSettings.model_validate(fields))
-
-
-def enqueue(producer: Producer, **fields: object) -> str:
-    message = MessageInput.model_validate(
-        {"to": ["alice@example.com"], "subject": "Run results", "text": "All green.", **fields}
-    )
-    return producer.enqueue(message).id
-
-
-def parse(data: bytes) -> EmailMessage:
-    parsed = email.message_from_bytes(data.replace(b"\r\n", b"\n"), policy=email.policy.default)
-    assert isinstance(parsed, EmailMessage)
-    return parsed
 
 
 def test_plain_delivery_matches_the_message(

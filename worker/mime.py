@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import email.policy
+import re
 from datetime import UTC, datetime
 from email.headerregistry import Address, BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.utils import format_datetime
 
-from config.mail_settings import single_line
+from config.header_text import single_line
 from worker.message import OutgoingMessage
 
 __all__ = ["build_mime"]
@@ -32,8 +33,11 @@ class _CachingHeaderRegistry(HeaderRegistry):
         return header_class
 
 
-# Lines end in CRLF as SMTP requires; long headers are folded by the policy.
-_POLICY = email.policy.SMTP.clone(header_factory=_CachingHeaderRegistry())
+# Lines end in CRLF as SMTP requires; long headers are folded by the policy. With SMTPUTF8
+# negotiated, headers carry UTF-8 as it is instead of RFC 2047 encoded words.
+_HEADER_CLASSES = _CachingHeaderRegistry()
+_POLICY = email.policy.SMTP.clone(header_factory=_HEADER_CLASSES)
+_UTF8_POLICY = email.policy.SMTPUTF8.clone(header_factory=_HEADER_CLASSES)
 
 
 # A header this short and plain folds to itself: the policy's parse-and-fold round trip would
@@ -59,12 +63,26 @@ def _set_addresses(mime: EmailMessage, name: str, addresses: tuple[str, ...]) ->
         _set_header(mime, name, joined)
     else:
         # Address objects (validated at enqueue) skip re-parsing, and fold and encode right.
-        mime[name] = [Address(addr_spec=address) for address in addresses]
+        mime[name] = [_address(address) for address in addresses]
 
 
-def build_mime(message: OutgoingMessage, sender: str, date: float) -> bytes:
-    """The RFC 5322 message; Bcc recipients stay out of the headers (envelope only)."""
-    mime = EmailMessage(policy=_POLICY)
+def _address(address: str) -> Address:
+    if address.isascii():
+        return Address(addr_spec=address)
+    # The stdlib refuses a non-ASCII local part in an addr-spec string, not in its parts.
+    local, _, domain = address.rpartition("@")
+    if local.startswith('"'):
+        local = re.sub(r"\\(.)", r"\1", local[1:-1])
+    return Address(username=local, domain=domain)
+
+
+def build_mime(message: OutgoingMessage, sender: str, date: float, *, utf8: bool = False) -> bytes:
+    """The RFC 5322 message; Bcc recipients stay out of the headers (envelope only).
+
+    ``utf8`` is for a session that negotiated SMTPUTF8: non-ASCII headers go as UTF-8.
+    """
+    policy = _UTF8_POLICY if utf8 else _POLICY
+    mime = EmailMessage(policy=policy)
     _set_addresses(mime, "From", (sender,))
     if message.to:
         _set_addresses(mime, "To", message.to)
@@ -93,4 +111,4 @@ def build_mime(message: OutgoingMessage, sender: str, date: float) -> bytes:
         mime.add_attachment(
             attachment.content, maintype=maintype, subtype=subtype, filename=attachment.name
         )
-    return mime.as_bytes(policy=_POLICY)
+    return mime.as_bytes(policy=policy)

@@ -70,6 +70,7 @@ class SmtpPeer:
         certificate: trustme.LeafCert | None = None,
         credentials: dict[str, str] | None = None,
         port: int | None = None,
+        smtputf8: bool = False,
     ) -> None:
         if tls not in ("none", "starttls", "implicit"):
             raise ValueError(f"unknown tls mode {tls!r}")
@@ -78,6 +79,7 @@ class SmtpPeer:
         self.host = HOST
         self.port = port if port is not None else _free_port()
         self.tls: TlsMode = tls
+        self.smtputf8 = smtputf8
         self.messages: list[ReceivedMessage] = []
         # Counts every client TCP connection, including dropped ones; never the
         # Controller's own start-up probe.
@@ -171,6 +173,7 @@ class SmtpPeer:
             # Fixed banner name: avoids a socket.getfqdn() lookup per connection.
             "server_hostname": "localhost",
             "decode_data": False,
+            "enable_SMTPUTF8": self.smtputf8,
         }
         if self.tls == "starttls":
             kwargs.update(
@@ -375,10 +378,14 @@ def smtp_peer(
     certificate: trustme.LeafCert | None = None,
     credentials: dict[str, str] | None = None,
     port: int | None = None,
+    smtputf8: bool = False,
 ) -> SmtpPeer:
     """Build an unstarted peer; use it as a context manager or call start().
 
     ``credentials`` (username -> password) makes AUTH PLAIN/LOGIN mandatory;
-    with ``tls="starttls"`` AUTH is only offered after STARTTLS.
+    with ``tls="starttls"`` AUTH is only offered after STARTTLS; ``smtputf8`` offers the
+    SMTPUTF8 extension (non-ASCII addresses).
     """
-    return SmtpPeer(tls=tls, certificate=certificate, credentials=credentials, port=port)
+    return SmtpPeer(
+        tls=tls, certificate=certificate, credentials=credentials, port=port, smtputf8=smtputf8
+    )

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import ssl
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, Protocol
 
 import aiosmtplib
 
+from config.addresses import needs_smtputf8
 from config.mail_settings import SmtpSettings, TlsMode
 from worker.classify import (
     ConnectionProblem,
@@ -46,6 +48,12 @@ _PHASE_WORDS: dict[SmtpPhase, str] = {
     "rcpt": "refused the recipient",
     "data": "refused the message",
 }
+
+
+class _Mime(Protocol):
+    """The message's bytes for a session with SMTPUTF8 (``utf8=True``) or without."""
+
+    def __call__(self, *, utf8: bool) -> bytes: ...
 
 
 def smtp_error(exc: BaseException, stage: SmtpStage, server: str, port: int) -> DeliveryError:
@@ -154,17 +162,20 @@ class SmtpTransport:
     async def send(
         self, message: OutgoingMessage, recipients: Sequence[str], date: float
     ) -> SendResult:
-        data = build_mime(message, self._settings.from_mailbox, date)
+        # Built once per send, in the form the session negotiates (with or without SMTPUTF8).
+        mime = functools.cache(
+            functools.partial(build_mime, message, self._settings.from_mailbox, date)
+        )
         async with self._slots:
             connection, reused = await self._checkout()
             try:
-                return await self._attempt(connection, data, recipients)
+                return await self._attempt(connection, message, mime, recipients)
             except TransientError:
                 # A kept-open session that the server closed is no reason to wait a backoff:
                 # reconnect once. The fixed Message-ID makes a rare duplicate detectable.
                 if not reused or connection.is_connected:
                     raise
-            return await self._attempt(await self._connect(), data, recipients)
+            return await self._attempt(await self._connect(), message, mime, recipients)
 
     async def verify(self) -> None:
         await _quit(await self._connect())
@@ -183,11 +194,15 @@ class SmtpTransport:
         return await self._connect(), False
 
     async def _attempt(
-        self, connection: aiosmtplib.SMTP, data: bytes, recipients: Sequence[str]
+        self,
+        connection: aiosmtplib.SMTP,
+        message: OutgoingMessage,
+        mime: _Mime,
+        recipients: Sequence[str],
     ) -> SendResult:
         """Send on ``connection`` and give it back to the pool while it is still usable."""
         try:
-            result = await self._send_on(connection, data, recipients)
+            result = await self._send_on(connection, message, mime, recipients)
         except DeliveryError:
             # A refused command leaves the session usable (aiosmtplib sent RSET); a lost one
             # was closed where it was lost.
@@ -208,29 +223,63 @@ class SmtpTransport:
         await _quit(connection)
 
     async def _send_on(
-        self, connection: aiosmtplib.SMTP, data: bytes, recipients: Sequence[str]
+        self,
+        connection: aiosmtplib.SMTP,
+        message: OutgoingMessage,
+        mime: _Mime,
+        recipients: Sequence[str],
     ) -> SendResult:
+        sender = self._settings.from_mailbox
+        refused: dict[str, aiosmtplib.SMTPResponse] = {}
+        reply = ""
         try:
-            refused, reply = await connection.sendmail(
-                self._settings.from_mailbox, list(recipients), data
-            )
+            utf8 = await self._utf8_session(connection, message, recipients)
+            if not utf8 and needs_smtputf8(sender):
+                raise PermanentError(
+                    f"SMTP server {self._where} does not offer SMTPUTF8, which the from "
+                    f"mailbox {sender} needs (its part before the @-sign is not ASCII)"
+                )
+            sendable = [a for a in recipients if utf8 or not needs_smtputf8(a)]
+            if sendable:
+                refused, reply = await connection.sendmail(
+                    sender, sendable, mime(utf8=utf8), mail_options=["SMTPUTF8"] if utf8 else []
+                )
         except aiosmtplib.SMTPRecipientsRefused as exc:
             refused = {
                 r.recipient: aiosmtplib.SMTPResponse(r.code, r.message) for r in exc.recipients
             }
-            reply = ""
         except SMTP_FAILURES as exc:
             if isinstance(exc, OSError):
                 connection.close()  # the session is gone (disconnect or timeout)
             raise smtp_error(exc, "send", self._settings.server, self._settings.port) from exc
         return SendResult(
-            tuple(self._outcome(address, refused) for address in recipients),
+            tuple(self._outcome(address, refused, utf8) for address in recipients),
             code=250 if reply else None,
             reply=reply or None,
         )
 
-    @staticmethod
-    def _outcome(address: str, refused: dict[str, aiosmtplib.SMTPResponse]) -> RecipientOutcome:
+    async def _utf8_session(
+        self, connection: aiosmtplib.SMTP, message: OutgoingMessage, recipients: Sequence[str]
+    ) -> bool:
+        """Whether to send with SMTPUTF8: only when an address needs it and the server offers
+        it (headers then go as UTF-8; without it they go as RFC 2047 encoded words)."""
+        addresses = (self._settings.from_mailbox, *message.to, *message.cc, *message.reply_to)
+        if not any(map(needs_smtputf8, (*addresses, *recipients))):
+            return False
+        if connection.is_ehlo_or_helo_needed:
+            await connection.ehlo()
+        return connection.supports_extension("smtputf8")
+
+    def _outcome(
+        self, address: str, refused: dict[str, aiosmtplib.SMTPResponse], utf8: bool
+    ) -> RecipientOutcome:
+        if not utf8 and needs_smtputf8(address):
+            return RecipientOutcome(
+                address,
+                RecipientState.FAILED,
+                reply=f"SMTP server {self._where} does not offer SMTPUTF8, which this address "
+                "needs (its part before the @-sign is not ASCII)",
+            )
         response = refused.get(address)
         if response is None:
             return RecipientOutcome(address, RecipientState.SENT, 250, "accepted")
