@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["DEFAULT_VISIBILITY_TIMEOUT_SECONDS", "ProcessSettings"]
+__all__ = ["DEFAULT_VISIBILITY_TIMEOUT_SECONDS", "ProcessSettings", "default_data_dir"]
 
 # The Redis broker redelivers an unacknowledged task after this many seconds. outbox holds no
 # task back with a countdown (retries are due times in Redis, published by the sweeper), so
@@ -16,6 +18,14 @@ __all__ = ["DEFAULT_VISIBILITY_TIMEOUT_SECONDS", "ProcessSettings"]
 # out again; the sweeper finds such deliveries much sooner.
 DEFAULT_VISIBILITY_TIMEOUT_SECONDS = 3600
 DEFAULT_MAX_RECIPIENTS = 500
+
+
+def default_data_dir(environ: Mapping[str, str]) -> Path:
+    """``$XDG_DATA_HOME/outbox``, else ``~/.local/share/outbox`` (the XDG base directories)."""
+    xdg_data_home = environ.get("XDG_DATA_HOME", "")
+    # The specification ignores a relative XDG_DATA_HOME.
+    base = Path(xdg_data_home) if os.path.isabs(xdg_data_home) else Path.home() / ".local/share"
+    return base / "outbox"
 
 
 class ProcessSettings(BaseSettings):
@@ -28,9 +38,15 @@ class ProcessSettings(BaseSettings):
         description="redis://, rediss:// or unix:// URL; unset starts an embedded Redis.",
     )
     secret_key: SecretStr | None = Field(
-        default=None, description="Fernet key for secrets at rest; unset generates one."
+        default=None,
+        description="Fernet keys for secrets at rest, comma-separated: the first encrypts, "
+        "all decrypt (rotation); unset generates one in the data directory.",
     )
-    data_dir: Path = Field(default=Path(".outbox"))
+    data_dir: Path = Field(
+        default_factory=lambda: default_data_dir(os.environ),
+        description="Embedded Redis and generated key; one fixed place per user by default, "
+        "so every command finds the same Redis wherever it is run from.",
+    )
     ca_bundle: Path | None = Field(
         default=None, description="PEM file of extra CAs trusted for TLS to mail servers."
     )
@@ -71,6 +87,11 @@ class ProcessSettings(BaseSettings):
     )
     visibility_timeout_seconds: int = Field(default=DEFAULT_VISIBILITY_TIMEOUT_SECONDS, ge=60)
     message_id_domain: str = Field(default_factory=socket.gethostname)
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _unset_data_dir_is_the_default(cls, value: object) -> object:
+        return default_data_dir(os.environ) if value == "" else value
 
     @model_validator(mode="after")
     def _retry_cap_at_least_base(self) -> ProcessSettings:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import shutil
 import subprocess
 import time
@@ -28,6 +29,8 @@ __all__ = [
     "redis_server_binary",
     "resolve_redis",
 ]
+
+log = logging.getLogger(__name__)
 
 REDIS_TIMEOUT_SECONDS = 2.0
 
@@ -121,6 +124,13 @@ def ensure_embedded_redis(data_dir: Path) -> Path:
             return socket_path
         socket_path.unlink(missing_ok=True)
         _start_server(data_dir, socket_path)
+    # Said once, when it starts: a command run with another OUTBOX_DATA_DIR would otherwise
+    # start a second Redis (and key) without anyone noticing.
+    log.warning(
+        "OUTBOX_REDIS_URL is not set: started the embedded Redis in %s "
+        "(every outbox command and worker with this OUTBOX_DATA_DIR shares it)",
+        data_dir,
+    )
     return socket_path
 
 

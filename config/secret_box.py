@@ -1,4 +1,5 @@
-"""Encryption of secrets at rest with Fernet, and the key's origin (environment or key file)."""
+"""Encryption of secrets at rest with Fernet keys that can be rotated, and where the keys come
+from (the environment or a key file)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ import logging
 import os
 from pathlib import Path
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from worker.errors import SecretKeyError, SecretMismatchError
 
-__all__ = ["KEY_FILE_NAME", "SecretBox", "load_secret_key"]
+__all__ = ["KEY_FILE_NAME", "SecretBox", "load_secret_keys"]
 
 log = logging.getLogger(__name__)
 
@@ -18,16 +19,25 @@ KEY_FILE_NAME = "secret.key"
 
 
 class SecretBox:
-    """Encrypts and decrypts short secrets (passwords, client secrets) with one Fernet key."""
+    """Encrypts short secrets (passwords, client secrets) with the first of its Fernet keys
+    and decrypts with any of them, so keys can be rotated: put the new key first, run
+    ``outbox secrets rotate``, then drop the old one."""
 
-    def __init__(self, key: bytes) -> None:
-        try:
-            self._fernet = Fernet(key)
-        except (ValueError, TypeError):
-            # from None: the library's message could quote the malformed key.
-            raise SecretKeyError(
-                "OUTBOX_SECRET_KEY is not a Fernet key (32 url-safe base64-encoded bytes)"
-            ) from None
+    def __init__(self, keys: list[bytes]) -> None:
+        if not keys:
+            raise SecretKeyError("OUTBOX_SECRET_KEY holds no key")
+        fernets = []
+        for position, key in enumerate(keys, start=1):
+            try:
+                fernets.append(Fernet(key))
+            except (ValueError, TypeError):
+                # from None: the library's message could quote the malformed key.
+                which = f"key {position} of {len(keys)}" if len(keys) > 1 else "the key"
+                raise SecretKeyError(
+                    f"OUTBOX_SECRET_KEY: {which} is not a Fernet key "
+                    "(32 url-safe base64-encoded bytes)"
+                ) from None
+        self._fernet = MultiFernet(fernets)
 
     def encrypt(self, plaintext: str) -> str:
         return self._fernet.encrypt(plaintext.encode()).decode("ascii")
@@ -36,16 +46,32 @@ class SecretBox:
         try:
             return self._fernet.decrypt(token.encode("ascii")).decode()
         except InvalidToken:
-            raise SecretMismatchError(
-                "a stored secret cannot be decrypted with the current OUTBOX_SECRET_KEY; "
-                "restore the key that saved it, or enter the secret again"
-            ) from None
+            raise _mismatch() from None
+
+    def rotate(self, token: str) -> str:
+        """``token`` encrypted again with the first key (readable with any key)."""
+        try:
+            return self._fernet.rotate(token.encode("ascii")).decode("ascii")
+        except InvalidToken:
+            raise _mismatch() from None
 
 
-def load_secret_key(configured: str | None, data_dir: Path) -> bytes:
-    """The configured key, else the key file in ``data_dir``, generated once (mode 0600)."""
+def _mismatch() -> SecretMismatchError:
+    return SecretMismatchError(
+        "a stored secret cannot be decrypted with any key of OUTBOX_SECRET_KEY; "
+        "add the key that saved it, or enter the secret again"
+    )
+
+
+def load_secret_keys(configured: str | None, data_dir: Path) -> list[bytes]:
+    """The configured keys (comma-separated, the first encrypts), else the key file in
+    ``data_dir``, generated once (mode 0600)."""
     if configured:
-        return configured.encode()
+        return [key.strip().encode() for key in configured.split(",") if key.strip()]
+    return [_key_file(data_dir)]
+
+
+def _key_file(data_dir: Path) -> bytes:
     key_file = data_dir / KEY_FILE_NAME
     if key_file.exists():
         return key_file.read_bytes().strip()

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 
 from config.mail_settings import (
     MAIL_SETTINGS_ADAPTER,
@@ -164,6 +165,33 @@ class SettingsStore:
         pipe.ltrim(HISTORY_KEY, 0, HISTORY_LENGTH - 1)
         pipe.execute()
         return int(version)
+
+    def rotate_secret(self) -> bool:
+        """Encrypt the stored secret again with the first key; False when none is stored.
+
+        The settings keep their version: nothing a worker uses changes, only the ciphertext.
+        A save racing the rotation wins (the rotation reads again and rotates the new one).
+        """
+
+        rotated = False
+
+        def rotate(pipe: Pipeline) -> None:
+            nonlocal rotated
+            stored = pipe.hget(SETTINGS_KEY, "document")
+            if stored is None:
+                return
+            document = json.loads(stored)
+            field = f"{SECRET_FIELD[document['protocol']]}_encrypted"
+            if not document.get(field):
+                return
+            document[field] = self._box.rotate(document[field])
+            pipe.multi()
+            pipe.hset(SETTINGS_KEY, "document", json.dumps(document, separators=(",", ":")))
+            rotated = True
+
+        # redis-py's optimistic transaction: WATCH, read, MULTI/EXEC, again on a conflict.
+        self._redis.transaction(rotate, SETTINGS_KEY)
+        return rotated
 
     def _document(self) -> dict[str, Any] | None:
         document = self._redis.hget(SETTINGS_KEY, "document")

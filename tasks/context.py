@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from config.process import ProcessSettings
 from config.redis_location import RedisLocation, resolve_redis
-from config.secret_box import SecretBox, load_secret_key
+from config.secret_box import SecretBox, load_secret_keys
 from config.settings_store import SettingsStore
 from tasks.message_input import describe_validation_error
 from worker.errors import InvalidEnvironmentError
@@ -47,7 +47,7 @@ class OutboxContext:
     def secret_box(self) -> SecretBox:
         configured = self.settings.secret_key
         return SecretBox(
-            load_secret_key(
+            load_secret_keys(
                 configured.get_secret_value() if configured else None, self.settings.data_dir
             )
         )

@@ -186,7 +186,7 @@ def test_batch_enqueues_valid_lines_and_reports_invalid_ones(
     batch.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     result = run_outbox(outbox_env, "send", "--batch", str(batch), "--json")
     assert result.returncode == 2
-    rows = json.loads(result.stdout)
+    rows = [json.loads(row) for row in result.stdout.splitlines()]
     assert [row["line"] for row in rows] == [1, 2, 3]
     assert rows[1]["error"].startswith("to[0]: ")
     assert "line 2: to[0]" in result.stderr
@@ -278,11 +278,43 @@ def test_saving_without_the_secret_refuses_when_the_stored_one_is_unreadable(
     other_key = {**outbox_env, "OUTBOX_SECRET_KEY": Fernet.generate_key().decode()}
     refused = run_outbox(other_key, "settings", "set", "smtp", *plain(peer), "--username", "u")
     assert refused.returncode == 1
-    assert "cannot be decrypted with the current OUTBOX_SECRET_KEY" in refused.stderr
+    assert "cannot be decrypted with any key of OUTBOX_SECRET_KEY" in refused.stderr
     shown = json.loads(run_outbox(outbox_env, "settings", "show", "--json").stdout)
     assert shown["version"] == 1  # nothing was saved
     # Entering the secret again with the new key works.
     set_smtp(other_key, *plain(peer), "--username", "u", "--password-stdin", stdin="pw2\n")
+
+
+def test_secret_keys_rotate_without_entering_the_secret_again(outbox_env: dict[str, str]) -> None:
+    with smtp_peer(credentials={"u": "pw"}) as authenticating:
+        set_smtp(
+            outbox_env,
+            *plain(authenticating),
+            "--username",
+            "u",
+            "--password-stdin",
+            stdin="pw\n",
+        )
+        old_key, new_key = outbox_env["OUTBOX_SECRET_KEY"], Fernet.generate_key().decode()
+        both = {**outbox_env, "OUTBOX_SECRET_KEY": f"{new_key},{old_key}"}
+        # The old ciphertext is readable while both keys are configured ...
+        assert run_outbox(both, "settings", "test-connection").returncode == 0
+        rotated = run_outbox(both, "secrets", "rotate")
+        assert rotated.returncode == 0, rotated.stderr
+        assert rotated.stdout.startswith("re-encrypted 1 stored secret")
+        # ... and after the rotation the new key alone reads it.
+        new_only = {**outbox_env, "OUTBOX_SECRET_KEY": new_key}
+        checked = run_outbox(new_only, "settings", "test-connection")
+        assert checked.returncode == 0, checked.stderr
+        assert run_outbox(outbox_env, "settings", "test-connection").returncode == 1
+
+
+def test_a_malformed_second_key_is_named_without_quoting_it(outbox_env: dict[str, str]) -> None:
+    bad = {**outbox_env, "OUTBOX_SECRET_KEY": outbox_env["OUTBOX_SECRET_KEY"] + ",not-a-key"}
+    result = run_outbox(bad, "secrets", "rotate")
+    assert result.returncode == 2
+    assert "key 2 of 2 is not a Fernet key" in result.stderr
+    assert "not-a-key" not in result.stderr
 
 
 def test_accepting_any_certificate_is_said_when_saved(

@@ -48,6 +48,7 @@ def test_without_redis_url_an_embedded_redis_is_started_and_reused(
     assert saved.returncode == 0, saved.stderr
     assert "generated a key" in saved.stderr
     data_dir = Path(embedded_env["OUTBOX_DATA_DIR"])
+    assert f"started the embedded Redis in {data_dir}" in saved.stderr
     key_file = data_dir / "secret.key"
     assert key_file.stat().st_mode & 0o777 == 0o600
 
@@ -60,7 +61,26 @@ def test_without_redis_url_an_embedded_redis_is_started_and_reused(
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["password_set"] is True
     assert "generated a key" not in shown.stderr
+    assert "started the embedded Redis" not in shown.stderr
     assert client.info("server")["process_id"] == pid  # reused, not restarted
+
+
+def test_the_default_data_directory_is_per_user_not_per_working_directory(
+    tmp_path: Path,
+) -> None:
+    data_home = tmp_path / "xdg-data"
+    env = {"XDG_DATA_HOME": str(data_home), "OUTBOX_REDIS_URL": "", "OUTBOX_SECRET_KEY": ""}
+    assert "OUTBOX_DATA_DIR" not in os.environ
+    try:
+        first = run_outbox(env, "list")
+        assert first.returncode == 0, first.stderr
+        assert f"started the embedded Redis in {data_home / 'outbox'}" in first.stderr
+        assert (data_home / "outbox" / SOCKET_NAME).exists()
+    finally:
+        with contextlib.suppress(redis.ConnectionError):
+            redis.Redis(unix_socket_path=str(data_home / "outbox" / SOCKET_NAME)).shutdown(
+                nosave=True
+            )
 
 
 def docker_compose() -> str:

@@ -61,7 +61,7 @@ def test_oauth_urls_must_be_https() -> None:
 
 @pytest.fixture
 def store(redis_client: redis.Redis) -> SettingsStore:
-    return SettingsStore(redis_client, SecretBox(Fernet.generate_key()))
+    return SettingsStore(redis_client, SecretBox([Fernet.generate_key()]))
 
 
 def test_public_view_never_shows_the_secret(store: SettingsStore) -> None:
@@ -136,10 +136,10 @@ def test_a_secret_is_not_carried_across_protocols(store: SettingsStore) -> None:
 
 
 def test_a_wrong_key_gives_a_clear_error(redis_client: redis.Redis) -> None:
-    SettingsStore(redis_client, SecretBox(Fernet.generate_key())).save(
+    SettingsStore(redis_client, SecretBox([Fernet.generate_key()])).save(
         SmtpSettings(from_mailbox="r@example.com", password=SecretStr("pw"))
     )
-    other = SettingsStore(redis_client, SecretBox(Fernet.generate_key()))
+    other = SettingsStore(redis_client, SecretBox([Fernet.generate_key()]))
     with pytest.raises(SecretMismatchError, match="OUTBOX_SECRET_KEY"):
         other.load()
 
@@ -149,3 +149,20 @@ def test_discriminated_by_protocol() -> None:
         {"protocol": "oauth", "from_mailbox": "r@example.com", "tenant": "t", "client_id": "c"}
     )
     assert isinstance(parsed, OAuthSettings)
+
+
+def test_rotation_re_encrypts_with_the_first_key_and_keeps_the_version(
+    redis_client: redis.Redis,
+) -> None:
+    old, new = Fernet.generate_key(), Fernet.generate_key()
+    assert SettingsStore(redis_client, SecretBox([old])).rotate_secret() is False  # nothing yet
+    version = SettingsStore(redis_client, SecretBox([old])).save(
+        SmtpSettings(from_mailbox="r@example.com", password=SecretStr("pw"))
+    )
+    both = SettingsStore(redis_client, SecretBox([new, old]))
+    assert both.rotate_secret() is True
+    rotated = SettingsStore(redis_client, SecretBox([new])).require()
+    assert rotated.version == version
+    assert rotated.settings.secret() == SecretStr("pw")
+    with pytest.raises(SecretMismatchError):
+        SettingsStore(redis_client, SecretBox([old])).load()

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
+from tasks.cli.batch import send_batch
 from tasks.cli.common import JsonFlag, load_context, local_time, producer_for
 from tasks.cli.errors import EXIT_FAILED, EXIT_USAGE, fail
 from tasks.context import OutboxContext
@@ -59,7 +60,11 @@ def send(
         float | None, typer.Option(help="Wait up to SECONDS for a final status; exit 0 if sent.")
     ] = None,
     batch: Annotated[
-        Path | None, typer.Option(help="Enqueue every JSON message of a .jsonl file.")
+        Path | None,
+        typer.Option(
+            help="Enqueue every JSON message of a .jsonl file, one per line; with --json, "
+            "one JSON result per line."
+        ),
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -118,41 +123,12 @@ def _wait_for_final(context: OutboxContext, delivery_id: str, seconds: float) ->
 
 def _send_batch(path: Path, as_json: bool) -> None:
     try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        fail(f"--batch {path}: {exc}", EXIT_USAGE)
-    context = load_context()
-    producer = producer_for(context)
-    valid: list[tuple[int, MessageInput]] = []
-    problems: list[tuple[int, str]] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            message = MessageInput.model_validate_json(line)
-            producer.check_limits(message)
-        except ValidationError as exc:
-            problems.append((number, describe_validation_error(exc)))
-        except InvalidInputError as exc:
-            problems.append((number, str(exc)))
-        else:
-            valid.append((number, message))
-    created = producer.enqueue_many([message for _, message in valid]) if valid else []
-    results: list[dict[str, Any]] = [
-        {"line": number, "id": c.id, "created": c.created}
-        for (number, _), c in zip(valid, created, strict=True)
-    ]
-    results += [{"line": number, "error": error} for number, error in problems]
-    results.sort(key=lambda row: row["line"])
-    if as_json:
-        typer.echo(json.dumps(results, indent=2))
-    else:
-        for row in results:
-            if "id" in row:
-                typer.echo(row["id"])
-    for number, error in problems:
-        typer.echo(f"line {number}: {error}", err=True)
-    if problems:
+        handle = path.open("rb")
+    except OSError as exc:
+        fail(f"--batch {path}: {exc.strerror}", EXIT_USAGE)
+    with handle:
+        report = send_batch(handle, producer_for(load_context()), as_json=as_json)
+    if report.refused:
         raise typer.Exit(EXIT_USAGE)
 
 
