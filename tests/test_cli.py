@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +19,7 @@ from cryptography.fernet import Fernet
 from tasks.context import OutboxContext
 from tests.support.in_process_worker import InProcessWorker
 from worker.records import DeliveryStatus
-from worker.testing.processes import run_outbox
+from worker.testing.processes import OUTBOX, run_outbox
 from worker.testing.redis_server import free_port
 from worker.testing.smtp_peer import SmtpPeer, smtp_peer
 
@@ -194,6 +197,39 @@ def test_batch_enqueues_valid_lines_and_reports_invalid_ones(
         r.id: r.message.subject for r in outbox_context.deliveries.recent(DeliveryStatus.QUEUED)
     }
     assert queued == {rows[0]["id"]: "one", rows[2]["id"]: "three"}
+
+
+# Runs a command and prints the peak resident memory (KiB) of it alone.
+_PEAK_RSS = (
+    "import resource, subprocess, sys; "
+    "subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, check=True); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+)
+
+
+def test_a_200_mb_batch_is_streamed_not_read_whole(
+    outbox_env: dict[str, str], outbox_context: OutboxContext, tmp_path: Path
+) -> None:
+    batch = tmp_path / "large.jsonl"
+    body = "x" * 100_000
+    with batch.open("w") as handle:
+        for number in range(2_000):
+            handle.write(
+                json.dumps({"to": ["a@example.com"], "subject": f"m{number}", "text": body})
+            )
+            handle.write("\n")
+    assert batch.stat().st_size > 200_000_000
+    measured = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS, OUTBOX, "send", "--batch", str(batch)],
+        env={**os.environ, **outbox_env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    peak_mb = int(measured.stdout) / 1024
+    # Reading the file whole would hold at least its 200 MB; chunks hold a few MB at a time.
+    assert peak_mb < 150, peak_mb
+    assert len(outbox_context.deliveries.ids_with_status(DeliveryStatus.QUEUED)) == 2_000
 
 
 def test_list_status_and_purge(
