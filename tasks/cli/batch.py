@@ -51,10 +51,12 @@ def send_batch(handle: BinaryIO, producer: Producer, *, as_json: bool) -> BatchR
             created = producer.enqueue_many([line.message for line in valid if line.message])
         except Exception:
             first, last = chunk[0].number, chunk[-1].number
+            # What was stored of this chunk is not lost: the sweeper publishes a stored record
+            # that was never queued, and a failed publish records each one as failed.
             typer.echo(
-                f"stopped at line {first}: the lines before it are enqueued; lines {first} to "
-                f"{last} are not, or are recorded as failed ('could not be queued') if the "
-                "broker failed after storing them, and the rest of the file was not read",
+                f"stopped at line {first}: the valid lines before it are enqueued; of lines "
+                f"{first} to {last} some may be stored, and those outbox queues or marks failed "
+                "itself (see `outbox list`); later lines were not read",
                 err=True,
             )
             raise
