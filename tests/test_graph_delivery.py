@@ -317,3 +317,16 @@ def test_a_duplicate_job_does_not_run_a_scheduled_retry_early(
     assert worker.deliver(delivery_id) == ["early"]  # e.g. a redelivered task message
     assert len(send_mail_requests(graph)) == 1
     assert MAILBOX not in caplog.text  # request URLs carry the mailbox: not logged
+
+
+def test_intranet_and_non_ascii_addresses_go_to_graph_as_they_are(
+    outbox_context: OutboxContext, producer: Producer, worker: InProcessWorker, graph: GraphStandIn
+) -> None:
+    configure(outbox_context, graph)
+    delivery_id = enqueue(producer, to=["jörg@example.com", "ops@corp.local"])
+    assert worker.deliver(delivery_id) == ["sent"]
+    [message] = graph.sent_messages()
+    assert message["toRecipients"] == [
+        {"emailAddress": {"address": "jörg@example.com"}},
+        {"emailAddress": {"address": "ops@corp.local"}},
+    ]
