@@ -9,7 +9,7 @@ import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from tasks.celery_app import QUEUE
+from tasks.queues import QUEUES
 from worker.records import ATTEMPT_COUNTERS, AttemptOutcome, DeliveryStatus, status_index_key
 
 __all__ = ["OutboxCollector"]
@@ -26,10 +26,13 @@ class OutboxCollector(Collector):
         pipe = self._redis.pipeline(transaction=False)
         for status in statuses:
             pipe.zcard(status_index_key(status))
-        pipe.hgetall(ATTEMPT_COUNTERS)
-        pipe.llen(QUEUE)
         pipe.zrange(status_index_key(DeliveryStatus.QUEUED), 0, 0, withscores=True)
-        *counts, attempts, queue_length, oldest = pipe.execute()
+        pipe.hgetall(ATTEMPT_COUNTERS)
+        for name in QUEUES.values():
+            pipe.llen(name)
+        replies = pipe.execute()
+        counts = replies[: len(statuses)]
+        oldest, attempts, *queue_lengths = replies[len(statuses) :]
 
         deliveries = GaugeMetricFamily(
             "outbox_deliveries", "Deliveries known, by status.", labels=["status"]
@@ -45,11 +48,14 @@ class OutboxCollector(Collector):
             by_outcome.add_metric([outcome.value], int(attempts.get(outcome.value.encode(), 0)))
         yield by_outcome
 
-        yield GaugeMetricFamily(
+        waiting = GaugeMetricFamily(
             "outbox_queue_tasks",
-            "Tasks waiting in the broker queue (each carries up to 50 delivery ids).",
-            value=queue_length,
+            "Tasks waiting in the broker queues (each carries up to 50 delivery ids).",
+            labels=["priority"],
         )
+        for priority, length in zip(QUEUES, queue_lengths, strict=True):
+            waiting.add_metric([priority.value], length)
+        yield waiting
         age = time.time() - oldest[0][1] if oldest else 0.0
         yield GaugeMetricFamily(
             "outbox_oldest_queued_seconds",

@@ -1,4 +1,5 @@
-"""The Celery app: Redis broker, late acks, prefetch 1, events on; and its one send task."""
+"""The Celery app: Redis broker, late acks, prefetch 1, events on; its one send task; and a
+queue per priority, consumed in order."""
 
 from __future__ import annotations
 
@@ -8,22 +9,24 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import redis
 from celery import Celery, Task
 from celery.signals import worker_process_init, worker_process_shutdown
+from kombu.entity import Queue
 
 from config.redis_location import REDIS_TIMEOUT_SECONDS
 from tasks.context import OutboxContext
-from tasks.producer import Producer, chunked
+from tasks.producer import Producer, Publisher, chunked
+from tasks.queues import QUEUE, QUEUES
+from worker.records import Priority
 from worker.runtime import WorkerRuntime
 
 __all__ = [
     "INFRASTRUCTURE_RETRY_SECONDS",
     "PUBLISHED_AT_HEADER",
-    "QUEUE",
     "SEND_TASK",
     "CeleryTaskQueue",
     "celery_publisher",
@@ -34,7 +37,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SEND_TASK = "outbox.send"
-QUEUE = "outbox"
 PUBLISHED_AT_HEADER = "outbox_published_at"
 INFRASTRUCTURE_RETRY_SECONDS = 5
 
@@ -53,8 +55,10 @@ def create_celery_app(context: OutboxContext) -> Celery:
         task_serializer="json",
         accept_content=["json"],
         task_default_queue=QUEUE,
+        task_queues=[Queue(name) for name in QUEUES.values()],  # type: ignore[no-untyped-call]
         broker_connection_retry_on_startup=True,
         broker_transport_options={
+            "queue_order_strategy": "priority",
             "visibility_timeout": context.settings.visibility_timeout_seconds,
             "socket_timeout": REDIS_TIMEOUT_SECONDS,
             "socket_connect_timeout": REDIS_TIMEOUT_SECONDS,
@@ -133,39 +137,51 @@ def _register_send_task(app: Celery, context: OutboxContext) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def celery_publisher(app: Celery) -> Callable[[Sequence[Sequence[str]]], None]:
-    """Publishes chunks of delivery ids as send tasks over one broker connection, each
-    stamped with when it was published (the sweeper reads the oldest waiting one's)."""
+def celery_publisher(app: Celery) -> Publisher:
+    """Publishes chunks of delivery ids as send tasks over one broker connection, into the
+    queue of their priority, each stamped with when it was published (the sweeper reads the
+    oldest waiting one's)."""
 
-    def publish(chunks: Sequence[Sequence[str]]) -> None:
+    def publish(chunks: Sequence[Sequence[str]], *, priority: Priority) -> None:
         headers = {PUBLISHED_AT_HEADER: time.time()}
         with app.producer_or_acquire() as producer:
             for chunk in chunks:
-                app.send_task(SEND_TASK, args=[list(chunk)], producer=producer, headers=headers)
+                app.send_task(
+                    SEND_TASK,
+                    args=[list(chunk)],
+                    producer=producer,
+                    headers=headers,
+                    queue=QUEUES[priority],
+                )
 
     return publish
 
 
 class CeleryTaskQueue:
-    """The ``outbox`` queue in the Redis broker, as the worker's sweeper uses it."""
+    """The send queues in the Redis broker, as the worker's sweeper uses them."""
 
     def __init__(self, app: Celery, client: redis.Redis) -> None:
         self._publish = celery_publisher(app)
         self._redis = client
 
-    def publish(self, delivery_ids: Sequence[str]) -> None:
-        self._publish(chunked(delivery_ids))
+    def publish(self, delivery_ids: Sequence[str], priority: Priority) -> None:
+        self._publish(chunked(delivery_ids), priority=priority)
 
     def oldest_published(self) -> float | None:
         # kombu's Redis transport pushes on the left and pops on the right: the oldest task
-        # still waiting is the last element of the list.
-        raw = self._redis.lindex(QUEUE, -1)
-        if raw is None:
-            return None
-        try:
-            return float(json.loads(raw)["headers"][PUBLISHED_AT_HEADER])
-        except (ValueError, KeyError, TypeError):
-            return float("-inf")  # not stamped by outbox: assume nothing was consumed yet
+        # still waiting in a queue is the last element of its list.
+        pipe = self._redis.pipeline(transaction=False)
+        for name in QUEUES.values():
+            pipe.lindex(name, -1)
+        stamps = [_published_at(raw) for raw in pipe.execute() if raw is not None]
+        return min(stamps, default=None)
+
+
+def _published_at(raw: bytes) -> float:
+    try:
+        return float(json.loads(raw)["headers"][PUBLISHED_AT_HEADER])
+    except (ValueError, KeyError, TypeError):
+        return float("-inf")  # not stamped by outbox: assume nothing was consumed yet
 
 
 def producer_for(context: OutboxContext, app: Celery | None = None) -> Producer:

@@ -21,6 +21,7 @@ from pydantic import (
 from config.addresses import mailbox_address
 from config.header_text import single_line
 from worker.message import Attachment, OutgoingMessage
+from worker.records import Priority
 
 __all__ = [
     "RESERVED_HEADERS",
@@ -107,6 +108,7 @@ class MessageInput(BaseModel):
     headers: dict[str, str] = Field(default_factory=dict)
     attachments: list[AttachmentInput] = Field(default_factory=list)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+    priority: Priority = Priority.NORMAL
 
     @field_validator("subject")
     @classmethod

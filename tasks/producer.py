@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 from config.process import DEFAULT_MAX_RECIPIENTS
 from tasks.message_input import MessageInput
@@ -13,7 +14,14 @@ from worker.errors import (
     NotRetryableError,
     TooManyRecipientsError,
 )
-from worker.records import Created, DeliveryRecord, DeliveryStatus, DeliveryStore, NewDelivery
+from worker.records import (
+    Created,
+    DeliveryRecord,
+    DeliveryStatus,
+    DeliveryStore,
+    NewDelivery,
+    Priority,
+)
 
 __all__ = ["CHUNK_SIZE", "Producer", "Publisher", "chunked"]
 
@@ -21,7 +29,11 @@ __all__ = ["CHUNK_SIZE", "Producer", "Publisher", "chunked"]
 # each id in a chunk is still claimed and recorded on its own.
 CHUNK_SIZE = 50
 
-Publisher = Callable[[Sequence[Sequence[str]]], None]
+
+class Publisher(Protocol):
+    """Hands chunks of delivery ids to the broker, in the queue of their priority."""
+
+    def __call__(self, chunks: Sequence[Sequence[str]], *, priority: Priority) -> None: ...
 
 
 def chunked(delivery_ids: Sequence[str]) -> list[Sequence[str]]:
@@ -60,20 +72,28 @@ class Producer:
             # Fixed here, reused by every attempt, so receivers can drop a duplicate.
             message_id = f"<{delivery_id}@{self._domain}>"
             new.append(
-                NewDelivery(delivery_id, message.to_outgoing(message_id), message.idempotency_key)
+                NewDelivery(
+                    delivery_id,
+                    message.to_outgoing(message_id),
+                    message.idempotency_key,
+                    message.priority,
+                )
             )
         created = self._deliveries.create_many(new)
-        repeated = [c.id for c in created if not c.created]
+        repeated = [
+            (c.id, m.priority) for c, m in zip(created, messages, strict=True) if not c.created
+        ]
         # A repeated idempotency key whose delivery is still queued may never have reached
         # the broker (its producer died in between): queue it again; claims deduplicate.
         still_queued = [
-            delivery_id
-            for delivery_id, status in zip(
-                repeated, self._deliveries.statuses(repeated), strict=True
+            pair
+            for pair, status in zip(
+                repeated, self._deliveries.statuses([i for i, _ in repeated]), strict=True
             )
             if status is DeliveryStatus.QUEUED
         ]
-        self._queue([c.id for c in created if c.created] + still_queued)
+        fresh = [(c.id, m.priority) for c, m in zip(created, messages, strict=True) if c.created]
+        self._queue(fresh + still_queued)
         return created
 
     def check_limits(self, message: MessageInput) -> None:
@@ -102,7 +122,7 @@ class Producer:
             for delivery_id in delivery_ids:
                 records.append(self._deliveries.reset_for_retry(delivery_id))
         finally:
-            self._queue([r.id for r in records])
+            self._queue([(r.id, r.priority) for r in records])
         return records
 
     def retry_all_failed(self) -> list[DeliveryRecord]:
@@ -115,17 +135,22 @@ class Producer:
                 self._deliveries.forget_ids([delivery_id])
             except NotRetryableError:
                 continue  # changed meanwhile, e.g. retried by someone else
-        self._queue([r.id for r in records])
+        self._queue([(r.id, r.priority) for r in records])
         return records
 
-    def _queue(self, delivery_ids: list[str]) -> None:
-        if not delivery_ids:
-            return
+    def _queue(self, deliveries: list[tuple[str, Priority]]) -> None:
+        """Publish ``(id, priority)`` pairs, the high ones first."""
+        published: set[str] = set()
         try:
-            self._publish(chunked(delivery_ids))
+            for priority in Priority:  # declared high, normal, low
+                ids = [delivery_id for delivery_id, p in deliveries if p is priority]
+                if ids:
+                    self._publish(chunked(ids), priority=priority)
+                    published.update(ids)
         except Exception as exc:
             # Stored but never queued would be lost silently: record it as failed instead.
             reason = f"could not be queued: {type(exc).__name__}; retry it with `outbox retry`"
-            for delivery_id in delivery_ids:
-                self._deliveries.mark_unqueued(delivery_id, reason)
+            for delivery_id, _ in deliveries:
+                if delivery_id not in published:
+                    self._deliveries.mark_unqueued(delivery_id, reason)
             raise

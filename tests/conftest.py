@@ -14,6 +14,7 @@ from tasks.context import OutboxContext
 from tasks.producer import Producer
 from tests.support.environment import outbox_environment
 from tests.support.in_process_worker import InProcessWorker
+from worker.records import Priority
 from worker.testing.redis_server import RedisServer
 from worker.testing.smtp_peer import SmtpPeer, smtp_peer
 
@@ -77,9 +78,11 @@ class CollectingPublisher:
 
     def __init__(self) -> None:
         self.chunks: list[list[str]] = []
+        self.priorities: list[Priority] = []  # one per chunk
 
-    def __call__(self, chunks: Sequence[Sequence[str]]) -> None:
+    def __call__(self, chunks: Sequence[Sequence[str]], *, priority: Priority) -> None:
         self.chunks += [list(chunk) for chunk in chunks]
+        self.priorities += [priority] * len(chunks)
 
 
 @pytest.fixture

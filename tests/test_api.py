@@ -353,10 +353,17 @@ def test_metrics_and_readiness_without_a_key(
     client: RecordingClient, producer: dict[str, str]
 ) -> None:
     client.post("/api/emails", headers=producer, json={"to": ["a@x.org"], "subject": "s"})
+    client.post(
+        "/api/emails",
+        headers=producer,
+        json={"to": ["a@x.org"], "subject": "s", "priority": "high"},
+    )
     metrics = client.get("/metrics").text
-    assert 'outbox_deliveries{status="queued"} 1.0' in metrics
+    assert 'outbox_deliveries{status="queued"} 2.0' in metrics
     assert 'outbox_attempts_total{outcome="sent"} 0.0' in metrics
-    assert "outbox_queue_tasks 1.0" in metrics
+    assert 'outbox_queue_tasks{priority="high"} 1.0' in metrics
+    assert 'outbox_queue_tasks{priority="normal"} 1.0' in metrics
+    assert 'outbox_queue_tasks{priority="low"} 0.0' in metrics
     assert "outbox_oldest_queued_seconds" in metrics
     not_ready = client.get("/readyz")  # Redis is up, but no worker runs in this test
     assert not_ready.status_code == 503

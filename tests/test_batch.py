@@ -12,7 +12,7 @@ import pytest
 from tasks.cli.batch import CHUNK_MESSAGES, send_batch
 from tasks.context import OutboxContext
 from tasks.producer import Producer
-from worker.records import DeliveryStatus
+from worker.records import DeliveryStatus, Priority
 
 
 class BrokerFailingAfter:
@@ -22,7 +22,7 @@ class BrokerFailingAfter:
         self.published: list[str] = []
         self._calls = calls
 
-    def __call__(self, chunks: Sequence[Sequence[str]]) -> None:
+    def __call__(self, chunks: Sequence[Sequence[str]], *, priority: Priority) -> None:
         if self._calls == 0:
             raise ConnectionError("broker unreachable")
         self._calls -= 1

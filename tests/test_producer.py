@@ -17,7 +17,7 @@ from worker.errors import (
     NotRetryableError,
     TooManyRecipientsError,
 )
-from worker.records import DeliveryStatus, record_key, status_index_key
+from worker.records import DeliveryStatus, Priority, record_key, status_index_key
 
 
 def message(**fields: object) -> MessageInput:
@@ -58,6 +58,18 @@ def test_bulk_enqueue_publishes_chunks_of_ids(
     assert [i for chunk in publisher.chunks for i in chunk] == [c.id for c in created]
 
 
+def test_each_priority_goes_to_its_own_queue_high_first(
+    outbox_context: OutboxContext, producer: Producer, publisher: CollectingPublisher
+) -> None:
+    normal, low, high = producer.enqueue_many(
+        [message(), message(priority="low"), message(priority="high")]
+    )
+    assert publisher.chunks == [[high.id], [normal.id], [low.id]]
+    assert publisher.priorities == [Priority.HIGH, Priority.NORMAL, Priority.LOW]
+    assert outbox_context.deliveries.get(high.id).priority is Priority.HIGH
+    assert outbox_context.deliveries.get(normal.id).priority is Priority.NORMAL
+
+
 def test_too_large_is_refused_before_anything_is_stored(
     outbox_context: OutboxContext, publisher: CollectingPublisher, redis_client: redis.Redis
 ) -> None:
@@ -73,7 +85,7 @@ def test_too_large_is_refused_before_anything_is_stored(
 def test_a_broker_failure_leaves_a_failed_record_not_a_lost_one(
     outbox_context: OutboxContext,
 ) -> None:
-    def broken(_: object) -> None:
+    def broken(_: object, *, priority: object) -> None:
         raise ConnectionError("broker down")
 
     producer = Producer(

@@ -63,7 +63,10 @@ class RedisMonitor:
 
     def __init__(self, url: str) -> None:
         self.lines: list[str] = []
-        self._client = redis.Redis.from_url(url)
+        self.error: Exception | None = None
+        self._closing = False
+        # No read timeout: a quiet moment must not end the recording.
+        self._client = redis.Redis.from_url(url, socket_timeout=None)
         # Entered here, before anything else talks to Redis; left in close().
         self._monitor = self._client.monitor().__enter__()
         self._thread = threading.Thread(target=self._listen, daemon=True)
@@ -73,13 +76,17 @@ class RedisMonitor:
         try:
             for command in self._monitor.listen():
                 self.lines.append(str(command["command"]))
-        except (redis.ConnectionError, OSError, ValueError):
-            return  # closed at the end
+        except Exception as exc:
+            if not self._closing:
+                self.error = exc
 
     def close(self) -> None:
+        self._closing = True
         self._monitor.__exit__(None, None, None)
         self._thread.join(timeout=5)
         self._client.close()
+        # A recording that stopped early would make the scan pass without looking.
+        assert self.error is None, f"MONITOR stopped early: {self.error!r}"
 
 
 def every_key(client: redis.Redis) -> str:

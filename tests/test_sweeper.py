@@ -13,7 +13,7 @@ from tasks.context import OutboxContext
 from tasks.message_input import MessageInput
 from tasks.producer import Producer
 from tests.support.in_process_worker import InProcessWorker
-from worker.records import DUE_KEY, DeliveryStatus, record_key, status_index_key
+from worker.records import DUE_KEY, DeliveryStatus, Priority, record_key, status_index_key
 from worker.testing.smtp_peer import SmtpPeer, smtp_peer
 
 
@@ -95,6 +95,26 @@ def test_a_queued_delivery_whose_task_was_lost_is_published_once_it_cannot_be_wa
     time.sleep(0.3)  # a few more sweeps
     assert not worker.queue.take(fresh)
     assert queued_ids(redis_client) == [fresh]
+
+
+def test_a_high_priority_retry_is_published_into_the_high_queue(
+    outbox_context: OutboxContext,
+    producer: Producer,
+    worker: InProcessWorker,
+    peer: SmtpPeer,
+    redis_client: redis.Redis,
+) -> None:
+    urgent = producer.enqueue(
+        MessageInput(to=["a@example.com"], subject="s", priority=Priority.HIGH)
+    ).id
+    usual = enqueue(producer)
+    for delivery_id in (urgent, usual):
+        strand(redis_client, delivery_id, DeliveryStatus.RETRYING, age=5)
+    deadline = time.monotonic() + 5
+    while len(worker.queue.priorities) < 2:  # the sweeper publishes both due retries
+        assert time.monotonic() < deadline, worker.queue.priorities
+        time.sleep(0.05)
+    assert worker.queue.priorities == {urgent: Priority.HIGH, usual: Priority.NORMAL}
 
 
 def test_final_ids_leave_the_indexes_after_the_retention(

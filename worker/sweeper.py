@@ -21,10 +21,12 @@ from worker.records import (
     FINAL_STATUSES,
     KEY_PREFIX,
     DeliveryStatus,
+    Priority,
     SweepVerdict,
+    record_key,
     status_index_key,
 )
-from worker.records.codec import as_text
+from worker.records.codec import PRIORITY_FIELD, as_text
 from worker.records.scripts import SWEEP, decode_sweep, sweep_call
 
 __all__ = ["PUBLISH_MARGIN_SECONDS", "Sweeper", "TaskQueue"]
@@ -43,8 +45,9 @@ _MOST_PER_SWEEP = 5000
 class TaskQueue(Protocol):
     """The broker's queue of send tasks, as the sweeper sees it (``tasks.celery_app``)."""
 
-    def publish(self, delivery_ids: Sequence[str]) -> None:
-        """Publish send tasks for these deliveries (in chunks, as the producer does)."""
+    def publish(self, delivery_ids: Sequence[str], priority: Priority) -> None:
+        """Publish send tasks for these deliveries (in chunks, as the producer does) into
+        the queue of ``priority``."""
 
     def oldest_published(self) -> float | None:
         """When the oldest task still waiting in the queue was published; None when none
@@ -97,7 +100,8 @@ class Sweeper:
             if verdict is SweepVerdict.PUBLISH
         ]
         if publish:
-            await asyncio.to_thread(self._queue.publish, publish)
+            for priority, ids in (await self._by_priority(publish)).items():
+                await asyncio.to_thread(self._queue.publish, ids, priority)
             log.info("published %d due, lapsed or lost deliveries", len(publish))
         await self._trim_indexes(now)
         return publish
@@ -132,6 +136,16 @@ class Sweeper:
             )
             await self._sweep(keys=call.keys, args=call.args, client=pipe)
         return [decode_sweep(reply) for reply in await pipe.execute()]
+
+    async def _by_priority(self, delivery_ids: list[str]) -> dict[Priority, list[str]]:
+        """The ids grouped by their record's priority, high first: a retry keeps its queue."""
+        pipe = self._redis.pipeline(transaction=False)
+        for delivery_id in delivery_ids:
+            pipe.hget(record_key(delivery_id), PRIORITY_FIELD)
+        grouped: dict[Priority, list[str]] = {priority: [] for priority in Priority}
+        for delivery_id, raw in zip(delivery_ids, await pipe.execute(), strict=True):
+            grouped[Priority(as_text(raw)) if raw else Priority.NORMAL].append(delivery_id)
+        return {priority: ids for priority, ids in grouped.items() if ids}
 
     async def _trim_indexes(self, now: float) -> None:
         """Final records expire after the retention; their ids leave the indexes with them."""

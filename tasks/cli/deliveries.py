@@ -17,7 +17,7 @@ from tasks.cli.errors import EXIT_FAILED, EXIT_USAGE, fail
 from tasks.context import OutboxContext
 from tasks.message_input import MessageInput, describe_validation_error
 from worker.errors import InvalidInputError
-from worker.records import DeliveryRecord, DeliveryStatus, record_summary
+from worker.records import DeliveryRecord, DeliveryStatus, Priority, record_summary
 
 __all__ = ["deliveries_app"]
 
@@ -56,6 +56,9 @@ def send(
     idempotency_key: Annotated[
         str | None, typer.Option(help="Same key, same delivery: never sent twice.")
     ] = None,
+    priority: Annotated[
+        Priority, typer.Option(help="high: before any waiting normal or low e-mail.")
+    ] = Priority.NORMAL,
     wait: Annotated[
         float | None, typer.Option(help="Wait up to SECONDS for a final status; exit 0 if sent.")
     ] = None,
@@ -70,7 +73,17 @@ def send(
 ) -> None:
     """Enqueue an e-mail and print its delivery id."""
     if batch is not None:
-        if to or cc or bcc or subject or text or text_file or html_file or attach:
+        if (
+            to
+            or cc
+            or bcc
+            or subject
+            or text
+            or text_file
+            or html_file
+            or attach
+            or (priority is not Priority.NORMAL)
+        ):
             fail("--batch takes every message from the file; no other message options", EXIT_USAGE)
         _send_batch(batch, as_json)
         return
@@ -87,6 +100,7 @@ def send(
         "html": _read_text(html_file, "--html-file"),
         "attachments": [_attachment(path) for path in attach or []],
         "idempotency_key": idempotency_key,
+        "priority": priority,
     }
     try:
         message = MessageInput.model_validate(raw)

@@ -10,6 +10,7 @@ import typer
 
 from config.api_keys import ApiKeyStore, Role
 from tasks.cli.common import load_context
+from tasks.queues import QUEUES
 from worker.errors import KeyNameTakenError
 
 __all__ = ["CELERY_APP", "processes_app"]
@@ -27,7 +28,9 @@ processes_app = typer.Typer()
 def worker(ctx: typer.Context) -> None:
     """Run a Celery worker (extra arguments go to `celery worker`)."""
     load_context()  # fail early with a clear message on a bad environment
-    _exec_celery(["worker", "--loglevel", "INFO", "--queues", "outbox", "--events", *ctx.args])
+    # Every priority's queue, high first: the worker takes from them in this order.
+    queues = ",".join(QUEUES.values())
+    _exec_celery(["worker", "--loglevel", "INFO", "--queues", queues, "--events", *ctx.args])
 
 
 @processes_app.command(context_settings=_PASSTHROUGH)

@@ -205,7 +205,8 @@ from tasks.context import OutboxContext
 from tasks.message_input import MessageInput
 from tasks.producer import Producer
 context = OutboxContext.from_environment()
-producer = Producer(context.deliveries, lambda chunks: os.kill(os.getpid(), signal.SIGKILL),
+producer = Producer(context.deliveries,
+                    lambda chunks, priority: os.kill(os.getpid(), signal.SIGKILL),
                     message_id_domain="faults.test", max_message_bytes=10**6)
 producer.enqueue_many([MessageInput(to=["reader@example.com"], subject=f"stored {i}", text="x")
                        for i in range(int(sys.argv[1]))])

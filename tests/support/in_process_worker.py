@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 
 from tasks.context import OutboxContext
 from worker.deliver import JobOutcome
+from worker.records import Priority
 from worker.runtime import WorkerRuntime
 
 FINAL = frozenset({JobOutcome.SENT, JobOutcome.PARTIALLY_SENT, JobOutcome.FAILED})
@@ -19,11 +20,13 @@ class CollectingQueue:
 
     def __init__(self) -> None:
         self._published: list[str] = []
+        self.priorities: dict[str, Priority] = {}  # the queue each id was last published to
         self._lock = threading.Lock()
 
-    def publish(self, delivery_ids: Sequence[str]) -> None:
+    def publish(self, delivery_ids: Sequence[str], priority: Priority) -> None:
         with self._lock:
             self._published += delivery_ids
+            self.priorities.update(dict.fromkeys(delivery_ids, priority))
 
     def oldest_published(self) -> float | None:
         return None

@@ -17,11 +17,13 @@ from worker.records.model import (
     AttemptOutcome,
     DeliveryRecord,
     DeliveryStatus,
+    Priority,
     RecipientOutcome,
     RecipientState,
 )
 
 __all__ = [
+    "PRIORITY_FIELD",
     "as_text",
     "decode_record",
     "encode_attempt",
@@ -30,13 +32,21 @@ __all__ = [
 ]
 
 
+# The hash field of a delivery's priority, set only when it is not normal.
+PRIORITY_FIELD = "priority"
+
+
 def as_text(value: object) -> str:
     """A Redis reply (bytes) or a Python value as text."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def new_record_fields(
-    message: OutgoingMessage, *, created_at: float, idempotency_key: str | None
+    message: OutgoingMessage,
+    *,
+    created_at: float,
+    idempotency_key: str | None,
+    priority: Priority = Priority.NORMAL,
 ) -> dict[str, str | bytes]:
     """The fields of a queued record: only what it needs. Counters start at their defaults
     and every recipient is pending until the first attempt: fewer fields, less memory."""
@@ -46,6 +56,8 @@ def new_record_fields(
     }
     if idempotency_key:
         fields["idempotency_key"] = idempotency_key
+    if priority is not Priority.NORMAL:
+        fields[PRIORITY_FIELD] = priority.value  # absent means normal: no bytes for most
     return fields
 
 
@@ -91,6 +103,7 @@ def decode_record(
         idempotency_key=text("idempotency_key"),
         retry_base=int(text("retry_base") or 0),
         attempts=tuple(_decode_attempt(a) for a in attempts or ()),
+        priority=Priority(text(PRIORITY_FIELD) or Priority.NORMAL.value),
     )
 
 

@@ -15,10 +15,20 @@ __all__ = [
     "AttemptOutcome",
     "DeliveryRecord",
     "DeliveryStatus",
+    "Priority",
     "RecipientOutcome",
     "RecipientState",
     "record_summary",
 ]
+
+
+class Priority(StrEnum):
+    """Which queue a delivery waits in: workers take every waiting high one before normal
+    ones, and normal ones before low ones."""
+
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
 
 
 class DeliveryStatus(StrEnum):
@@ -103,6 +113,7 @@ class DeliveryRecord:
     # attempt_count when an operator last retried it: the retry budget counts from there.
     retry_base: int = 0
     attempts: tuple[Attempt, ...] = ()
+    priority: Priority = Priority.NORMAL
 
     @property
     def attempts_this_round(self) -> int:
@@ -122,6 +133,7 @@ def record_summary(record: DeliveryRecord) -> dict[str, Any]:
         "next_attempt_at": record.next_attempt_at,
         "last_error": record.last_error,
         "idempotency_key": record.idempotency_key,
+        "priority": record.priority.value,
         "recipients": [asdict(r) for r in record.recipients],
         "attempts": [asdict(a) for a in record.attempts],
     }

@@ -18,6 +18,7 @@ from worker.records.model import (
     RETRYABLE_STATUSES,
     DeliveryRecord,
     DeliveryStatus,
+    Priority,
     RecipientState,
 )
 from worker.records.scripts import (
@@ -42,6 +43,7 @@ class NewDelivery:
     id: str
     message: OutgoingMessage
     idempotency_key: str | None = None
+    priority: Priority = Priority.NORMAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +90,10 @@ class DeliveryStore:
                 delivery.id,
                 now=now,
                 fields=new_record_fields(
-                    delivery.message, created_at=now, idempotency_key=delivery.idempotency_key
+                    delivery.message,
+                    created_at=now,
+                    idempotency_key=delivery.idempotency_key,
+                    priority=delivery.priority,
                 ),
                 idempotency=delivery.idempotency_key,
                 idempotency_ttl_seconds=self._retention_seconds,
