@@ -8,7 +8,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request, Response
 from fastapi.staticfiles import StaticFiles
 
-from api import emails_routes, health_routes, pages, settings_routes
+from api import emails_routes, health_routes, pages, schedules_routes, settings_routes
 from api.errors import install_error_handlers
 from api.services import ApiServices
 from tasks.context import OutboxContext
@@ -39,6 +39,7 @@ def create_app(context: OutboxContext) -> FastAPI:
     install_error_handlers(app)
     app.include_router(settings_routes.router)
     app.include_router(emails_routes.router)
+    app.include_router(schedules_routes.router)
     app.include_router(health_routes.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")

@@ -13,6 +13,8 @@ from config.api_keys import ApiKeyStore
 from tasks.celery_app import create_celery_app, producer_for
 from tasks.context import OutboxContext
 from tasks.producer import Producer
+from tasks.reports.render import ReportRenderer
+from tasks.reports.service import ReportService
 
 __all__ = ["ApiServices", "services"]
 
@@ -36,6 +38,14 @@ class ApiServices:
     @cached_property
     def producer(self) -> Producer:
         return producer_for(self.context, self.celery)
+
+    @cached_property
+    def reports(self) -> ReportService:
+        return ReportService(
+            self.context.schedules,
+            self.producer,
+            ReportRenderer(self.context.settings.template_dir),
+        )
 
 
 def services(request: Request) -> ApiServices:

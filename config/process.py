@@ -47,6 +47,11 @@ class ProcessSettings(BaseSettings):
         description="Embedded Redis and generated key; one fixed place per user by default, "
         "so every command finds the same Redis wherever it is run from.",
     )
+    template_dir: Path | None = Field(
+        default=None,
+        description="Directory of report templates (subject.txt, report.html, report.txt) "
+        "that replace outbox's own; a template it lacks comes from outbox.",
+    )
     ca_bundle: Path | None = Field(
         default=None, description="PEM file of extra CAs trusted for TLS to mail servers."
     )
@@ -87,6 +92,13 @@ class ProcessSettings(BaseSettings):
     )
     visibility_timeout_seconds: int = Field(default=DEFAULT_VISIBILITY_TIMEOUT_SECONDS, ge=60)
     message_id_domain: str = Field(default_factory=socket.gethostname)
+
+    @field_validator("template_dir")
+    @classmethod
+    def _an_existing_directory(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"{value} is not a directory")
+        return value
 
     @field_validator("data_dir", mode="before")
     @classmethod

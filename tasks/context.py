@@ -13,6 +13,7 @@ from config.redis_location import RedisLocation, resolve_redis
 from config.secret_box import SecretBox, load_secret_keys
 from config.settings_store import SettingsStore
 from tasks.message_input import describe_validation_error
+from tasks.reports.store import ScheduleStore
 from worker.errors import InvalidEnvironmentError
 from worker.records import DeliveryStore
 
@@ -59,6 +60,10 @@ class OutboxContext:
     @cached_property
     def settings_store(self) -> SettingsStore:
         return SettingsStore(self.redis, self.secret_box)
+
+    @cached_property
+    def schedules(self) -> ScheduleStore:
+        return ScheduleStore(self.redis, retention_seconds=self.settings.retention_seconds)
 
     @cached_property
     def deliveries(self) -> DeliveryStore:

@@ -1,8 +1,10 @@
-"""Priorities through a real worker: a high-priority e-mail overtakes a backlog of normal ones."""
+"""Priorities through a real worker: a run's report (high priority) overtakes a backlog of
+normal e-mails."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -12,8 +14,12 @@ from config.mail_settings import SmtpSettings, TlsMode
 from tasks.celery_app import producer_for
 from tasks.context import OutboxContext
 from tasks.message_input import MessageInput
+from tasks.reports.model import RunReport, RunStatus
+from tasks.reports.render import ReportRenderer
+from tasks.reports.rules import Notification, RecipientList, Rule
+from tasks.reports.service import ReportService
 from tests.support.environment import fresh_environment
-from worker.records import Priority
+from tests.support.smtp_delivery import parse
 from worker.testing.processes import Service
 from worker.testing.redis_server import RedisServer
 from worker.testing.smtp_peer import SmtpPeer, smtp_peer
@@ -38,10 +44,10 @@ def peer() -> Iterator[SmtpPeer]:
 
 
 def subjects(peer: SmtpPeer) -> list[str]:
-    return [m.data.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0].decode() for m in peer.messages]
+    return [str(parse(m.data)["Subject"]) for m in peer.messages]
 
 
-def test_a_high_priority_email_overtakes_a_backlog_of_normal_ones(
+def test_a_report_overtakes_a_backlog_of_normal_emails(
     env: dict[str, str], peer: SmtpPeer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for name, value in env.items():
@@ -54,6 +60,13 @@ def test_a_high_priority_email_overtakes_a_backlog_of_normal_ones(
         )
     )
     producer = producer_for(context)
+    context.schedules.save(
+        "nightly",
+        Notification(
+            name="Nightly", lists=[RecipientList(rule=Rule.ALWAYS, to=["qa@example.com"])]
+        ),
+    )
+    reports = ReportService(context.schedules, producer, ReportRenderer())
     worker = Service(["outbox", "worker"], env)
     try:
         worker.wait_for_output(" ready.")
@@ -64,14 +77,22 @@ def test_a_high_priority_email_overtakes_a_backlog_of_normal_ones(
             ]
         )
         arrived_before_it_was_queued = len(peer.messages)
-        producer.enqueue(
-            MessageInput(to=["a@example.com"], subject="urgent", text="x", priority=Priority.HIGH)
+        reports.post(
+            RunReport(
+                schedule_id="nightly",
+                schedule_name="Nightly",
+                run_id="r-1",
+                started_at=datetime(2026, 11, 24, 1, tzinfo=UTC),
+                finished_at=datetime(2026, 11, 24, 2, tzinfo=UTC),
+                status=RunStatus.FAILED,
+            )
         )
         peer.wait_for_messages(BACKLOG + 1, timeout=60)
     finally:
         worker.stop()
     order = subjects(peer)
     still_queued = BACKLOG - arrived_before_it_was_queued
-    overtaken = order.index("urgent") - arrived_before_it_was_queued
-    print(f"urgent arrived after {overtaken} of the {still_queued} normal e-mails still queued")
+    [report] = [n for n, subject in enumerate(order) if subject == "[FAILED] Nightly — no flows"]
+    overtaken = report - arrived_before_it_was_queued
+    print(f"the report arrived after {overtaken} of the {still_queued} e-mails still queued")
     assert overtaken <= still_queued * 0.1

@@ -140,7 +140,7 @@ def test_no_secret_is_ever_written_or_said(
         certificate_authority,
         OUTBOX_RETRY_BASE_SECONDS="2",
         OUTBOX_RETRY_MAX_SECONDS="4",
-        OUTBOX_MAX_ATTEMPTS="3",
+        OUTBOX_MAX_ATTEMPTS="6",  # the deferred recipient is freed while it waits
         OUTBOX_FLOWER_PORT=str(free_port()),
         OUTBOX_API_PORT=str(free_port()),
         FLOWER_UNAUTHENTICATED_API="true",

@@ -18,7 +18,8 @@
      ├── NotFoundError                        the thing asked for does not exist
      │    ├── DeliveryNotFoundError           never created, expired or purged
      │    ├── SettingsNotConfiguredError      no mail settings saved yet
-     │    └── KeyNotFoundError                no API key of that name
+     │    ├── KeyNotFoundError                no API key of that name
+     │    └── ScheduleNotFoundError           no notification settings for that schedule
      ├── ConflictError                        not possible in the current state
      │    ├── NotRetryableError               only failed or partially sent ones are retried
      │    └── KeyNameTakenError               an API key of that name exists
@@ -58,6 +59,7 @@ __all__ = [
     "PermanentError",
     "PermissionDeniedError",
     "RedisUnavailableError",
+    "ScheduleNotFoundError",
     "SecretKeyError",
     "SecretMismatchError",
     "ServiceError",
@@ -155,6 +157,10 @@ class SettingsNotConfiguredError(NotFoundError):
 
 class KeyNotFoundError(NotFoundError):
     """No API key has that name."""
+
+
+class ScheduleNotFoundError(NotFoundError):
+    """No notification settings are stored for that schedule."""
 
 
 class ConflictError(OutboxError):

@@ -1,5 +1,5 @@
-"""The ``outbox`` command line: settings, keys, secrets, send, status, list, retry, purge, and
-the processes: worker, flower, api.
+"""The ``outbox`` command line: settings, keys, secrets, schedules, send, report, status,
+list, retry, purge, and the processes: worker, flower, api.
 
 Exit codes: 0 success, 1 the operation failed, 2 bad usage or invalid input
 (``tasks.cli.errors`` maps every error to one of them).
@@ -22,6 +22,7 @@ from tasks.cli.deliveries import deliveries_app
 from tasks.cli.errors import exit_code
 from tasks.cli.keys import keys_app
 from tasks.cli.processes import processes_app
+from tasks.cli.schedules import report_app, schedules_app
 from tasks.cli.secrets import secrets_app
 from tasks.cli.settings import settings_app
 from worker.errors import OutboxError
@@ -38,6 +39,8 @@ app.add_typer(processes_app)
 app.add_typer(settings_app, name="settings")
 app.add_typer(keys_app, name="keys")
 app.add_typer(secrets_app, name="secrets")
+app.add_typer(schedules_app, name="schedules")
+app.add_typer(report_app)  # nameless: `outbox report`
 
 
 def main() -> None:

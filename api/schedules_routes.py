@@ -1,0 +1,54 @@
+"""``/api/schedules/{id}``: who hears about a schedule's runs (administrators), and the runs
+themselves (producers), each turned into e-mails to the lists whose rule matches."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, status
+
+from api.auth import Admin, Caller
+from api.services import ApiServices, services
+from tasks.reports.model import RunReport
+from tasks.reports.rules import Notification
+from tasks.reports.service import RunResult
+from worker.errors import InvalidInputError
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/api/schedules", tags=["schedules"])
+
+Services = Annotated[ApiServices, Depends(services)]
+ScheduleId = Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,100}$")]
+
+
+@router.put("/{schedule_id}/notification")
+def save_notification(
+    schedule_id: ScheduleId, notification: Notification, _: Admin, found: Services
+) -> dict[str, Any]:
+    """Save the schedule's recipient lists and rules (replaces what was saved)."""
+    found.context.schedules.save(schedule_id, notification)
+    return {"schedule_id": schedule_id, **notification.model_dump(mode="json")}
+
+
+@router.get("/{schedule_id}/notification")
+def read_notification(schedule_id: ScheduleId, _: Admin, found: Services) -> dict[str, Any]:
+    notification = found.context.schedules.get(schedule_id)
+    return {"schedule_id": schedule_id, **notification.model_dump(mode="json")}
+
+
+@router.delete("/{schedule_id}/notification", status_code=status.HTTP_204_NO_CONTENT)
+def delete_notification(schedule_id: ScheduleId, _: Admin, found: Services) -> None:
+    found.context.schedules.delete(schedule_id)
+
+
+@router.post("/{schedule_id}/runs", status_code=status.HTTP_202_ACCEPTED)
+def post_run(schedule_id: ScheduleId, run: RunReport, _: Caller, found: Services) -> RunResult:
+    """E-mail a finished run's results to each list whose rule matches; a run posted again
+    sends nothing and answers what was sent the first time."""
+    if run.schedule_id != schedule_id:
+        raise InvalidInputError(
+            f"the run is of schedule {run.schedule_id!r}, posted to {schedule_id!r}",
+            field="schedule_id",
+        )
+    return found.reports.post(run)

@@ -1,0 +1,101 @@
+"""Schedules in Redis: their notification settings, their last run's status, and each run's
+result (kept for the retention, so a run posted again is answered, not sent again)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+
+from tasks.reports.model import RunStatus
+from tasks.reports.rules import Notification
+from worker.errors import ScheduleNotFoundError
+from worker.records import KEY_PREFIX
+from worker.records.codec import as_text
+
+__all__ = ["ScheduleStore"]
+
+_INDEX_KEY = f"{KEY_PREFIX}schedules"
+
+# Records a run's result once and, in the same step, makes its status the schedule's last:
+# a run posted twice, or two posts of it racing, move "previous" exactly once.
+# KEYS: run key, last-status key. ARGV: result JSON, retention seconds, status.
+_RECORD_RUN = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+    redis.call('SET', KEYS[2], ARGV[3])
+    return 1
+end
+return 0
+"""
+
+
+def _notification_key(schedule_id: str) -> str:
+    return f"{KEY_PREFIX}schedule:{schedule_id}"
+
+
+def _last_status_key(schedule_id: str) -> str:
+    return f"{KEY_PREFIX}schedule:{schedule_id}:last"
+
+
+def _run_key(schedule_id: str, run_id: str) -> str:
+    return f"{KEY_PREFIX}schedule:{schedule_id}:run:{run_id}"
+
+
+class ScheduleStore:
+    def __init__(self, client: redis.Redis, *, retention_seconds: int) -> None:
+        self._redis = client
+        self._retention_seconds = retention_seconds
+        self._record_run = client.register_script(_RECORD_RUN)
+
+    def save(self, schedule_id: str, notification: Notification) -> None:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.set(_notification_key(schedule_id), notification.model_dump_json())
+        pipe.sadd(_INDEX_KEY, schedule_id)
+        pipe.execute()
+
+    def get(self, schedule_id: str) -> Notification:
+        raw = self._redis.get(_notification_key(schedule_id))
+        if raw is None:
+            raise ScheduleNotFoundError(
+                f"no notification settings for schedule {schedule_id!r}; "
+                f"set them with `outbox schedules set {schedule_id} ...`"
+            )
+        return Notification.model_validate_json(raw)
+
+    def delete(self, schedule_id: str) -> None:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.delete(_notification_key(schedule_id), _last_status_key(schedule_id))
+        pipe.srem(_INDEX_KEY, schedule_id)
+        deleted, _ = pipe.execute()
+        if not deleted:
+            raise ScheduleNotFoundError(f"no notification settings for schedule {schedule_id!r}")
+
+    def all(self) -> dict[str, Notification]:
+        """Every schedule's notification settings, by id, sorted."""
+        ids = sorted(as_text(raw) for raw in self._redis.smembers(_INDEX_KEY))
+        documents = self._redis.mget([_notification_key(i) for i in ids]) if ids else []
+        return {
+            schedule_id: Notification.model_validate_json(document)
+            for schedule_id, document in zip(ids, documents, strict=True)
+            if document is not None
+        }
+
+    def last_status(self, schedule_id: str) -> RunStatus | None:
+        raw = self._redis.get(_last_status_key(schedule_id))
+        return RunStatus(as_text(raw)) if raw is not None else None
+
+    def recorded_run(self, schedule_id: str, run_id: str) -> dict[str, Any] | None:
+        raw = self._redis.get(_run_key(schedule_id, run_id))
+        return json.loads(raw) if raw is not None else None
+
+    def record_run(
+        self, schedule_id: str, run_id: str, status: RunStatus, result: dict[str, Any]
+    ) -> bool:
+        """Keep ``result`` for the run and make ``status`` the schedule's last, unless the
+        run was recorded already (False)."""
+        recorded = self._record_run(
+            keys=[_run_key(schedule_id, run_id), _last_status_key(schedule_id)],
+            args=[json.dumps(result), self._retention_seconds, status.value],
+        )
+        return bool(recorded)
