@@ -53,6 +53,7 @@ faults: $(STAMP)
 
 ## bench: throughput, latency and memory against the naive design and the protocol limit
 bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'  # the peer baseline's packages
 	$(BIN)/python -m bench
 
 clean:

@@ -143,6 +143,62 @@ class Bench:
         finally:
             worker.stop()
 
+    def measure_peer(self, sink: Sink, count: int) -> float | None:
+        """django-celery-email-reboot at its defaults, its worker started as naive's is;
+        None (and a line saying why) when its packages are not installed."""
+        try:
+            import django  # noqa: F401
+            import djcelery_email  # noqa: F401
+        except ImportError:
+            self.results["peer_skipped"] = (
+                "django-celery-email-reboot is not installed: pip install -e '.[bench]'"
+            )
+            self.log(f"peer: skipped, {self.results['peer_skipped']}")
+            return None
+        env = {
+            "PEER_BROKER_URL": self.redis_server.url.removesuffix("/0") + "/3",
+            "PEER_SMTP_PORT": str(sink.port),
+            "PEER_USERNAME": USERNAME,
+            "PEER_PASSWORD": PASSWORD,
+            # Django's SMTP backend verifies with the default CAs: the test CA among them.
+            "SSL_CERT_FILE": str(self.ca_file),
+        }
+        os.environ.update(env)
+        from django.core.mail import EmailMessage, get_connection
+
+        import bench.peer_app  # noqa: F401 - configures Django and the peer's Celery app
+
+        worker = Service(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "--app",
+                "bench.peer_app",
+                "worker",
+                "--concurrency",
+                str(WORKER_PROCESSES),
+                "--loglevel",
+                "WARNING",
+            ],
+            env,
+        )
+        try:
+            time.sleep(3)  # let the worker connect; its start-up is not what is measured
+            before = sink.accepted
+            started = time.perf_counter()
+            messages = [
+                EmailMessage(
+                    f"Run results {n}", BODY, "robot@example.com", [f"user{n}@example.com"]
+                )
+                for n in range(count)
+            ]  # the fields of bench.messages.message_fields
+            get_connection().send_messages(messages)
+            wait_until(lambda: sink.accepted - before >= count, 900, "peer deliveries")
+            return count / (time.perf_counter() - started)
+        finally:
+            worker.stop()
+
     def measure_latency(self, count: int) -> tuple[float, float]:
         latencies = []
         for n in range(count):
@@ -200,6 +256,8 @@ class Bench:
         try:
             self.log(f"naive: a Celery task and a new connection per e-mail, {args.naive_n}")
             self.results["naive_per_s"] = self.measure_naive(sink, args.naive_n)
+            self.log(f"peer: django-celery-email-reboot at its defaults, {args.peer_n}")
+            self.results["peer_per_s"] = self.measure_peer(sink, args.peer_n)
 
             self.configure_smtp(sink)
             worker = Service(["outbox", "worker", "--loglevel", "WARNING"], self.env)
@@ -248,6 +306,7 @@ class Bench:
             self.redis_server.stop()
         r = self.results
         r["outbox_vs_naive"] = r["outbox_per_s"] / r["naive_per_s"]
+        r["vs_peer"] = r["outbox_per_s"] / r["peer_per_s"] if r["peer_per_s"] else None
         r["outbox_vs_limit"] = r["outbox_per_s"] / r["limit_per_s"]
         r["slow_server_vs_bound"] = r["slow_server_per_s"] / r["slow_server_bound_per_s"]
         r["slow_server_limit_vs_bound"] = (
@@ -287,6 +346,9 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("-n", type=int, default=2000, help="messages for limit and outbox")
     parser.add_argument("--naive-n", type=int, default=500, help="messages for naive")
+    parser.add_argument(
+        "--peer-n", type=int, default=1000, help="messages for django-celery-email-reboot"
+    )
     parser.add_argument("--latency-n", type=int, default=200)
     parser.add_argument("--slow-n", type=int, default=1000)
     parser.add_argument("--graph-n", type=int, default=400)

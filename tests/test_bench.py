@@ -38,6 +38,8 @@ def test_bench_reports_every_figure() -> None:
             "40",
             "--naive-n",
             "10",
+            "--peer-n",
+            "10",
             "--latency-n",
             "5",
             "--slow-n",
@@ -62,3 +64,9 @@ def test_bench_reports_every_figure() -> None:
         assert figures[name] > 0, name
     assert figures["graph_throttled"] == 0
     assert all(0 < rss < 1000 for rss in figures["worker_rss_mb"].values())
+    # The peer baseline runs when the bench extra is installed, and says so when it is not.
+    if figures["peer_per_s"] is None:
+        assert "pip install -e '.[bench]'" in figures["peer_skipped"]
+        assert figures["vs_peer"] is None
+    else:
+        assert figures["vs_peer"] > 0
