@@ -250,6 +250,54 @@ class Bench:
         body = len(BODY.encode())
         return count / elapsed, (used_after - used_before) / count - body
 
+    def measure_backlog(self, sink: Sink, count: int) -> dict[str, Any]:
+        """``count`` e-mails queued before any worker runs, then one ``outbox worker``: its
+        rate between 5 % and 95 % sent (start-up and the tail left out alike for any count),
+        Redis bytes per queued e-mail beyond its body, and each worker process's resident
+        memory once all are sent."""
+        self.redis.flushdb()
+        self.configure_smtp(sink)
+        used_before = int(self.redis.info("memory")["used_memory"])
+        for start in range(0, count, 1000):
+            self.producer.enqueue_many([message(n) for n in range(start, min(start + 1000, count))])
+        used = int(self.redis.info("memory")["used_memory"]) - used_before
+        worker = Service(["outbox", "worker", "--loglevel", "WARNING"], self.env)
+        try:
+            low, high = count // 20, count - count // 20
+            timeout = 120 + count / 20
+            wait_until(lambda: self.sent_count() >= low, timeout, "5 % sent", poll_seconds=0.05)
+            started = time.perf_counter()
+            wait_until(lambda: self.sent_count() >= high, timeout, "95 % sent", poll_seconds=0.05)
+            rate = (high - low) / (time.perf_counter() - started)
+            wait_until(lambda: self.sent_count() >= count, timeout, "all sent", poll_seconds=0.05)
+            rss = worker_rss_mb(worker.pid, "VmRSS")
+        finally:
+            worker.stop()
+        return {
+            "per_s": rate,
+            "redis_bytes_per_message": used / count - len(BODY.encode()),
+            "worker_rss_mb": rss,
+        }
+
+    def measure_instances(self, sink: Sink, count: int, instances: int) -> float:
+        """Messages per second through ``instances`` separate ``outbox worker`` commands
+        (distinct node names, one Redis)."""
+        self.configure_smtp(sink)
+        workers = [
+            Service(
+                ["outbox", "worker", "--loglevel", "WARNING", "--hostname", f"bench{i}@%h"],
+                self.env,
+            )
+            for i in range(instances)
+        ]
+        try:
+            wait_until(lambda: self._workers_ready(instances), 60, "the outbox workers")
+            self.run_outbox(2 * self.connections * instances)  # warm-up: open the connections
+            return self.run_outbox(count)
+        finally:
+            for worker in workers:
+                worker.stop()
+
     def run(self) -> dict[str, Any]:
         args = self.args
         sink = Sink(self.certificate)
@@ -298,9 +346,19 @@ class Bench:
                 self.results["worker_rss_mb"] = worker_peak_rss_mb(worker.pid)
             finally:
                 worker.stop()
+            slow = Sink(self.certificate, data_delay_seconds=0.05)
+            try:
+                self.log(f"slow server: one worker instance, then two, {args.slow_n} each")
+                one = self.measure_instances(slow, args.slow_n, 1)
+                two = self.measure_instances(slow, args.slow_n, 2)
+                self.results["two_instances_per_s"] = {"one": one, "two": two}
+                self.results["two_instances_vs_one"] = two / one
+            finally:
+                slow.stop()
             self.log(f"enqueue: {args.enqueue_n} messages with no worker running")
             rate, overhead = self.measure_enqueue_and_memory(args.enqueue_n)
             self.results["enqueue_per_s"], self.results["redis_bytes_per_message"] = rate, overhead
+            self.measure_scale(sink)
         finally:
             sink.stop()
             self.redis_server.stop()
@@ -325,20 +383,47 @@ class Bench:
         r["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         return r
 
-    def _workers_ready(self) -> bool:
+    def measure_scale(self, sink: Sink) -> None:
+        """With ``--scale``: a backlog of 100,000 against one of 2,000 (the same procedure)."""
+        keys = (
+            "throughput_100k_vs_2k",
+            "redis_bytes_per_message_100k",
+            "worker_rss_mb_after_100k",
+        )
+        if not self.args.scale:
+            self.results.update(dict.fromkeys(keys))
+            self.results["scale_skipped"] = "run with --scale (about 6 minutes more)"
+            return
+        self.log("backlog: 2,000 queued before the worker starts")
+        small = self.measure_backlog(sink, 2_000)
+        self.log("backlog: 100,000 queued before the worker starts")
+        large = self.measure_backlog(sink, 100_000)
+        self.results["backlog_per_s"] = {"2k": small["per_s"], "100k": large["per_s"]}
+        self.results["throughput_100k_vs_2k"] = large["per_s"] / small["per_s"]
+        self.results["redis_bytes_per_message_100k"] = large["redis_bytes_per_message"]
+        self.results["worker_rss_mb_after_2k"] = small["worker_rss_mb"]
+        self.results["worker_rss_mb_after_100k"] = large["worker_rss_mb"]
+
+    def _workers_ready(self, count: int = 1) -> bool:
         app = create_celery_app(self.context)
         replies = app.control.ping(timeout=0.5) or []
-        return len(replies) >= 1
+        return len(replies) >= count
 
 
 def worker_peak_rss_mb(main_pid: int) -> dict[str, float]:
     """VmHWM (peak resident set) of the worker's main process and each pool process."""
-    peaks = {}
+    return worker_rss_mb(main_pid, "VmHWM")
+
+
+def worker_rss_mb(main_pid: int, field: str) -> dict[str, float]:
+    """``field`` of /proc/PID/status (VmRSS: now; VmHWM: the peak), in MB, of the worker's
+    main process and each pool process."""
+    sizes = {}
     for pid in [main_pid, *child_pids(main_pid)]:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                peaks[str(pid)] = int(line.split()[1]) / 1024
-    return peaks
+            if line.startswith(f"{field}:"):
+                sizes[str(pid)] = int(line.split()[1]) / 1024
+    return sizes
 
 
 def main() -> None:
@@ -355,6 +440,11 @@ def main() -> None:
     parser.add_argument("--enqueue-n", type=int, default=10_000)
     parser.add_argument(
         "--rounds", type=int, default=3, help="alternating limit/outbox rounds (median kept)"
+    )
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="also a backlog of 100,000 e-mails against one of 2,000 (about 6 minutes more)",
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="outbox-bench-") as workdir:

@@ -23,6 +23,7 @@ FIGURES = {
     "enqueue_per_s",
     "redis_bytes_per_message",
     "worker_rss_mb",
+    "two_instances_vs_one",
     "commit",
 }
 
@@ -64,6 +65,9 @@ def test_bench_reports_every_figure() -> None:
         assert figures[name] > 0, name
     assert figures["graph_throttled"] == 0
     assert all(0 < rss < 1000 for rss in figures["worker_rss_mb"].values())
+    # The 100,000-e-mail figures need --scale, and say so without it.
+    assert figures["throughput_100k_vs_2k"] is None
+    assert "--scale" in figures["scale_skipped"]
     # The peer baseline runs when the bench extra is installed, and says so when it is not.
     if figures["peer_per_s"] is None:
         assert "pip install -e '.[bench]'" in figures["peer_skipped"]
