@@ -154,9 +154,12 @@ class SmtpPeer:
             if len(snapshot) >= count:
                 return snapshot
             if time.monotonic() >= deadline:
+                # The envelopes of the last few only: thousands of whole messages would bury
+                # the failure.
+                last = [(m.mail_from, m.rcpt_tos) for m in snapshot[-5:]]
                 raise AssertionError(
                     f"expected at least {count} message(s) on {self.host}:{self.port} "
-                    f"within {timeout}s, got {len(snapshot)}: {snapshot!r}"
+                    f"within {timeout}s, got {len(snapshot)}; the last envelopes: {last!r}"
                 )
             time.sleep(0.02)
 
