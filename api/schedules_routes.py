@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Path, status
 
 from api.auth import Admin, Caller
 from api.services import ApiServices, services
-from tasks.reports.model import RunReport
+from tasks.reports.model import SCHEDULE_ID_PATTERN, RunReport
 from tasks.reports.rules import Notification
 from tasks.reports.service import RunResult
 from worker.errors import InvalidInputError
@@ -19,7 +19,7 @@ __all__ = ["router"]
 router = APIRouter(prefix="/api/schedules", tags=["schedules"])
 
 Services = Annotated[ApiServices, Depends(services)]
-ScheduleId = Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,100}$")]
+ScheduleId = Annotated[str, Path(pattern=SCHEDULE_ID_PATTERN)]
 
 
 @router.put("/{schedule_id}/notification")

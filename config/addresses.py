@@ -73,6 +73,10 @@ def _host_name(domain: str) -> str:
     if domain.endswith("."):
         raise ValueError("An email address cannot end with a period.")
     try:
-        return idna.encode(domain, uts46=True, std3_rules=True).decode("ascii")
+        host = idna.encode(domain, uts46=True, std3_rules=True).decode("ascii")
     except idna.IDNAError as exc:
         raise ValueError(f"The part after the @-sign is not a valid host name ({exc}).") from None
+    if host.replace(".", "").isdigit():
+        # RFC 5321 4.1.3: an IP address goes in brackets; servers refuse it bare.
+        raise ValueError(f"An IP address after the @-sign goes in brackets: [{host}].")
+    return host

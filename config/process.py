@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -11,6 +13,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["DEFAULT_VISIBILITY_TIMEOUT_SECONDS", "ProcessSettings", "default_data_dir"]
+
+log = logging.getLogger(__name__)
 
 # The Redis broker redelivers an unacknowledged task after this many seconds. outbox holds no
 # task back with a countdown (retries are due times in Redis, published by the sweeper), so
@@ -21,11 +25,31 @@ DEFAULT_MAX_RECIPIENTS = 500
 
 
 def default_data_dir(environ: Mapping[str, str]) -> Path:
-    """``$XDG_DATA_HOME/outbox``, else ``~/.local/share/outbox`` (the XDG base directories)."""
+    """``$XDG_DATA_HOME/outbox``, else ``~/.local/share/outbox`` (the XDG base directories);
+    ``./.outbox`` when an earlier version left its data there."""
+    legacy = Path(".outbox")
+    if (legacy / "secret.key").exists() or (legacy / "redis.sock").exists():
+        # Its Redis holds the queue and the settings, its key their secrets: keep using it
+        # rather than start empty elsewhere.
+        log.warning(
+            "using the data directory %s of an earlier outbox version; move it to %s "
+            "or set OUTBOX_DATA_DIR",
+            legacy.resolve(),
+            _xdg_data_dir(environ),
+        )
+        return legacy
+    return _xdg_data_dir(environ)
+
+
+def _xdg_data_dir(environ: Mapping[str, str]) -> Path:
     xdg_data_home = environ.get("XDG_DATA_HOME", "")
-    # The specification ignores a relative XDG_DATA_HOME.
-    base = Path(xdg_data_home) if os.path.isabs(xdg_data_home) else Path.home() / ".local/share"
-    return base / "outbox"
+    if os.path.isabs(xdg_data_home):  # the specification ignores a relative one
+        return Path(xdg_data_home) / "outbox"
+    try:
+        return Path.home() / ".local/share/outbox"
+    except RuntimeError:
+        # No home directory (a container running as an arbitrary user): one per user.
+        return Path(tempfile.gettempdir()) / f"outbox-{os.getuid()}"
 
 
 class ProcessSettings(BaseSettings):

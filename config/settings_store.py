@@ -177,6 +177,7 @@ class SettingsStore:
 
         def rotate(pipe: Pipeline) -> None:
             nonlocal rotated
+            rotated = False  # run again after a conflicting write: what it finds now counts
             stored = pipe.hget(SETTINGS_KEY, "document")
             if stored is None:
                 return

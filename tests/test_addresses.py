@@ -40,6 +40,7 @@ def test_valid_addresses_are_accepted_in_the_form_they_are_sent(given: str, sent
         ("a\x00b@example.com", "U+0000"),
         ("a@example.com\r\nRCPT TO:<b@example.com>", "line breaks (CR/LF)"),
         ("x" * 250 + "@a.example", "longer than 254 bytes"),
+        ("a@10.0.0.5", "goes in brackets: [10.0.0.5]"),
     ],
 )
 def test_malformed_addresses_are_refused_with_the_reason(given: str, reason: str) -> None:

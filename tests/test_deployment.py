@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from config.process import default_data_dir
 from config.redis_location import SOCKET_NAME
 from worker.testing.processes import ROOT, run_outbox
 
@@ -121,3 +122,14 @@ def test_docker_compose_uses_the_procfile_commands() -> None:
     assert "- outbox\n    - api" in rendered
     assert "127.0.0.1:8000" in rendered or "host_ip: 127.0.0.1" in rendered
     assert "--appendonly" in rendered
+
+
+def test_a_data_directory_left_by_an_earlier_version_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert default_data_dir({"XDG_DATA_HOME": str(tmp_path / "xdg")}) == tmp_path / "xdg/outbox"
+    (tmp_path / ".outbox").mkdir()
+    (tmp_path / ".outbox" / "secret.key").write_text("k")
+    assert default_data_dir({"XDG_DATA_HOME": str(tmp_path / "xdg")}) == Path(".outbox")
+    assert "of an earlier outbox version" in caplog.text

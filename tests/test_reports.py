@@ -23,6 +23,7 @@ from tasks.reports.rules import Notification
 from tasks.reports.service import ReportService
 from tests.support.in_process_worker import InProcessWorker
 from tests.support.smtp_delivery import configure, parse
+from worker.errors import ReportTemplateError
 from worker.records import Priority
 from worker.testing.processes import run_outbox
 from worker.testing.smtp_peer import SmtpPeer
@@ -249,3 +250,28 @@ def test_the_cli_manages_schedules_and_reports_a_run(
     assert run_outbox(outbox_env, "schedules", "delete", "nightly").returncode == 0
     missing = run_outbox(outbox_env, "schedules", "show", "nightly")
     assert (missing.returncode, "no notification settings" in missing.stderr) == (1, True)
+
+
+def test_times_without_a_time_zone_and_bad_schedule_ids_are_refused(
+    api: tuple[TestClient, dict[str, str], dict[str, str]], outbox_env: dict[str, str]
+) -> None:
+    client, admin, producer = api
+    client.put("/api/schedules/nightly/notification", headers=admin, json=NOTIFICATION)
+    local_time = client.post(
+        "/api/schedules/nightly/runs", headers=producer, json=run(started_at="2026-11-24T01:00:00")
+    )
+    assert (local_time.status_code, local_time.json()["field"]) == (422, "started_at")
+    refused = run_outbox(
+        outbox_env, "schedules", "set", "a:last", "--name", "n", "--notify", "always=a@example.com"
+    )
+    assert refused.returncode == 2
+    assert "schedule_id" in refused.stderr
+
+
+def test_a_broken_operator_template_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "report.html").write_text("<p>{{ report.schedule_name </p>")
+    with pytest.raises(ReportTemplateError, match=r"report.html, line 1"):
+        ReportRenderer(tmp_path)
+    (tmp_path / "report.html").write_text("<p>{{ report.no_such_field }}</p>")
+    with pytest.raises(ReportTemplateError, match="no_such_field"):
+        ReportRenderer(tmp_path).render(RunReport.model_validate(run()))

@@ -26,7 +26,8 @@
      └── ServiceError                         outbox's own infrastructure cannot serve
           ├── RedisUnavailableError           Redis (the records and the broker) unreachable
           ├── EmbeddedRedisError              the embedded Redis cannot be found or started
-          └── SecretMismatchError             a stored secret does not decrypt with this key
+          ├── SecretMismatchError             a stored secret does not decrypt with this key
+          └── ReportTemplateError             a report template cannot be read or rendered
 
 Library exceptions are translated into these once per library, with ``raise ... from exc``:
 SMTP (aiosmtplib, ssl, socket) in ``worker.transports.smtp.smtp_error``, HTTP (httpx) in
@@ -59,6 +60,7 @@ __all__ = [
     "PermanentError",
     "PermissionDeniedError",
     "RedisUnavailableError",
+    "ReportTemplateError",
     "ScheduleNotFoundError",
     "SecretKeyError",
     "SecretMismatchError",
@@ -189,6 +191,11 @@ class EmbeddedRedisError(ServiceError):
 
 class SecretMismatchError(ServiceError):
     """A stored secret cannot be decrypted with the current OUTBOX_SECRET_KEY."""
+
+
+class ReportTemplateError(ServiceError):
+    """A report template (outbox's own or from OUTBOX_TEMPLATE_DIR) cannot be read or
+    rendered."""
 
 
 def error_type(kind: FailureKind) -> type[DeliveryError]:

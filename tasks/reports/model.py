@@ -8,12 +8,28 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 
 from config.header_text import single_line
 from tasks.message_input import AttachmentInput
 
-__all__ = ["ItemOutcome", "ReportItem", "RunReport", "RunStatus", "web_link"]
+__all__ = [
+    "SCHEDULE_ID_PATTERN",
+    "ItemOutcome",
+    "ReportItem",
+    "RunReport",
+    "RunStatus",
+    "ScheduleId",
+    "web_link",
+]
 
 
 class RunStatus(StrEnum):
@@ -48,6 +64,9 @@ def web_link(value: str) -> str:
     return value
 
 
+# Also a Redis key part: no ":" or spaces, so no schedule's keys can be another's.
+SCHEDULE_ID_PATTERN = r"^[A-Za-z0-9._-]{1,100}$"
+ScheduleId = Annotated[str, Field(pattern=SCHEDULE_ID_PATTERN)]
 Line = Annotated[str, Field(min_length=1, max_length=300), AfterValidator(single_line)]
 Link = Annotated[str, Field(max_length=2000), AfterValidator(web_link)]
 
@@ -69,11 +88,12 @@ class RunReport(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    schedule_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,100}$")]
+    schedule_id: ScheduleId
     schedule_name: Line
     run_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._:-]{1,80}$")]
-    started_at: datetime
-    finished_at: datetime
+    # With a time zone ("Z" or "+01:00"): a time without one could be any time.
+    started_at: AwareDatetime
+    finished_at: AwareDatetime
     status: RunStatus
     link: Link | None = None
     items: list[ReportItem] = Field(default_factory=list, max_length=10_000)

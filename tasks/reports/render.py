@@ -14,10 +14,14 @@ from jinja2 import (
     FileSystemLoader,
     PackageLoader,
     StrictUndefined,
+    Template,
+    TemplateError,
+    TemplateSyntaxError,
     select_autoescape,
 )
 
 from tasks.reports.model import ItemOutcome, RunReport, RunStatus
+from worker.errors import ReportTemplateError
 
 __all__ = ["TEMPLATE_NAMES", "RenderedReport", "ReportRenderer"]
 
@@ -80,13 +84,32 @@ class ReportRenderer:
             status_color=_STATUS_COLORS.__getitem__,
             outcome_color=_OUTCOME_COLORS.__getitem__,
         )
+        # Loaded now: a template that does not parse is one clear error, found before any
+        # run is rendered with it.
+        self._templates = {name: self._load(name) for name in TEMPLATE_NAMES}
+
+    def _load(self, name: str) -> Template:
+        try:
+            return self._environment.get_template(name)
+        except TemplateSyntaxError as exc:
+            raise ReportTemplateError(
+                f"report template {exc.filename or name}, line {exc.lineno}: {exc.message}"
+            ) from None
 
     def render(self, report: RunReport) -> RenderedReport:
         context = {"report": report, "counts": report.counts, "items": report.items_in_report_order}
-        subject = self._environment.get_template("subject.txt").render(context)
+        rendered = {}
+        for name, template in self._templates.items():
+            try:
+                rendered[name] = template.render(context)
+            except (TemplateError, KeyError, TypeError, ValueError) as exc:
+                # An operator's template naming what the report lacks, or a filter misused.
+                raise ReportTemplateError(
+                    f"report template {template.filename or name} failed: {exc}"
+                ) from None
         return RenderedReport(
             # One line whatever the template holds: folded whitespace, no line breaks.
-            subject=" ".join(subject.split()),
-            html=self._environment.get_template("report.html").render(context),
-            text=self._environment.get_template("report.txt").render(context),
+            subject=" ".join(rendered["subject.txt"].split())[:998],
+            html=rendered["report.html"],
+            text=rendered["report.txt"],
         )

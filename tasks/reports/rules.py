@@ -17,7 +17,9 @@ __all__ = ["Notification", "RecipientList", "Rule"]
 class Rule(StrEnum):
     ALWAYS = "always"
     ON_FAILURE = "on_failure"  # any status but passed
-    ON_CHANGE = "on_change"  # the status differs from the schedule's previous run
+    # The status differs from the schedule's previous run: the one that finished last of
+    # those posted before (a run posted late is compared with the latest known).
+    ON_CHANGE = "on_change"
 
     def matches(self, status: RunStatus, previous: RunStatus | None) -> bool:
         """Whether a run ending in ``status`` is sent to a list with this rule; a schedule's

@@ -88,7 +88,11 @@ class ReportService:
             ],
         )
         if not self._schedules.record_run(
-            report.schedule_id, report.run_id, report.status, result.model_dump(mode="json")
+            report.schedule_id,
+            report.run_id,
+            report.status,
+            report.finished_at.timestamp(),
+            result.model_dump(mode="json"),
         ):
             # A concurrent post of the same run recorded first; its e-mails are these ones
             # (same idempotency keys), so its answer is ours.

@@ -4,13 +4,14 @@ result (kept for the retention, so a run posted again is answered, not sent agai
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import redis
 
-from tasks.reports.model import RunStatus
+from tasks.reports.model import SCHEDULE_ID_PATTERN, RunStatus
 from tasks.reports.rules import Notification
-from worker.errors import ScheduleNotFoundError
+from worker.errors import InvalidInputError, ScheduleNotFoundError
 from worker.records import KEY_PREFIX
 from worker.records.codec import as_text
 
@@ -18,16 +19,29 @@ __all__ = ["ScheduleStore"]
 
 _INDEX_KEY = f"{KEY_PREFIX}schedules"
 
-# Records a run's result once and, in the same step, makes its status the schedule's last:
-# a run posted twice, or two posts of it racing, move "previous" exactly once.
-# KEYS: run key, last-status key. ARGV: result JSON, retention seconds, status.
+# Records a run's result once and, in the same step, makes its status the schedule's last
+# unless a run that finished later is known already: a run posted twice, two posts of it
+# racing, or an older run posted late never move "previous" backwards.
+# KEYS: run key, last-status hash. ARGV: result JSON, retention seconds, status, finished_at.
 _RECORD_RUN = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
-    redis.call('SET', KEYS[2], ARGV[3])
-    return 1
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+    return 0
 end
-return 0
+local known = redis.call('HGET', KEYS[2], 'finished_at')
+if (not known) or tonumber(ARGV[4]) >= tonumber(known) then
+    redis.call('HSET', KEYS[2], 'status', ARGV[3], 'finished_at', ARGV[4])
+end
+return 1
 """
+
+
+def _checked(schedule_id: str) -> str:
+    if not re.match(SCHEDULE_ID_PATTERN, schedule_id):
+        raise InvalidInputError(
+            f"{schedule_id!r} is not a schedule id: 1 to 100 of A-Z, a-z, 0-9, '.', '_', '-'",
+            field="schedule_id",
+        )
+    return schedule_id
 
 
 def _notification_key(schedule_id: str) -> str:
@@ -49,13 +63,14 @@ class ScheduleStore:
         self._record_run = client.register_script(_RECORD_RUN)
 
     def save(self, schedule_id: str, notification: Notification) -> None:
+        _checked(schedule_id)
         pipe = self._redis.pipeline(transaction=True)
         pipe.set(_notification_key(schedule_id), notification.model_dump_json())
         pipe.sadd(_INDEX_KEY, schedule_id)
         pipe.execute()
 
     def get(self, schedule_id: str) -> Notification:
-        raw = self._redis.get(_notification_key(schedule_id))
+        raw = self._redis.get(_notification_key(_checked(schedule_id)))
         if raw is None:
             raise ScheduleNotFoundError(
                 f"no notification settings for schedule {schedule_id!r}; "
@@ -64,6 +79,7 @@ class ScheduleStore:
         return Notification.model_validate_json(raw)
 
     def delete(self, schedule_id: str) -> None:
+        _checked(schedule_id)
         pipe = self._redis.pipeline(transaction=True)
         pipe.delete(_notification_key(schedule_id), _last_status_key(schedule_id))
         pipe.srem(_INDEX_KEY, schedule_id)
@@ -82,7 +98,8 @@ class ScheduleStore:
         }
 
     def last_status(self, schedule_id: str) -> RunStatus | None:
-        raw = self._redis.get(_last_status_key(schedule_id))
+        """The status of the run that finished last of those posted."""
+        raw = self._redis.hget(_last_status_key(schedule_id), "status")
         return RunStatus(as_text(raw)) if raw is not None else None
 
     def recorded_run(self, schedule_id: str, run_id: str) -> dict[str, Any] | None:
@@ -90,12 +107,17 @@ class ScheduleStore:
         return json.loads(raw) if raw is not None else None
 
     def record_run(
-        self, schedule_id: str, run_id: str, status: RunStatus, result: dict[str, Any]
+        self,
+        schedule_id: str,
+        run_id: str,
+        status: RunStatus,
+        finished_at: float,
+        result: dict[str, Any],
     ) -> bool:
-        """Keep ``result`` for the run and make ``status`` the schedule's last, unless the
-        run was recorded already (False)."""
+        """Keep ``result`` for the run and make ``status`` the schedule's last (unless a run
+        that finished later is known); False when the run was recorded already."""
         recorded = self._record_run(
             keys=[_run_key(schedule_id, run_id), _last_status_key(schedule_id)],
-            args=[json.dumps(result), self._retention_seconds, status.value],
+            args=[json.dumps(result), self._retention_seconds, status.value, finished_at],
         )
         return bool(recorded)
