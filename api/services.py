@@ -13,8 +13,7 @@ from config.api_keys import ApiKeyStore
 from tasks.celery_app import create_celery_app, producer_for
 from tasks.context import OutboxContext
 from tasks.producer import Producer
-from tasks.reports.render import ReportRenderer
-from tasks.reports.service import ReportService
+from tasks.reports.service import ReportService, report_service
 
 __all__ = ["ApiServices", "services"]
 
@@ -41,11 +40,7 @@ class ApiServices:
 
     @cached_property
     def reports(self) -> ReportService:
-        return ReportService(
-            self.context.schedules,
-            self.producer,
-            ReportRenderer(self.context.settings.template_dir),
-        )
+        return report_service(self.context, self.producer)
 
 
 def services(request: Request) -> ApiServices:

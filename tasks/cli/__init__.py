@@ -22,7 +22,8 @@ from tasks.cli.deliveries import deliveries_app
 from tasks.cli.errors import exit_code
 from tasks.cli.keys import keys_app
 from tasks.cli.processes import processes_app
-from tasks.cli.schedules import report_app, schedules_app
+from tasks.cli.reports import report_app
+from tasks.cli.schedules import schedules_app
 from tasks.cli.secrets import secrets_app
 from tasks.cli.settings import settings_app
 from worker.errors import OutboxError

@@ -1,31 +1,24 @@
-"""``outbox schedules`` (who hears about a schedule's runs) and ``outbox report`` (send a
-finished run's results to them)."""
+"""``outbox schedules``: who is e-mailed about each schedule's runs, and when."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
 
-from tasks.cli.common import JsonFlag, load_context, producer_for
+from tasks.cli.common import JsonFlag, load_context
 from tasks.cli.errors import EXIT_USAGE, fail
 from tasks.message_input import describe_validation_error
-from tasks.reports.model import RunReport
-from tasks.reports.render import ReportRenderer
 from tasks.reports.rules import Notification
-from tasks.reports.service import ReportService, RunResult
 from worker.errors import InvalidInputError
 
-__all__ = ["report_app", "schedules_app"]
+__all__ = ["schedules_app"]
 
 schedules_app = typer.Typer(
     help="Who is e-mailed about each schedule's runs, and when.", no_args_is_help=True
 )
-# Registered on the top-level `outbox` command: `outbox report`.
-report_app = typer.Typer()
 
 
 def _recipient_lists(notify: list[str]) -> list[dict[str, Any]]:
@@ -90,40 +83,3 @@ def delete_schedule(schedule_id: str) -> None:
     """Forget a schedule's notification settings (and its last run's status)."""
     load_context().schedules.delete(schedule_id)
     typer.echo(f"deleted notification settings of schedule {schedule_id}")
-
-
-@report_app.command()
-def report(
-    run_file: Annotated[Path, typer.Option("--file", help="The finished run, as JSON.")],
-    as_json: JsonFlag = False,
-) -> None:
-    """E-mail a finished run's results to its schedule's matching recipient lists (once)."""
-    try:
-        document = run_file.read_bytes()
-    except OSError as exc:
-        fail(f"--file {run_file}: {exc.strerror}", EXIT_USAGE)
-    try:
-        run = RunReport.model_validate_json(document)
-    except ValidationError as exc:
-        raise InvalidInputError(describe_validation_error(exc)) from None
-    context = load_context()
-    service = ReportService(
-        context.schedules, producer_for(context), ReportRenderer(context.settings.template_dir)
-    )
-    result = service.post(run)
-    if as_json:
-        typer.echo(result.model_dump_json(indent=2))
-    else:
-        _print_result(result)
-
-
-def _print_result(result: RunResult) -> None:
-    if result.repeated:
-        typer.echo(f"run {result.run_id} was reported before; nothing sent again")
-    for recipients in result.lists:
-        verdict = (
-            f"e-mail {recipients.delivery_id}"
-            if recipients.matched
-            else "rule did not match: not sent"
-        )
-        typer.echo(f"{recipients.rule.value:10} {', '.join(recipients.to)}: {verdict}")

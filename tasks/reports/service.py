@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from tasks.context import OutboxContext
 from tasks.message_input import MessageInput
 from tasks.producer import Producer
 from tasks.reports.model import RunReport, RunStatus
@@ -12,7 +13,7 @@ from tasks.reports.rules import Rule
 from tasks.reports.store import ScheduleStore
 from worker.records import Priority
 
-__all__ = ["ListResult", "ReportService", "RunResult"]
+__all__ = ["ListResult", "ReportService", "RunResult", "report_service"]
 
 
 class ListResult(BaseModel):
@@ -98,3 +99,9 @@ class ReportService:
             # (same idempotency keys), so its answer is ours.
             return self.post(report)
         return result
+
+
+def report_service(context: OutboxContext, producer: Producer) -> ReportService:
+    """The report service of a process: its schedules, its producer, the operator's
+    templates (``OUTBOX_TEMPLATE_DIR``) before outbox's own."""
+    return ReportService(context.schedules, producer, ReportRenderer(context.settings.template_dir))
