@@ -116,32 +116,11 @@ class Bench:
         os.environ.update(env)
         from bench.naive_app import send
 
-        worker = Service(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "--app",
-                "bench.naive_app",
-                "worker",
-                "--concurrency",
-                str(WORKER_PROCESSES),
-                "--loglevel",
-                "WARNING",
-            ],
-            env,
-        )
-        try:
-            time.sleep(3)  # let the worker connect; its start-up is not what is measured
-            before = sink.accepted
-            started = time.perf_counter()
+        def enqueue() -> None:
             for n in range(count):
-                fields = message_fields(n)
-                send.delay({"from": "robot@example.com", **fields})
-            wait_until(lambda: sink.accepted - before >= count, 900, "naive deliveries")
-            return count / (time.perf_counter() - started)
-        finally:
-            worker.stop()
+                send.delay({"from": "robot@example.com", **message_fields(n)})
+
+        return self._measure_celery_baseline("bench.naive_app", env, sink, count, enqueue)
 
     def measure_peer(self, sink: Sink, count: int) -> float | None:
         """django-celery-email-reboot at its defaults, its worker started as naive's is;
@@ -168,18 +147,29 @@ class Bench:
 
         import bench.peer_app  # noqa: F401 - configures Django and the peer's Celery app
 
+        def enqueue() -> None:
+            # The fields of bench.messages.message_fields, as Django messages.
+            get_connection().send_messages(
+                [
+                    EmailMessage(
+                        f"Run results {n}", BODY, "robot@example.com", [f"user{n}@example.com"]
+                    )
+                    for n in range(count)
+                ]
+            )
+
+        return self._measure_celery_baseline("bench.peer_app", env, sink, count, enqueue)
+
+    def _measure_celery_baseline(
+        self, app: str, env: dict[str, str], sink: Sink, count: int, enqueue: Callable[[], None]
+    ) -> float:
+        """A baseline's own Celery worker (one process per core, as ``outbox worker``), then
+        ``enqueue``: messages per second until the sink accepted ``count`` more."""
         worker = Service(
             [
                 sys.executable,
-                "-m",
-                "celery",
-                "--app",
-                "bench.peer_app",
-                "worker",
-                "--concurrency",
-                str(WORKER_PROCESSES),
-                "--loglevel",
-                "WARNING",
+                *("-m", "celery", "--app", app, "worker"),
+                *("--concurrency", str(WORKER_PROCESSES), "--loglevel", "WARNING"),
             ],
             env,
         )
@@ -187,14 +177,8 @@ class Bench:
             time.sleep(3)  # let the worker connect; its start-up is not what is measured
             before = sink.accepted
             started = time.perf_counter()
-            messages = [
-                EmailMessage(
-                    f"Run results {n}", BODY, "robot@example.com", [f"user{n}@example.com"]
-                )
-                for n in range(count)
-            ]  # the fields of bench.messages.message_fields
-            get_connection().send_messages(messages)
-            wait_until(lambda: sink.accepted - before >= count, 900, "peer deliveries")
+            enqueue()
+            wait_until(lambda: sink.accepted - before >= count, 900, f"{app} deliveries")
             return count / (time.perf_counter() - started)
         finally:
             worker.stop()
