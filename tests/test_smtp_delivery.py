@@ -271,6 +271,36 @@ def test_a_chunk_is_sent_concurrently_on_a_capped_pool(
     assert 1 <= plain_peer.connections <= outbox_context.settings.smtp_max_connections
 
 
+def test_a_job_reports_each_delivery_in_its_place(
+    outbox_context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
+) -> None:
+    # Lanes take the ids as they come free, yet the job's result keeps the job's order.
+    configure(outbox_context, plain_peer)
+    sent_before = enqueue(producer, subject="earlier")
+    assert worker.deliver(sent_before) == ["sent"]
+    fresh = [enqueue(producer, subject=f"n{n}") for n in range(12)]
+    job = [*fresh[:5], sent_before, "0" * 32, *fresh[5:]]
+    assert worker.deliver(*job) == ["sent"] * 5 + ["sent", "missing"] + ["sent"] * 7
+    assert len(plain_peer.wait_for_messages(13)) == 13
+    for delivery_id in fresh:
+        record = outbox_context.deliveries.get(delivery_id)
+        assert (record.status, len(record.attempts)) == (DeliveryStatus.SENT, 1)
+
+
+def test_scripts_forgotten_by_redis_are_loaded_again(
+    outbox_context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
+) -> None:
+    # A Redis restarted without persistence forgets its scripts; a lane records an attempt and
+    # claims its next delivery in one pipeline, which must load them again, not fail.
+    configure(outbox_context, plain_peer)
+    assert worker.deliver(enqueue(producer)) == ["sent"]
+    outbox_context.redis.script_flush()
+    delivery_ids = [enqueue(producer, subject=f"n{n}") for n in range(20)]
+    assert worker.deliver(*delivery_ids) == ["sent"] * 20
+    assert len(plain_peer.wait_for_messages(21)) == 21
+    assert all(len(outbox_context.deliveries.get(i).attempts) == 1 for i in delivery_ids)
+
+
 def test_a_sent_delivery_is_never_sent_again(
     outbox_context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
 ) -> None:

@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Protocol
@@ -34,6 +35,7 @@ from worker.records import (
     DeliveryStatus,
     Early,
     Exhausted,
+    Finished,
     Missing,
     RecipientOutcome,
     RecipientState,
@@ -120,54 +122,68 @@ class Deliverer:
     async def deliver_many(self, delivery_ids: Sequence[str]) -> list[JobOutcome]:
         """Attempt each delivery; returns the status each ends in (or why it was skipped).
 
-        At most ``in_flight`` are worked on at once, so the loop's CPU work never delays the
-        replies open connections are waiting for; each is claimed only when its turn comes, so
-        its lease covers its own attempt, not the wait before it. One failing does not stop
-        the others: they all finish, then the first error is raised (the task is retried, and
-        what was recorded meanwhile is skipped).
+        Lanes, as many as ``in_flight`` allows (so the loop's CPU work never delays the replies
+        open connections are waiting for), take the ids in order, each as soon as it is free.
+        A delivery is claimed only when its turn comes, so its lease covers its own attempt,
+        not the wait before it; a lane records an attempt and claims its next delivery in one
+        round trip. One failing does not stop the others: they all finish, then the first
+        error is raised (the task is retried, and what was recorded meanwhile is skipped).
         """
+        turns = _Turns(delivery_ids)
         results = await asyncio.gather(
-            *(self._deliver_one(i) for i in delivery_ids), return_exceptions=True
+            *(self._lane(turns) for _ in delivery_ids), return_exceptions=True
         )
-        outcomes: list[JobOutcome] = []
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-            outcomes.append(result)
-        return outcomes
+        return turns.outcomes()
 
-    async def _deliver_one(self, delivery_id: str) -> JobOutcome:
+    async def _lane(self, turns: _Turns) -> None:
         async with self.in_flight:
-            claim = await self.claims.claim(delivery_id, self.clock())
-            return await self._handle(delivery_id, claim)
+            claimed: _Claimed | None = None
+            while True:
+                if claimed is None:
+                    turn = turns.take()
+                    if turn is None:
+                        return
+                    claimed = _Claimed(
+                        turn, await self.claims.claim(turn.delivery_id, self.clock())
+                    )
+                outcome, claimed_next = await self._handle(claimed, turns)
+                turns.done(claimed.turn, outcome)
+                claimed = claimed_next
 
-    async def _handle(self, delivery_id: str, claim: ClaimResult) -> JobOutcome:
-        match claim:
+    async def _handle(self, claimed: _Claimed, turns: _Turns) -> tuple[JobOutcome, _Claimed | None]:
+        """The outcome of one turn, and the next turn when recording it claimed one."""
+        delivery_id = claimed.turn.delivery_id
+        match claimed.claim:
             case Missing():
                 log.warning(
                     "delivery %s: no record (expired or purged); nothing to send", delivery_id
                 )
-                return JobOutcome.MISSING
+                return JobOutcome.MISSING, None
             case AlreadyFinal(status=status):
                 log.info("delivery %s is already %s; not sending again", delivery_id, status)
-                return JobOutcome.of(status)
+                return JobOutcome.of(status), None
             case Busy():
                 # A duplicate job while a live process holds it; if that process dies, its
                 # lease lapses and the sweeper publishes the delivery again.
-                return JobOutcome.BUSY
+                return JobOutcome.BUSY, None
             case Early():
-                return JobOutcome.EARLY
+                return JobOutcome.EARLY, None
             case Exhausted(reason=reason):
                 log.error("delivery %s failed: %s", delivery_id, reason)
-                return JobOutcome.FAILED
+                return JobOutcome.FAILED, None
             case Unreadable() as unreadable:
                 log.error("delivery %s: %s", delivery_id, unreadable.reason)
                 await self.claims.fail_unreadable(delivery_id, unreadable, self.clock())
-                return JobOutcome.FAILED
+                return JobOutcome.FAILED, None
             case Claimed(record=record, settings_version=version):
-                return await self._attempt(record, version)
+                return await self._attempt(record, version, turns)
 
-    async def _attempt(self, record: DeliveryRecord, settings_version: int) -> JobOutcome:
+    async def _attempt(
+        self, record: DeliveryRecord, settings_version: int, turns: _Turns
+    ) -> tuple[JobOutcome, _Claimed | None]:
         started = self.clock()
         pending = [r.address for r in record.recipients if r.status.needs_sending]
         result: SendResult | None = None
@@ -191,7 +207,7 @@ class Deliverer:
             # A bug or an unexpected library error fails this delivery, not the worker.
             log.exception("delivery %s: unexpected %s", record.id, type(exc).__name__)
             error = PermanentError(f"internal error: {type(exc).__name__}: {exc}")
-        return await self._record(record, started, pending, result, error)
+        return await self._record(record, started, pending, result, error, turns)
 
     @contextlib.asynccontextmanager
     async def _claim_kept(self, record: DeliveryRecord) -> AsyncIterator[None]:
@@ -232,7 +248,8 @@ class Deliverer:
         pending: list[str],
         result: SendResult | None,
         error: DeliveryError | None,
-    ) -> JobOutcome:
+        turns: _Turns,
+    ) -> tuple[JobOutcome, _Claimed | None]:
         recipients = _merge(record.recipients, pending, result, error)
         retry_delay: float | None = None
         if any(r.status.needs_sending for r in recipients):
@@ -255,8 +272,47 @@ class Deliverer:
             reply=error.reply if error else (result.reply if result else None),
             error=error.reason if error else _refusals(recipients),
         )
-        # What was sent must be recorded, or it is sent again: while Redis is away (a restart),
-        # keep trying for a while rather than leave the outcome to a take-over.
+
+        async def finish(claim_next: str | None) -> Finished:
+            return await self.claims.finish(
+                record,
+                now=now,
+                status=status,
+                attempt=attempt,
+                recipients=recipients,
+                last_error=attempt.error,
+                next_attempt_at=now + retry_delay if retry_delay is not None else None,
+                claim_next=claim_next,
+            )
+
+        # The next turn comes now: it is claimed in the same round trip.
+        following = turns.take()
+        finished = await self._recorded(finish, following)
+        if not finished.applied:
+            log.warning("delivery %s: claim lost before the attempt was recorded", record.id)
+        log.info("delivery %s attempt %d: %s", record.id, record.attempt_count, status.value)
+        claimed_next = None
+        if following is not None:
+            if finished.next_claim is None:
+                turns.give_back(following)
+            else:
+                claimed_next = _Claimed(following, finished.next_claim)
+        return JobOutcome.of(status), claimed_next
+
+    async def _recorded(
+        self, finish: Callable[[str | None], Awaitable[Finished]], following: _Turn | None
+    ) -> Finished:
+        """Record an attempt (claiming the following turn with it) and wait out a Redis outage.
+
+        What was sent must be recorded, or it is sent again: while Redis is away (a restart),
+        keep trying for a while rather than leave the outcome to a take-over. The retries
+        claim nothing: whether the first try's claim went through is unknown, and a lane
+        claims the following turn on its own.
+        """
+        try:
+            return await finish(following.delivery_id if following else None)
+        except redis.RedisError:
+            log.warning("could not record an attempt; trying again while Redis is away")
         async for trying in AsyncRetrying(
             retry=retry_if_exception_type(redis.RedisError),
             wait=wait_exponential(multiplier=0.1, max=2),
@@ -264,19 +320,47 @@ class Deliverer:
             reraise=True,
         ):
             with trying:
-                applied = await self.claims.finish(
-                    record,
-                    now=now,
-                    status=status,
-                    attempt=attempt,
-                    recipients=recipients,
-                    last_error=attempt.error,
-                    next_attempt_at=now + retry_delay if retry_delay is not None else None,
-                )
-        if not applied:
-            log.warning("delivery %s: claim lost before the attempt was recorded", record.id)
-        log.info("delivery %s attempt %d: %s", record.id, record.attempt_count, status.value)
-        return JobOutcome.of(status)
+                finished = await finish(None)
+        return Finished(finished.applied)
+
+
+@dataclass(frozen=True, slots=True)
+class _Turn:
+    """One id of a job, at its place in the job."""
+
+    index: int
+    delivery_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Claimed:
+    """A turn and what claiming its delivery gave."""
+
+    turn: _Turn
+    claim: ClaimResult
+
+
+class _Turns:
+    """A job's delivery ids, handed to lanes one at a time in order, and each one's outcome."""
+
+    def __init__(self, delivery_ids: Sequence[str]) -> None:
+        self._waiting = deque(_Turn(i, d) for i, d in enumerate(delivery_ids))
+        self._outcomes: list[JobOutcome | None] = [None] * len(delivery_ids)
+
+    def take(self) -> _Turn | None:
+        return self._waiting.popleft() if self._waiting else None
+
+    def give_back(self, turn: _Turn) -> None:
+        self._waiting.appendleft(turn)
+
+    def done(self, turn: _Turn, outcome: JobOutcome) -> None:
+        self._outcomes[turn.index] = outcome
+
+    def outcomes(self) -> list[JobOutcome]:
+        done = [o for o in self._outcomes if o is not None]
+        if len(done) != len(self._outcomes):
+            raise RuntimeError("a job ended with deliveries not attempted")  # a lane's bug
+        return done
 
 
 def _merge(

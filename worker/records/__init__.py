@@ -60,7 +60,7 @@ Every change of status is one Lua script, so a record, its index entries and its
 never disagree.
 """
 
-from worker.records.claims import ClaimStore, RedisClaims
+from worker.records.claims import ClaimStore, Finished, RedisClaims
 from worker.records.codec import decode_record, encode_attempt, encode_recipients
 from worker.records.keys import (
     ATTEMPT_COUNTERS,
@@ -119,6 +119,7 @@ __all__ = [
     "DeliveryStore",
     "Early",
     "Exhausted",
+    "Finished",
     "MemoryClaims",
     "Missing",
     "NewDelivery",

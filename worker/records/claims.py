@@ -3,9 +3,12 @@ the attempt runs, then record its outcome."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from worker.records.codec import encode_recipients
 from worker.records.model import Attempt, DeliveryRecord, DeliveryStatus, RecipientOutcome
@@ -23,7 +26,16 @@ from worker.records.scripts import (
     transition_call,
 )
 
-__all__ = ["ClaimStore", "RedisClaims"]
+__all__ = ["ClaimStore", "Finished", "RedisClaims"]
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """What ``finish`` did: whether the attempt was recorded (False: the claim was lost to
+    another process meanwhile), and the claim of the next delivery when it asked for one."""
+
+    applied: bool
+    next_claim: ClaimResult | None = None
 
 
 class ClaimStore(Protocol):
@@ -55,12 +67,15 @@ class ClaimStore(Protocol):
         recipients: tuple[RecipientOutcome, ...],
         last_error: str | None,
         next_attempt_at: float | None,
-    ) -> bool:
-        """Record the attempt; False if the claim was lost to another process meanwhile."""
+        claim_next: str | None = None,
+    ) -> Finished:
+        """Record the attempt and, when ``claim_next`` is given, claim that delivery right
+        after (its turn comes as this one ends), in the same round trip."""
 
 
 class RedisClaims:
-    """Claims and attempt outcomes in Redis, each one script call (one round trip)."""
+    """Claims and attempt outcomes in Redis, each one script call; an outcome and the next
+    claim share one round trip."""
 
     def __init__(
         self,
@@ -71,6 +86,7 @@ class RedisClaims:
         max_attempts: int,
         retention_seconds: int,
     ) -> None:
+        self._client = client
         self._settings_key = settings_key
         self._lease_seconds = lease_seconds
         self._max_attempts = max_attempts
@@ -84,7 +100,11 @@ class RedisClaims:
         return self._lease_seconds
 
     async def claim(self, delivery_id: str, now: float) -> ClaimResult:
-        call = claim_call(
+        call = self._claim_call(delivery_id, now)
+        return decode_claim(delivery_id, await self._claim(keys=call.keys, args=call.args))
+
+    def _claim_call(self, delivery_id: str, now: float) -> ScriptCall:
+        return claim_call(
             delivery_id,
             now=now,
             lease_seconds=self._lease_seconds,
@@ -92,7 +112,6 @@ class RedisClaims:
             max_attempts=self._max_attempts,
             retention_seconds=self._retention_seconds,
         )
-        return decode_claim(delivery_id, await self._claim(keys=call.keys, args=call.args))
 
     async def renew(self, record: DeliveryRecord, now: float) -> bool:
         return await self._lease_until(record, now + self._lease_seconds)
@@ -127,26 +146,47 @@ class RedisClaims:
         recipients: tuple[RecipientOutcome, ...],
         last_error: str | None,
         next_attempt_at: float | None,
-    ) -> bool:
-        return await self._run_transition(
-            transition_call(
-                record.id,
-                now=now,
-                # The claim is ours only while attempt_count is still the number we claimed.
-                guard=("attempt_count", str(record.attempt_count)),
-                status=status,
-                expire_seconds=self._retention_seconds if status.is_final else 0,
-                # A retry is due then: the sweeper publishes it.
-                due_at=next_attempt_at,
-                attempt=attempt,
-                fields={
-                    "recipients": encode_recipients(recipients),
-                    "last_error": last_error or "",
-                    "next_attempt_at": repr(next_attempt_at) if next_attempt_at else "",
-                    "lease_until": "0",
-                },
-            )
+        claim_next: str | None = None,
+    ) -> Finished:
+        transition = transition_call(
+            record.id,
+            now=now,
+            # The claim is ours only while attempt_count is still the number we claimed.
+            guard=("attempt_count", str(record.attempt_count)),
+            status=status,
+            expire_seconds=self._retention_seconds if status.is_final else 0,
+            # A retry is due then: the sweeper publishes it.
+            due_at=next_attempt_at,
+            attempt=attempt,
+            fields={
+                "recipients": encode_recipients(recipients),
+                "last_error": last_error or "",
+                "next_attempt_at": repr(next_attempt_at) if next_attempt_at else "",
+                "lease_until": "0",
+            },
+        )
+        if claim_next is None:
+            return Finished(await self._run_transition(transition))
+        claim = self._claim_call(claim_next, now)
+        # Each round trip costs about as much CPU as building a message: one for both.
+        pipe = self._client.pipeline(transaction=False)
+        for script, call in ((self._transition, transition), (self._claim, claim)):
+            pipe.evalsha(script.sha, len(call.keys), *call.keys, *call.args)
+        recorded, claimed = await pipe.execute(raise_on_error=False)
+        return Finished(
+            decode_transition(await _loaded(recorded, self._transition, transition)),
+            decode_claim(claim_next, await _loaded(claimed, self._claim, claim)),
         )
 
     async def _run_transition(self, call: ScriptCall) -> bool:
         return decode_transition(await self._transition(keys=call.keys, args=call.args))
+
+
+async def _loaded(result: Any, script: AsyncScript, call: ScriptCall) -> Any:
+    """A pipelined script's result; run again through ``script`` (which loads it) when Redis
+    did not know it (its script cache is empty after a restart)."""
+    if isinstance(result, NoScriptError):
+        return await script(keys=call.keys, args=call.args)
+    if isinstance(result, Exception):
+        raise result
+    return result

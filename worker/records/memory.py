@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from worker.message import OutgoingMessage
+from worker.records.claims import Finished
 from worker.records.model import (
     Attempt,
     AttemptOutcome,
@@ -140,6 +141,23 @@ class MemoryClaims:
         self,
         record: DeliveryRecord,
         *,
+        now: float,
+        status: DeliveryStatus,
+        attempt: Attempt,
+        recipients: tuple[RecipientOutcome, ...],
+        last_error: str | None,
+        next_attempt_at: float | None,
+        claim_next: str | None = None,
+    ) -> Finished:
+        applied = self._finish(
+            record, now, status, attempt, recipients, last_error, next_attempt_at
+        )
+        next_claim = None if claim_next is None else await self.claim(claim_next, now)
+        return Finished(applied, next_claim)
+
+    def _finish(
+        self,
+        record: DeliveryRecord,
         now: float,
         status: DeliveryStatus,
         attempt: Attempt,
