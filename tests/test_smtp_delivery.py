@@ -141,6 +141,23 @@ def test_recipient_550_is_permanent(
     )
 
 
+def test_refused_envelopes_leave_the_session_usable(
+    outbox_context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
+) -> None:
+    # Every recipient refused, then the message refused at DATA: each envelope is reset, and
+    # the next message goes out on the same connection with the size of what it sends.
+    configure(outbox_context, plain_peer)
+    plain_peer.rcpt_replies["nobody@example.com"] = "550 5.1.1 No such user"
+    assert worker.deliver(enqueue(producer, to=["nobody@example.com"])) == ["failed"]
+    plain_peer.data_replies.append("554 5.6.0 Message refused")
+    assert worker.deliver(enqueue(producer, subject="refused")) == ["failed"]
+    assert worker.deliver(enqueue(producer, subject="accepted")) == ["sent"]
+    [message] = plain_peer.wait_for_messages(1)
+    assert parse(message.data)["Subject"] == "accepted"
+    assert f"SIZE={len(message.data)}" in message.mail_options
+    assert plain_peer.connections == 1
+
+
 def test_451_then_success_is_sent_after_a_retry(
     outbox_context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
 ) -> None:

@@ -63,6 +63,7 @@ def test_plain_send_is_recorded_with_its_bytes() -> None:
         rcpt_tos=("b@example.com", "c@example.com"),
         # Dot-unstuffed and with the final CRLF, exactly as the client passed it.
         data=MESSAGE,
+        mail_options=(f"SIZE={len(MESSAGE)}",),
     )
     assert peer.connections == 1
 

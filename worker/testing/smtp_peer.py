@@ -37,6 +37,7 @@ class ReceivedMessage:
     mail_from: str
     rcpt_tos: tuple[str, ...]
     data: bytes
+    mail_options: tuple[str, ...] = ()  # the parameters of MAIL FROM, e.g. "SIZE=1234"
 
 
 def _free_port() -> int:
@@ -252,6 +253,7 @@ class SmtpPeer:
             mail_from=envelope.mail_from or "",
             rcpt_tos=tuple(envelope.rcpt_tos),
             data=envelope.original_content or b"",
+            mail_options=tuple(envelope.mail_options),
         )
         with self._lock:
             self.messages.append(message)

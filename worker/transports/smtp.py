@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import socket
 import ssl
@@ -241,13 +242,9 @@ class SmtpTransport:
                 )
             sendable = [a for a in recipients if utf8 or not needs_smtputf8(a)]
             if sendable:
-                refused, reply = await connection.sendmail(
-                    sender, sendable, mime(utf8=utf8), mail_options=["SMTPUTF8"] if utf8 else []
+                refused, reply = await _transfer(
+                    connection, sender, sendable, mime(utf8=utf8), utf8
                 )
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            refused = {
-                r.recipient: aiosmtplib.SMTPResponse(r.code, r.message) for r in exc.recipients
-            }
         except SMTP_FAILURES as exc:
             if isinstance(exc, OSError):
                 connection.close()  # the session is gone (disconnect or timeout)
@@ -326,6 +323,45 @@ class SmtpTransport:
         except SMTP_FAILURES as exc:
             connection.close()
             raise smtp_error(exc, "login", settings.server, settings.port) from exc
+
+
+async def _transfer(
+    connection: aiosmtplib.SMTP, sender: str, recipients: Sequence[str], data: bytes, utf8: bool
+) -> tuple[dict[str, aiosmtplib.SMTPResponse], str]:
+    """One envelope: MAIL, RCPT for each recipient, DATA; the refused recipients and the reply.
+
+    aiosmtplib's ``sendmail`` does the same, but normalizes the line endings of the whole
+    message once more to compute SIZE, and parses every address again; ``data`` is already
+    CRLF throughout (its length is the size) and the addresses were checked at enqueue.
+    """
+    if connection.is_ehlo_or_helo_needed:
+        await connection.ehlo()
+    options = [f"SIZE={len(data)}"] if connection.supports_extension("size") else []
+    encoding = "utf-8" if utf8 else "ascii"
+    refused: dict[str, aiosmtplib.SMTPResponse] = {}
+    try:
+        await connection.mail(
+            sender, options=[*options, "SMTPUTF8"] if utf8 else options, encoding=encoding
+        )
+        for recipient in recipients:
+            try:
+                await connection.rcpt(recipient, encoding=encoding)
+            except aiosmtplib.SMTPRecipientRefused as exc:
+                refused[recipient] = aiosmtplib.SMTPResponse(exc.code, exc.message)
+        if len(refused) == len(recipients):
+            await _reset(connection)  # nobody to send to: end the envelope, keep the session
+            return refused, ""
+        response = await connection.data(data)
+    except aiosmtplib.SMTPResponseException:
+        await _reset(connection)
+        raise
+    return refused, response.message
+
+
+async def _reset(connection: aiosmtplib.SMTP) -> None:
+    """End a refused envelope so the session can carry the next one (as ``sendmail`` does)."""
+    with contextlib.suppress(ConnectionError, aiosmtplib.SMTPResponseException):
+        await connection.rset()
 
 
 async def _quit(connection: aiosmtplib.SMTP) -> None:
