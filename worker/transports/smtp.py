@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Literal, Protocol
 
 import aiosmtplib
+from aiosmtplib import SMTPStatus
 
 from config.addresses import needs_smtputf8
 from config.mail_settings import SmtpSettings, TlsMode
@@ -331,23 +332,27 @@ async def _transfer(
     """One envelope: MAIL, RCPT for each recipient, DATA; the refused recipients and the reply.
 
     aiosmtplib's ``sendmail`` does the same, but normalizes the line endings of the whole
-    message once more to compute SIZE, and parses every address again; ``data`` is already
-    CRLF throughout (its length is the size) and the addresses were checked at enqueue.
+    message once more to compute SIZE and parses every address twice; ``data`` is already
+    CRLF throughout (its length is the size), and the addresses are addr-specs checked at
+    enqueue, which go into the commands as they are (aiosmtplib still refuses CR and LF).
     """
     if connection.is_ehlo_or_helo_needed:
         await connection.ehlo()
-    options = [f"SIZE={len(data)}"] if connection.supports_extension("size") else []
     encoding = "utf-8" if utf8 else "ascii"
+    options = [b"SIZE=%d" % len(data)] if connection.supports_extension("size") else []
+    if utf8:
+        options.append(b"SMTPUTF8")
     refused: dict[str, aiosmtplib.SMTPResponse] = {}
     try:
-        await connection.mail(
-            sender, options=[*options, "SMTPUTF8"] if utf8 else options, encoding=encoding
+        response = await connection.execute_command(
+            b"MAIL", _path(b"FROM:", sender, encoding), *options
         )
+        if response.code != SMTPStatus.completed:
+            raise aiosmtplib.SMTPSenderRefused(response.code, response.message, sender)
         for recipient in recipients:
-            try:
-                await connection.rcpt(recipient, encoding=encoding)
-            except aiosmtplib.SMTPRecipientRefused as exc:
-                refused[recipient] = aiosmtplib.SMTPResponse(exc.code, exc.message)
+            response = await connection.execute_command(b"RCPT", _path(b"TO:", recipient, encoding))
+            if response.code not in (SMTPStatus.completed, SMTPStatus.will_forward):
+                refused[recipient] = response
         if len(refused) == len(recipients):
             await _reset(connection)  # nobody to send to: end the envelope, keep the session
             return refused, ""
@@ -356,6 +361,10 @@ async def _transfer(
         await _reset(connection)
         raise
     return refused, response.message
+
+
+def _path(keyword: bytes, address: str, encoding: str) -> bytes:
+    return keyword + b"<" + address.encode(encoding) + b">"
 
 
 async def _reset(connection: aiosmtplib.SMTP) -> None:
