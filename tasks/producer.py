@@ -63,9 +63,35 @@ class Producer:
         return self.enqueue_many([message])[0]
 
     def enqueue_many(self, messages: Sequence[MessageInput]) -> list[Created]:
-        """Store every message, then hand the new ids to the broker in chunks."""
+        """Store the messages and queue them a chunk (one task) at a time, so workers send the
+        first while the rest are still being stored.
+
+        Every message's limits are checked first: one refused message stores none. A chunk
+        the broker does not take is recorded failed, and so is every later one (stored, never
+        queued); then the broker's error is raised.
+        """
         for message in messages:
             self.check_limits(message)
+        created: list[Created] = []
+        failure: Exception | None = None
+        for start in range(0, len(messages), CHUNK_SIZE):
+            stored, to_queue = self._store(messages[start : start + CHUNK_SIZE])
+            created += stored
+            if failure is not None:
+                self._mark_unqueued([delivery_id for delivery_id, _ in to_queue], failure)
+                continue
+            try:
+                self._queue(to_queue)
+            except Exception as exc:
+                failure = exc
+        if failure is not None:
+            raise failure
+        return created
+
+    def _store(
+        self, messages: Sequence[MessageInput]
+    ) -> tuple[list[Created], list[tuple[str, Priority]]]:
+        """Store the messages; what was created, and the ``(id, priority)`` pairs to queue."""
         new = []
         for message in messages:
             delivery_id = uuid.uuid4().hex
@@ -93,8 +119,7 @@ class Producer:
             if status is DeliveryStatus.QUEUED
         ]
         fresh = [(c.id, m.priority) for c, m in zip(created, messages, strict=True) if c.created]
-        self._queue(fresh + still_queued)
-        return created
+        return created, fresh + still_queued
 
     def check_limits(self, message: MessageInput) -> None:
         """Refuse a message over OUTBOX_MAX_MESSAGE_BYTES (encoded bytes, not characters) or
@@ -148,9 +173,11 @@ class Producer:
                     self._publish(chunked(ids), priority=priority)
                     published.update(ids)
         except Exception as exc:
-            # Stored but never queued would be lost silently: record it as failed instead.
-            reason = f"could not be queued: {type(exc).__name__}; retry it with `outbox retry`"
-            for delivery_id, _ in deliveries:
-                if delivery_id not in published:
-                    self._deliveries.mark_unqueued(delivery_id, reason)
+            self._mark_unqueued([i for i, _ in deliveries if i not in published], exc)
             raise
+
+    def _mark_unqueued(self, delivery_ids: list[str], failure: Exception) -> None:
+        # Stored but never queued would be lost silently: record it as failed instead.
+        reason = f"could not be queued: {type(failure).__name__}; retry it with `outbox retry`"
+        for delivery_id in delivery_ids:
+            self._deliveries.mark_unqueued(delivery_id, reason)

@@ -11,8 +11,11 @@ import pytest
 
 from tasks.cli.batch import CHUNK_MESSAGES, send_batch
 from tasks.context import OutboxContext
-from tasks.producer import Producer
+from tasks.producer import CHUNK_SIZE, Producer
 from worker.records import DeliveryStatus, Priority
+
+# The producer publishes a task per CHUNK_SIZE messages: this many for one chunk of the file.
+PUBLISHES_PER_CHUNK = CHUNK_MESSAGES // CHUNK_SIZE
 
 
 class BrokerFailingAfter:
@@ -48,7 +51,7 @@ def producer_with(context: OutboxContext, publish: BrokerFailingAfter) -> Produc
 def test_each_chunk_is_published_as_it_is_read(
     outbox_context: OutboxContext, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    broker = BrokerFailingAfter(calls=10)
+    broker = BrokerFailingAfter(calls=3 * PUBLISHES_PER_CHUNK)
     report = send_batch(
         batch_of(CHUNK_MESSAGES * 2 + 1), producer_with(outbox_context, broker), as_json=True
     )
@@ -60,7 +63,7 @@ def test_each_chunk_is_published_as_it_is_read(
 def test_a_broker_failure_half_way_leaves_nothing_stored_and_unqueued(
     outbox_context: OutboxContext, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    broker = BrokerFailingAfter(calls=1)
+    broker = BrokerFailingAfter(calls=PUBLISHES_PER_CHUNK)  # the first chunk of the file
     with pytest.raises(ConnectionError):
         send_batch(
             batch_of(CHUNK_MESSAGES * 3), producer_with(outbox_context, broker), as_json=False

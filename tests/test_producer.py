@@ -97,6 +97,47 @@ def test_a_broker_failure_leaves_a_failed_record_not_a_lost_one(
     assert "could not be queued" in (record.last_error or "")
 
 
+def test_a_bulk_enqueue_queues_each_chunk_as_soon_as_it_is_stored(
+    outbox_context: OutboxContext, redis_client: redis.Redis
+) -> None:
+    # Workers start on the first e-mails while the rest are still being stored.
+    stored_at_publish: list[int] = []
+
+    def publish(chunks: object, *, priority: object) -> None:
+        stored_at_publish.append(int(redis_client.zcard(status_index_key(DeliveryStatus.QUEUED))))
+
+    producer = Producer(
+        outbox_context.deliveries, publish, message_id_domain="outbox.test", max_message_bytes=10**6
+    )
+    producer.enqueue_many([message(subject=f"n{n}") for n in range(120)])
+    assert stored_at_publish == [CHUNK_SIZE, 2 * CHUNK_SIZE, 120]
+
+
+def test_a_broker_failing_mid_batch_leaves_every_later_message_failed_not_lost(
+    outbox_context: OutboxContext,
+) -> None:
+    published: list[str] = []
+
+    def fails_on_the_second_chunk(chunks: list[list[str]], *, priority: object) -> None:
+        if published:
+            raise ConnectionError("broker down")
+        published.extend(chunks[0])
+
+    producer = Producer(
+        outbox_context.deliveries,
+        fails_on_the_second_chunk,  # type: ignore[arg-type]
+        message_id_domain="outbox.test",
+        max_message_bytes=10**6,
+    )
+    with pytest.raises(ConnectionError):
+        producer.enqueue_many([message(subject=f"n{n}") for n in range(120)])
+    assert len(published) == CHUNK_SIZE
+    failed = outbox_context.deliveries.recent(DeliveryStatus.FAILED, limit=200)
+    assert len(failed) == 120 - CHUNK_SIZE
+    assert not {r.id for r in failed} & set(published)
+    assert all("could not be queued: ConnectionError" in (r.last_error or "") for r in failed)
+
+
 def test_retry_requeues_failed_deliveries_only(
     outbox_context: OutboxContext,
     producer: Producer,
