@@ -22,6 +22,7 @@ from pydantic import SecretStr
 
 from config.mail_settings import OAuthSettings
 from tasks.message_input import MessageInput
+from tasks.producer import CHUNK_SIZE
 from tests.faults.harness import FaultRun, Report
 from worker.records import AttemptOutcome, DeliveryStatus, status_index_key
 from worker.testing.graph_standin import GraphStandIn
@@ -187,22 +188,24 @@ def test_6_producer_killed_between_storing_and_publishing(fault_run: FaultRun) -
     assert stored.returncode == -signal.SIGKILL, stored.stderr
     index = run.context.redis.zrange(status_index_key(DeliveryStatus.QUEUED), 0, -1)
     ids = [raw.decode() for raw in index]
-    assert len(ids) == LOAD
+    assert len(ids) == CHUNK_SIZE  # stored, and none published: the producer died first
     run.start_worker()
     report = run.report(
         "producer killed between storing and publishing", ids, run.wait_until_final(ids, 180)
     )
     record(report)
     assert report.lost == 0
-    assert report.sent == LOAD
+    assert report.sent == CHUNK_SIZE
     assert report.seconds_to_final <= 120
 
 
-# Stores its records, then dies as it would publish them (SIGKILL: no cleanup at all).
+# Stores its first chunk of records, then dies as it would publish them (SIGKILL: no cleanup
+# at all); the producer queues each chunk as soon as it is stored, so it stores no more.
 _DYING_PRODUCER = """
 import os, signal, sys
 from tasks.context import OutboxContext
 from tasks.message_input import MessageInput
+from tasks.producer import CHUNK_SIZE
 from tasks.producer import Producer
 context = OutboxContext.from_environment()
 producer = Producer(context.deliveries,
