@@ -4,13 +4,12 @@ the attempt runs, then record its outcome."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
 
 from worker.records.codec import encode_recipients
+from worker.records.group_commit import GroupCommit
 from worker.records.model import Attempt, DeliveryRecord, DeliveryStatus, RecipientOutcome
 from worker.records.scripts import (
     CLAIM,
@@ -74,8 +73,8 @@ class ClaimStore(Protocol):
 
 
 class RedisClaims:
-    """Claims and attempt outcomes in Redis, each one script call; an outcome and the next
-    claim share one round trip."""
+    """Claims and attempt outcomes in Redis, each one script call: an outcome and the next
+    claim go in one pipeline, with those of the process's other deliveries made meanwhile."""
 
     def __init__(
         self,
@@ -86,7 +85,7 @@ class RedisClaims:
         max_attempts: int,
         retention_seconds: int,
     ) -> None:
-        self._client = client
+        self._pipelines = GroupCommit(client)
         self._settings_key = settings_key
         self._lease_seconds = lease_seconds
         self._max_attempts = max_attempts
@@ -100,8 +99,8 @@ class RedisClaims:
         return self._lease_seconds
 
     async def claim(self, delivery_id: str, now: float) -> ClaimResult:
-        call = self._claim_call(delivery_id, now)
-        return decode_claim(delivery_id, await self._claim(keys=call.keys, args=call.args))
+        [claimed] = await self._pipelines.run([(self._claim, self._claim_call(delivery_id, now))])
+        return decode_claim(delivery_id, claimed)
 
     def _claim_call(self, delivery_id: str, now: float) -> ScriptCall:
         return claim_call(
@@ -166,27 +165,12 @@ class RedisClaims:
             },
         )
         if claim_next is None:
-            return Finished(await self._run_transition(transition))
-        claim = self._claim_call(claim_next, now)
-        # Each round trip costs about as much CPU as building a message: one for both.
-        pipe = self._client.pipeline(transaction=False)
-        for script, call in ((self._transition, transition), (self._claim, claim)):
-            pipe.evalsha(script.sha, len(call.keys), *call.keys, *call.args)
-        recorded, claimed = await pipe.execute(raise_on_error=False)
-        return Finished(
-            decode_transition(await _loaded(recorded, self._transition, transition)),
-            decode_claim(claim_next, await _loaded(claimed, self._claim, claim)),
+            [recorded] = await self._pipelines.run([(self._transition, transition)])
+            return Finished(decode_transition(recorded))
+        recorded, claimed = await self._pipelines.run(
+            [(self._transition, transition), (self._claim, self._claim_call(claim_next, now))]
         )
+        return Finished(decode_transition(recorded), decode_claim(claim_next, claimed))
 
     async def _run_transition(self, call: ScriptCall) -> bool:
         return decode_transition(await self._transition(keys=call.keys, args=call.args))
-
-
-async def _loaded(result: Any, script: AsyncScript, call: ScriptCall) -> Any:
-    """A pipelined script's result; run again through ``script`` (which loads it) when Redis
-    did not know it (its script cache is empty after a restart)."""
-    if isinstance(result, NoScriptError):
-        return await script(keys=call.keys, args=call.args)
-    if isinstance(result, Exception):
-        raise result
-    return result
