@@ -376,7 +376,7 @@ class Bench:
         )
         if not self.args.scale:
             self.results.update(dict.fromkeys(keys))
-            self.results["scale_skipped"] = "run with --scale (about 6 minutes more)"
+            self.results["scale_skipped"] = "run with --scale (about 2 minutes more)"
             return
         self.log("backlog: 2,000 queued before the worker starts")
         small = self.measure_backlog(sink, 2_000)
@@ -428,7 +428,7 @@ def main() -> None:
     parser.add_argument(
         "--scale",
         action="store_true",
-        help="also a backlog of 100,000 e-mails against one of 2,000 (about 6 minutes more)",
+        help="also a backlog of 100,000 e-mails against one of 2,000 (about 2 minutes more)",
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="outbox-bench-") as workdir:
