@@ -67,25 +67,16 @@ class Producer:
         first while the rest are still being stored.
 
         Every message's limits are checked first: one refused message stores none. A chunk
-        the broker does not take is recorded failed, and so is every later one (stored, never
-        queued); then the broker's error is raised.
+        the broker does not take is recorded failed, nothing after it is stored, and the
+        broker's error is raised.
         """
         for message in messages:
             self.check_limits(message)
         created: list[Created] = []
-        failure: Exception | None = None
         for start in range(0, len(messages), CHUNK_SIZE):
             stored, to_queue = self._store(messages[start : start + CHUNK_SIZE])
+            self._queue(to_queue)
             created += stored
-            if failure is not None:
-                self._mark_unqueued([delivery_id for delivery_id, _ in to_queue], failure)
-                continue
-            try:
-                self._queue(to_queue)
-            except Exception as exc:
-                failure = exc
-        if failure is not None:
-            raise failure
         return created
 
     def _store(
@@ -173,11 +164,9 @@ class Producer:
                     self._publish(chunked(ids), priority=priority)
                     published.update(ids)
         except Exception as exc:
-            self._mark_unqueued([i for i, _ in deliveries if i not in published], exc)
+            # Stored but never queued would be lost silently: record it as failed instead.
+            reason = f"could not be queued: {type(exc).__name__}; retry it with `outbox retry`"
+            for delivery_id, _ in deliveries:
+                if delivery_id not in published:
+                    self._deliveries.mark_unqueued(delivery_id, reason)
             raise
-
-    def _mark_unqueued(self, delivery_ids: list[str], failure: Exception) -> None:
-        # Stored but never queued would be lost silently: record it as failed instead.
-        reason = f"could not be queued: {type(failure).__name__}; retry it with `outbox retry`"
-        for delivery_id in delivery_ids:
-            self._deliveries.mark_unqueued(delivery_id, reason)

@@ -1,15 +1,32 @@
 """Group commit against a real Redis: concurrent script calls share pipelines, each caller
-gets its own replies, and one caller's trouble is not another's."""
+gets its own replies, and one caller's trouble is not another's; an outcome recorded in the
+same pipeline as a failing claim is recorded once."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import redis
 import redis.asyncio as aioredis
 
+from config.settings_store import SETTINGS_KEY
+from tasks.context import OutboxContext
+from tasks.producer import Producer
+from tests.support.smtp_delivery import enqueue
+from worker.records import (
+    Attempt,
+    AttemptOutcome,
+    Claimed,
+    DeliveryStatus,
+    Finished,
+    RecipientState,
+    RedisClaims,
+    record_key,
+)
 from worker.records.group_commit import GroupCommit
 from worker.records.scripts import ScriptCall
 from worker.testing.redis_server import RedisServer
@@ -58,7 +75,7 @@ def test_concurrent_calls_share_one_pipeline_and_get_their_own_replies(
     assert CountingRedis.pipelines_sent == 1  # 40 deliveries' calls, one round trip
 
 
-def test_a_failing_script_fails_its_caller_only(redis_server: RedisServer) -> None:
+def test_a_failing_script_is_its_callers_reply_only(redis_server: RedisServer) -> None:
     async def scenario() -> list[object]:
         client = aioredis.Redis.from_url(redis_server.url)
         echo, fails = client.register_script(ECHO), client.register_script(FAILS)
@@ -74,8 +91,9 @@ def test_a_failing_script_fails_its_caller_only(redis_server: RedisServer) -> No
         finally:
             await client.aclose()
 
-    first, second, third = asyncio.run(scenario())
+    first, [second], third = asyncio.run(scenario())
     assert first == [[b"k1", b"x"]]
+    # Returned, not raised: a caller with several calls learns which of them took effect.
     assert isinstance(second, redis.ResponseError)
     assert "no such thing" in str(second)
     assert third == [[b"k3", b"z"]]
@@ -108,25 +126,77 @@ def test_redis_gone_fails_every_caller_and_the_next_call_reconnects(tmp_path: Pa
     assert back == [[b"k", b"back"]]  # the script cache was lost with the restart: reloaded
 
 
-@pytest.mark.parametrize("cancelled", [0, 1])
-def test_a_cancelled_caller_does_not_stop_the_others(
+INCR = "return redis.call('INCR', KEYS[1])"
+
+
+@pytest.mark.parametrize("cancelled", [0, 1, 2])
+def test_a_caller_cancelled_before_its_pipeline_goes_out_runs_nothing(
     redis_server: RedisServer, cancelled: int
 ) -> None:
-    async def scenario() -> list[object]:
+    # A claim nobody waits for any more must not be made: its lease would hold the delivery
+    # until it lapsed, and count as a lost attempt.
+    async def scenario() -> tuple[list[object], int]:
         client = aioredis.Redis.from_url(redis_server.url)
-        echo = client.register_script(ECHO)
-        await echo(keys=["k"], args=["loaded"])
+        incr = client.register_script(INCR)
+        await client.delete("counter")
+        await incr(keys=["loaded"], args=[])
         group = GroupCommit(client)
         try:
-            tasks = [asyncio.create_task(group.run([(echo, call("k", str(n)))])) for n in range(3)]
-            await asyncio.sleep(0)
+            tasks = [
+                asyncio.create_task(group.run([(incr, call("counter", "x"))])) for _ in range(3)
+            ]
+            await asyncio.sleep(0)  # all three wait for the first pipeline
             tasks[cancelled].cancel()
-            return await asyncio.gather(*tasks, return_exceptions=True)
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            return results, int(await client.get("counter") or 0)
         finally:
             await client.aclose()
 
-    results = asyncio.run(scenario())
+    results, counter = asyncio.run(scenario())
     assert isinstance(results[cancelled], asyncio.CancelledError)
-    assert [r for n, r in enumerate(results) if n != cancelled] == [
-        [[b"k", str(n).encode()]] for n in range(3) if n != cancelled
-    ]
+    assert sorted(r for n, r in enumerate(results) if n != cancelled) == [[1], [2]]  # type: ignore[type-var]
+    assert counter == 2
+
+
+def test_an_outcome_recorded_with_a_failed_claim_is_recorded_once(
+    outbox_context: OutboxContext, producer: Producer, redis_client: redis.Redis
+) -> None:
+    # The outcome went in; the next delivery's claim failed in the same pipeline. Recording
+    # the outcome again would add its attempt twice: the claim is left to be made on its own.
+    recorded = enqueue(producer)
+    unclaimable = enqueue(producer, subject="other")
+    redis_client.delete(record_key(unclaimable))
+    redis_client.set(record_key(unclaimable), "not a hash")  # its claim script errors
+
+    async def scenario() -> Finished:
+        client = aioredis.Redis.from_url(outbox_context.redis_location.url)
+        claims = RedisClaims(
+            client,
+            settings_key=SETTINGS_KEY,
+            lease_seconds=30,
+            max_attempts=3,
+            retention_seconds=60,
+        )
+        try:
+            claim = await claims.claim(recorded, time.time())
+            assert isinstance(claim, Claimed)
+            now = time.time()
+            return await claims.finish(
+                claim.record,
+                now=now,
+                status=DeliveryStatus.SENT,
+                attempt=Attempt(1, now, 1.0, AttemptOutcome.SENT, 250, "OK"),
+                recipients=tuple(
+                    replace(r, status=RecipientState.SENT) for r in claim.record.recipients
+                ),
+                last_error=None,
+                next_attempt_at=None,
+                claim_next=unclaimable,
+            )
+        finally:
+            await client.aclose()
+
+    finished = asyncio.run(scenario())
+    assert finished == Finished(applied=True, next_claim=None)
+    record = outbox_context.deliveries.get(recorded)
+    assert (record.status, len(record.attempts)) == (DeliveryStatus.SENT, 1)

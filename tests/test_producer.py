@@ -113,8 +113,8 @@ def test_a_bulk_enqueue_queues_each_chunk_as_soon_as_it_is_stored(
     assert stored_at_publish == [CHUNK_SIZE, 2 * CHUNK_SIZE, 120]
 
 
-def test_a_broker_failing_mid_batch_leaves_every_later_message_failed_not_lost(
-    outbox_context: OutboxContext,
+def test_a_broker_failing_mid_batch_stops_the_batch_with_that_chunk_failed_not_lost(
+    outbox_context: OutboxContext, redis_client: redis.Redis
 ) -> None:
     published: list[str] = []
 
@@ -133,9 +133,11 @@ def test_a_broker_failing_mid_batch_leaves_every_later_message_failed_not_lost(
         producer.enqueue_many([message(subject=f"n{n}") for n in range(120)])
     assert len(published) == CHUNK_SIZE
     failed = outbox_context.deliveries.recent(DeliveryStatus.FAILED, limit=200)
-    assert len(failed) == 120 - CHUNK_SIZE
+    assert len(failed) == CHUNK_SIZE  # the second chunk: stored, then marked
     assert not {r.id for r in failed} & set(published)
     assert all("could not be queued: ConnectionError" in (r.last_error or "") for r in failed)
+    # The third chunk was never stored: nothing is left queued without a task.
+    assert redis_client.zcard(status_index_key(DeliveryStatus.QUEUED)) == CHUNK_SIZE
 
 
 def test_retry_requeues_failed_deliveries_only(

@@ -158,6 +158,16 @@ def test_refused_envelopes_leave_the_session_usable(
     assert plain_peer.connections == 1
 
 
+def test_a_server_that_refuses_ehlo_is_greeted_with_helo(
+    outbox_context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
+) -> None:
+    configure(outbox_context, plain_peer)
+    plain_peer.ehlo_refused = True
+    assert worker.deliver(enqueue(producer)) == ["sent"]
+    [message] = plain_peer.wait_for_messages(1)
+    assert message.mail_options == ()  # no extensions known after HELO: no SIZE either
+
+
 def test_451_then_success_is_sent_after_a_retry(
     outbox_context: OutboxContext, producer: Producer, worker: InProcessWorker, plain_peer: SmtpPeer
 ) -> None:

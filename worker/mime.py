@@ -177,7 +177,11 @@ def _plain_body(message: OutgoingMessage, policy: _Policy) -> _PlainBody | None:
     limit = policy.max_line_length
     if limit is not None and max(map(len, lines), default=0) > limit:
         return None
-    return _PlainBody(subtype, "7bit" if encoded.isascii() else "8bit", lines)
+    if encoded.isascii():
+        return _PlainBody(subtype, "7bit", lines)
+    if policy.cte_type != "8bit":
+        return None  # the stdlib would pick quoted-printable or base64
+    return _PlainBody(subtype, "8bit", lines)
 
 
 def _flatten_plain(mime: EmailMessage, policy: _Policy, body: _PlainBody) -> bytes:

@@ -3,10 +3,12 @@ the attempt runs, then record its outcome."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from worker.records.codec import encode_recipients
 from worker.records.group_commit import GroupCommit
@@ -26,6 +28,8 @@ from worker.records.scripts import (
 )
 
 __all__ = ["ClaimStore", "Finished", "RedisClaims"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +104,7 @@ class RedisClaims:
 
     async def claim(self, delivery_id: str, now: float) -> ClaimResult:
         [claimed] = await self._pipelines.run([(self._claim, self._claim_call(delivery_id, now))])
-        return decode_claim(delivery_id, claimed)
+        return decode_claim(delivery_id, _raised(claimed))
 
     def _claim_call(self, delivery_id: str, now: float) -> ScriptCall:
         return claim_call(
@@ -166,11 +170,24 @@ class RedisClaims:
         )
         if claim_next is None:
             [recorded] = await self._pipelines.run([(self._transition, transition)])
-            return Finished(decode_transition(recorded))
+            return Finished(decode_transition(_raised(recorded)))
         recorded, claimed = await self._pipelines.run(
             [(self._transition, transition), (self._claim, self._claim_call(claim_next, now))]
         )
-        return Finished(decode_transition(recorded), decode_claim(claim_next, claimed))
+        applied = decode_transition(_raised(recorded))
+        if isinstance(claimed, ResponseError):
+            # The outcome is recorded; only the claim failed. Recording it again would add
+            # the attempt twice: the next delivery is claimed on its own instead.
+            log.warning("delivery %s: claim failed (%s); claiming it again", claim_next, claimed)
+            return Finished(applied)
+        return Finished(applied, decode_claim(claim_next, claimed))
 
     async def _run_transition(self, call: ScriptCall) -> bool:
         return decode_transition(await self._transition(keys=call.keys, args=call.args))
+
+
+def _raised(reply: Any) -> Any:
+    """A script's reply, or its error raised."""
+    if isinstance(reply, ResponseError):
+        raise reply
+    return reply

@@ -9,7 +9,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from worker.records.scripts import ScriptCall
 
@@ -41,10 +41,13 @@ class GroupCommit:
         self._sending: asyncio.Task[None] | None = None
 
     async def run(self, runs: Sequence[ScriptRun]) -> list[Any]:
-        """The replies of ``runs``, in order, run one after the other in the same pipeline.
+        """The replies of ``runs``, in order, run one after the other in the same pipeline; a
+        script's error is its reply (a ``redis.ResponseError``), not raised, so the caller
+        knows which of its calls took effect.
 
         A script Redis does not know (its script cache is empty after a restart) is run
-        again on its own, through ``AsyncScript``, which loads it.
+        again on its own, through ``AsyncScript``, which loads it. A caller cancelled before
+        its pipeline goes out is left out of it.
         """
         waiting = _Waiting(runs)
         self._waiting.append(waiting)
@@ -60,12 +63,17 @@ class GroupCommit:
         try:
             while self._waiting:
                 batch, self._waiting = self._waiting, []
-                await _send(self._client, batch)
+                await _send(self._client, [w for w in batch if not w.replies.done()])
         finally:
             self._sending = None
+            for waiting in self._waiting:  # only when cancelled itself (the loop shuts down)
+                waiting.replies.cancel()
+            self._waiting = []
 
 
 async def _send(client: aioredis.Redis, batch: list[_Waiting]) -> None:
+    if not batch:
+        return
     pipe = client.pipeline(transaction=False)
     for waiting in batch:
         for script, call in waiting.runs:
@@ -77,15 +85,20 @@ async def _send(client: aioredis.Redis, batch: list[_Waiting]) -> None:
             if not waiting.replies.done():
                 waiting.replies.set_exception(exc)
         return
+    except BaseException:  # cancelled with the loop: so are its callers
+        for waiting in batch:
+            waiting.replies.cancel()
+        raise
     for waiting in batch:
         mine = [next(replies) for _ in waiting.runs]
-        if not waiting.replies.done():  # a caller that was cancelled is not answered
+        if not waiting.replies.done():  # a caller cancelled meanwhile is not answered
             waiting.replies.set_result(mine)
 
 
 async def _loaded(reply: Any, script: AsyncScript, call: ScriptCall) -> Any:
-    if isinstance(reply, NoScriptError):
+    if not isinstance(reply, NoScriptError):
+        return reply
+    try:
         return await script(keys=call.keys, args=call.args)
-    if isinstance(reply, Exception):
-        raise reply
-    return reply
+    except ResponseError as exc:
+        return exc

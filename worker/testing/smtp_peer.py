@@ -89,6 +89,7 @@ class SmtpPeer:
         self.data_replies: list[str] = []
         self.drop_next_connections = 0
         self.data_delay_seconds = 0.0
+        self.ehlo_refused = False  # answer EHLO with 502, as an old HELO-only server does
         # Called with the recipients and the client's port when DATA ends, before the message
         # is accepted; a reply it returns is sent instead of accepting the message. A fault
         # test uses it to kill the process that is sending.
@@ -340,6 +341,12 @@ class _PeerSMTP(SMTP):
             # A dropped TLS connection still gets the client's close_notify.
             return False
         return super().eof_received()
+
+    async def smtp_EHLO(self, hostname: str) -> None:  # noqa: N802 - aiosmtpd's name
+        if self._peer.ehlo_refused:
+            await self.push("502 5.5.2 Error: command not recognized")
+            return
+        await super().smtp_EHLO(hostname)
 
     async def check_auth_needed(self, caller_method: str) -> bool:
         if self._peer.auth_required and not (self.session and self.session.authenticated):

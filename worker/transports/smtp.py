@@ -206,7 +206,7 @@ class SmtpTransport:
         try:
             result = await self._send_on(connection, message, mime, recipients)
         except DeliveryError:
-            # A refused command leaves the session usable (aiosmtplib sent RSET); a lost one
+            # A refused command leaves the session usable (its envelope was reset); a lost one
             # was closed where it was lost.
             if connection.is_connected:
                 await self._release(connection)
@@ -264,8 +264,7 @@ class SmtpTransport:
         addresses = (self._settings.from_mailbox, *message.to, *message.cc, *message.reply_to)
         if not any(map(needs_smtputf8, (*addresses, *recipients))):
             return False
-        if connection.is_ehlo_or_helo_needed:
-            await connection.ehlo()
+        await _greeted(connection)
         return connection.supports_extension("smtputf8")
 
     def _outcome(
@@ -336,8 +335,7 @@ async def _transfer(
     CRLF throughout (its length is the size), and the addresses are addr-specs checked at
     enqueue, which go into the commands as they are (aiosmtplib still refuses CR and LF).
     """
-    if connection.is_ehlo_or_helo_needed:
-        await connection.ehlo()
+    await _greeted(connection)
     encoding = "utf-8" if utf8 else "ascii"
     options = [b"SIZE=%d" % len(data)] if connection.supports_extension("size") else []
     if utf8:
@@ -361,6 +359,18 @@ async def _transfer(
         await _reset(connection)
         raise
     return refused, response.message
+
+
+async def _greeted(connection: aiosmtplib.SMTP) -> None:
+    """EHLO once per session; HELO when the server refuses EHLO, as ``sendmail`` does."""
+    if not connection.is_ehlo_or_helo_needed:
+        return
+    try:
+        await connection.ehlo()
+    except aiosmtplib.SMTPHeloError:
+        if not connection.is_connected:
+            raise
+        await connection.helo()
 
 
 def _path(keyword: bytes, address: str, encoding: str) -> bytes:
