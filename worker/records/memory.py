@@ -149,34 +149,19 @@ class MemoryClaims:
         next_attempt_at: float | None,
         claim_next: str | None = None,
     ) -> Finished:
-        applied = self._finish(
-            record, now, status, attempt, recipients, last_error, next_attempt_at
-        )
-        next_claim = None if claim_next is None else await self.claim(claim_next, now)
-        return Finished(applied, next_claim)
-
-    def _finish(
-        self,
-        record: DeliveryRecord,
-        now: float,
-        status: DeliveryStatus,
-        attempt: Attempt,
-        recipients: tuple[RecipientOutcome, ...],
-        last_error: str | None,
-        next_attempt_at: float | None,
-    ) -> bool:
         current = self.records.get(record.id)
         # The claim is ours only while attempt_count is still the number we claimed.
-        if current is None or current.attempt_count != record.attempt_count:
-            return False
-        self.records[record.id] = replace(
-            current,
-            status=status,
-            updated_at=now,
-            recipients=recipients,
-            last_error=last_error,
-            next_attempt_at=next_attempt_at,
-            attempts=(*current.attempts, attempt),
-        )
-        self._lease_until.pop(record.id, None)
-        return True
+        applied = current is not None and current.attempt_count == record.attempt_count
+        if current is not None and applied:
+            self.records[record.id] = replace(
+                current,
+                status=status,
+                updated_at=now,
+                recipients=recipients,
+                last_error=last_error,
+                next_attempt_at=next_attempt_at,
+                attempts=(*current.attempts, attempt),
+            )
+            self._lease_until.pop(record.id, None)
+        next_claim = None if claim_next is None else await self.claim(claim_next, now)
+        return Finished(applied, next_claim)
