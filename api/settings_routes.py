@@ -10,7 +10,8 @@ from starlette.concurrency import run_in_threadpool
 
 from api.auth import Admin, admin
 from api.services import ApiServices, services
-from config.mail_settings import OAuthSettings, SmtpSettings
+from config.mail_settings import SECRET_FIELDS, OAuthSettings, SmtpSettings
+from config.provider_limits import GRAPH_LIMITS, provider_limits
 from tasks.settings_checks import check_connection, send_test_email
 from worker.errors import DeliveryError, SecretMismatchError, SettingsNotConfiguredError
 
@@ -46,14 +47,24 @@ def save_settings(settings: SettingsBody, key: Admin, found: Services) -> dict[s
 
 
 @router.get("/defaults")
-def defaults(protocol: Literal["smtp", "oauth"] = "smtp") -> dict[str, Any]:
-    """The values a new form starts with."""
+def defaults(
+    protocol: Literal["smtp", "oauth"] = "smtp", server: str | None = None
+) -> dict[str, Any]:
+    """The values a new form starts with; the sending limits are those the provider publishes
+    when the server (``server``, else the default) is a known one (Microsoft 365, Gmail, the
+    Gmail SMTP relay), or Graph's for ``oauth``."""
     model = SmtpSettings if protocol == "smtp" else OAuthSettings
-    return {
+    values = {
         name: to_jsonable_python(field.default)
         for name, field in model.model_fields.items()
-        if not field.is_required() and name not in ("password", "client_secret")
+        if not field.is_required() and name not in SECRET_FIELDS
     }
+    if protocol == "smtp" and server:
+        values["server"] = server
+    published = GRAPH_LIMITS if protocol == "oauth" else provider_limits(values["server"])
+    if published is not None:
+        values.update(published.model_dump())
+    return values
 
 
 async def _check(

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from config.addresses import mailbox_address
 from config.header_text import single_line
@@ -15,16 +25,25 @@ from config.header_text import single_line
 __all__ = [
     "DEFAULT_API_URL",
     "DEFAULT_INSTANCE",
+    "DEFAULT_SMTP_SCOPE",
     "MAIL_SETTINGS_ADAPTER",
-    "SECRET_FIELD",
+    "SECRET_FIELDS",
     "MailSettings",
     "OAuthSettings",
+    "SendingLimits",
+    "SmtpAuth",
     "SmtpSettings",
     "TlsMode",
+    "secret_field",
 ]
 
 DEFAULT_INSTANCE = "https://login.microsoftonline.com/"
 DEFAULT_API_URL = "https://graph.microsoft.com/"
+# Exchange Online's resource for SMTP AUTH with OAuth 2.0 client credentials ("Authenticate an
+# IMAP, POP or SMTP connection using OAuth", learn.microsoft.com).
+DEFAULT_SMTP_SCOPE = "https://outlook.office365.com/.default"
+# Every field that may hold a secret; stored only encrypted, never shown.
+SECRET_FIELDS = ("password", "client_secret")
 
 _HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
@@ -65,8 +84,52 @@ def _https_url(value: str) -> str:
     return value if value.endswith("/") else value + "/"
 
 
-class SmtpSettings(BaseModel):
-    """Send through an SMTP server."""
+def _scope(value: str) -> str:
+    value = single_line(value).strip()
+    if not value or " " in value:
+        raise ValueError("must be one scope, e.g. https://outlook.office365.com/.default")
+    return value
+
+
+class SmtpAuth(StrEnum):
+    """How outbox logs in to the SMTP server."""
+
+    PASSWORD = "password"  # noqa: S105  AUTH PLAIN/LOGIN with the username and password
+    OAUTH2 = "oauth2"  # AUTH XOAUTH2 with a client-credentials token (Microsoft 365)
+
+
+class SendingLimits(BaseModel):
+    """How fast the sending account may send, held for every worker together (empty: none)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_messages_per_minute: int | None = Field(default=None, ge=1, le=1_000_000)
+    max_recipients_per_day: int | None = Field(default=None, ge=1, le=100_000_000)
+    max_recipients_per_message: int | None = Field(default=None, ge=1, le=100_000)
+
+    _blank = field_validator(
+        "max_messages_per_minute",
+        "max_recipients_per_day",
+        "max_recipients_per_message",
+        mode="before",
+    )(_empty_is_none)
+
+    @property
+    def limits(self) -> SendingLimits:
+        """Only the limits, whatever else the settings hold."""
+        return SendingLimits(
+            max_messages_per_minute=self.max_messages_per_minute,
+            max_recipients_per_day=self.max_recipients_per_day,
+            max_recipients_per_message=self.max_recipients_per_message,
+        )
+
+    @property
+    def has_rate_limits(self) -> bool:
+        return self.max_messages_per_minute is not None or self.max_recipients_per_day is not None
+
+
+class SmtpSettings(SendingLimits):
+    """Send through an SMTP server, logging in with a password or with OAuth 2.0."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -78,18 +141,57 @@ class SmtpSettings(BaseModel):
     password: SecretStr | None = None
     accept_any_certificate: bool = False
     tls: TlsMode = TlsMode.AUTO
+    auth: SmtpAuth = SmtpAuth.PASSWORD
+    # With auth oauth2: the app registration of the Microsoft identity platform.
+    tenant: str | None = Field(default=None, validate_default=True)
+    client_id: str | None = Field(default=None, validate_default=True)
+    client_secret: SecretStr | None = None
+    instance: str = DEFAULT_INSTANCE
+    scope: str = DEFAULT_SMTP_SCOPE
 
-    _blank = field_validator("username", "password", mode="before")(_empty_is_none)
+    _blank = field_validator(
+        "username", "password", "tenant", "client_id", "client_secret", mode="before"
+    )(_empty_is_none)
     _server = field_validator("server")(_host_name_or_ip)
     _from = field_validator("from_mailbox")(mailbox_address)
-    _username = field_validator("username")(_single_line)
+    _single_lines = field_validator("username", "tenant", "client_id")(_single_line)
+    _instance = field_validator("instance")(_https_url)
+    _scope = field_validator("scope")(_scope)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _only_the_chosen_secret(cls, data: Any) -> Any:
+        """A form sends every field: the secret of the authentication not chosen is dropped,
+        so it is neither stored nor mistaken for the one in use."""
+        if isinstance(data, Mapping):
+            unused = "password" if data.get("auth") == SmtpAuth.OAUTH2 else "client_secret"
+            return {key: value for key, value in data.items() if key != unused}
+        return data
+
+    @field_validator("tenant", "client_id")
+    @classmethod
+    def _oauth2_needs_the_app(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None and info.data.get("auth") is SmtpAuth.OAUTH2:
+            raise ValueError("required with auth oauth2")
+        return value
 
     @property
     def uses_implicit_tls(self) -> bool:
         return self.tls is TlsMode.IMPLICIT or (self.tls is TlsMode.AUTO and self.port == 465)
 
+    @property
+    def login_mailbox(self) -> str | None:
+        """Who logs in: the username; with OAuth 2.0 it defaults to the from mailbox."""
+        if self.auth is SmtpAuth.OAUTH2:
+            return self.username or self.from_mailbox
+        return self.username
+
+    @property
+    def secret_field(self) -> str:
+        return "client_secret" if self.auth is SmtpAuth.OAUTH2 else "password"
+
     def secret(self) -> SecretStr | None:
-        return self.password
+        return self.client_secret if self.auth is SmtpAuth.OAUTH2 else self.password
 
     def warnings(self) -> list[str]:
         """What an administrator must know about these settings before relying on them."""
@@ -102,7 +204,7 @@ class SmtpSettings(BaseModel):
         ]
 
 
-class OAuthSettings(BaseModel):
+class OAuthSettings(SendingLimits):
     """Send through Microsoft Graph with OAuth 2.0 client credentials."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -120,6 +222,10 @@ class OAuthSettings(BaseModel):
     _urls = field_validator("instance", "api_url")(_https_url)
     _ids = field_validator("tenant", "client_id")(_single_line)
 
+    @property
+    def secret_field(self) -> str:
+        return "client_secret"
+
     def secret(self) -> SecretStr | None:
         return self.client_secret
 
@@ -130,4 +236,10 @@ class OAuthSettings(BaseModel):
 MailSettings = Annotated[SmtpSettings | OAuthSettings, Field(discriminator="protocol")]
 MAIL_SETTINGS_ADAPTER: TypeAdapter[SmtpSettings | OAuthSettings] = TypeAdapter(MailSettings)
 
-SECRET_FIELD = {"smtp": "password", "oauth": "client_secret"}
+
+def secret_field(document: Mapping[str, Any]) -> str:
+    """The field that holds the secret in settings of this protocol and authentication, given
+    as their stored JSON or a form's fields."""
+    if document.get("protocol") == "oauth" or document.get("auth") == SmtpAuth.OAUTH2:
+        return "client_secret"
+    return "password"

@@ -12,9 +12,10 @@ from redis.client import Pipeline
 
 from config.mail_settings import (
     MAIL_SETTINGS_ADAPTER,
-    SECRET_FIELD,
+    SECRET_FIELDS,
     OAuthSettings,
     SmtpSettings,
+    secret_field,
 )
 from config.secret_box import SecretBox
 from worker.errors import SettingsNotConfiguredError
@@ -48,8 +49,8 @@ def encode_document(
     settings: SmtpSettings | OAuthSettings, box: SecretBox, encrypted_secret: str | None
 ) -> str:
     """JSON for Redis: the secret only as ciphertext (the given one, or the settings' own)."""
-    field = SECRET_FIELD[settings.protocol]
-    document = settings.model_dump(mode="json", exclude={field})
+    field = settings.secret_field
+    document = settings.model_dump(mode="json", exclude=set(SECRET_FIELDS))
     secret = settings.secret()
     if secret is not None:
         encrypted_secret = box.encrypt(secret.get_secret_value())
@@ -60,7 +61,7 @@ def encode_document(
 def decode_document(document: str | bytes, box: SecretBox) -> SmtpSettings | OAuthSettings:
     """Settings from their stored JSON, the secret decrypted."""
     raw = json.loads(document)
-    field = SECRET_FIELD[raw["protocol"]]
+    field = secret_field(raw)
     encrypted = raw.pop(f"{field}_encrypted", None)
     raw[field] = box.decrypt(encrypted) if encrypted else None
     return MAIL_SETTINGS_ADAPTER.validate_python(raw)
@@ -99,7 +100,7 @@ class SettingsStore:
         if b"document" not in fields:
             return None
         raw = json.loads(fields[b"document"])
-        field = SECRET_FIELD[raw["protocol"]]
+        field = secret_field(raw)
         has_secret = bool(raw.pop(f"{field}_encrypted", None))
         return {
             "version": int(fields[b"version"]),
@@ -112,14 +113,14 @@ class SettingsStore:
         self, settings: SmtpSettings | OAuthSettings
     ) -> SmtpSettings | OAuthSettings:
         """``settings`` as given, or, when they carry no secret, with the stored one of the
-        same protocol (a form left the secret empty: "saved; leave empty to keep")."""
+        same protocol and authentication (a form left the secret empty: "saved; leave empty
+        to keep")."""
         if settings.secret() is not None:
             return settings
         stored = self.load()
-        if stored is None or stored.settings.protocol != settings.protocol:
+        if stored is None or not _same_secret(stored.settings, settings):
             return settings
-        field = SECRET_FIELD[settings.protocol]
-        return settings.model_copy(update={field: stored.settings.secret()})
+        return settings.model_copy(update={settings.secret_field: stored.settings.secret()})
 
     def history(self, limit: int = 50) -> list[dict[str, Any]]:
         """The latest saves, newest first: version, when, by whom, which fields changed."""
@@ -141,8 +142,8 @@ class SettingsStore:
         """
         previous = self._document()
         kept_secret = None
-        if settings.secret() is None and previous and previous["protocol"] == settings.protocol:
-            kept_secret = previous.get(f"{SECRET_FIELD[settings.protocol]}_encrypted")
+        if settings.secret() is None and previous and _same_secret_field(previous, settings):
+            kept_secret = previous.get(f"{settings.secret_field}_encrypted")
             if kept_secret:
                 # Keeping a secret this key cannot read would save settings that fail every
                 # delivery: refuse now (SecretMismatchError says to enter it again).
@@ -182,7 +183,7 @@ class SettingsStore:
             if stored is None:
                 return
             document = json.loads(stored)
-            field = f"{SECRET_FIELD[document['protocol']]}_encrypted"
+            field = f"{secret_field(document)}_encrypted"
             if not document.get(field):
                 return
             document[field] = self._box.rotate(document[field])
@@ -204,8 +205,8 @@ def changed_fields(
 ) -> list[str]:
     """Names of the fields ``settings`` changes from the ``previous`` stored document (the
     secret counts as changed when a new one is given)."""
-    field = SECRET_FIELD[settings.protocol]
-    current = settings.model_dump(mode="json", exclude={field})
+    field = settings.secret_field
+    current = settings.model_dump(mode="json", exclude=set(SECRET_FIELDS))
     if previous is None or previous.get("protocol") != settings.protocol:
         changed = list(current)
     else:
@@ -213,3 +214,16 @@ def changed_fields(
     if settings.secret() is not None:
         changed.append(field)
     return changed
+
+
+def _same_secret_field(document: dict[str, Any], settings: SmtpSettings | OAuthSettings) -> bool:
+    """Whether a stored document's secret is the one ``settings`` would use (same protocol,
+    same kind of secret): a saved password is never kept as a client secret."""
+    return bool(
+        document.get("protocol") == settings.protocol
+        and secret_field(document) == settings.secret_field
+    )
+
+
+def _same_secret(stored: SmtpSettings | OAuthSettings, given: SmtpSettings | OAuthSettings) -> bool:
+    return stored.protocol == given.protocol and stored.secret_field == given.secret_field

@@ -7,7 +7,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
-from config.mail_settings import OAuthSettings, SmtpSettings
+from config.mail_settings import OAuthSettings, SmtpAuth, SmtpSettings
 from worker.errors import PermanentError
 from worker.message import OutgoingMessage
 from worker.records import RecipientState
@@ -40,7 +40,9 @@ async def check_connection(
     async with _transport(settings, options) as transport:
         await transport.verify()
     if isinstance(settings, SmtpSettings):
-        who = f" as {settings.username}" if settings.username else ""
+        who = f" as {settings.login_mailbox}" if settings.login_mailbox else ""
+        if settings.auth is SmtpAuth.OAUTH2:
+            who += f" with OAuth 2.0 (a token from {settings.instance}{settings.tenant})"
         unverified = (
             " (its certificate was not verified: accept any certificate is on)"
             if settings.warnings()

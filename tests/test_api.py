@@ -170,10 +170,46 @@ def test_defaults_are_the_pre_filled_values(client: RecordingClient, admin: dict
         "username": None,
         "accept_any_certificate": False,
         "tls": "auto",
+        "auth": "password",
+        "tenant": None,
+        "client_id": None,
+        "instance": "https://login.microsoftonline.com/",
+        "scope": "https://outlook.office365.com/.default",
+        "max_messages_per_minute": None,
+        "max_recipients_per_day": None,
+        "max_recipients_per_message": None,
     }
     oauth = client.get("/api/settings/mail/defaults?protocol=oauth", headers=admin).json()
     assert oauth["instance"] == "https://login.microsoftonline.com/"
     assert oauth["api_url"] == "https://graph.microsoft.com/"
+    # Graph sends from an Exchange Online mailbox: its published limits are pre-filled.
+    assert (oauth["max_messages_per_minute"], oauth["max_recipients_per_day"]) == (30, 10_000)
+
+
+@pytest.mark.parametrize(
+    ("server", "per_minute", "per_day", "per_message"),
+    [
+        ("smtp.office365.com", 30, 10_000, 500),
+        ("SMTP.Gmail.com", None, 2_000, 100),
+        ("smtp-relay.gmail.com", None, 10_000, 100),
+        ("mail.example.com", None, None, None),
+    ],
+)
+def test_defaults_pre_fill_a_known_providers_published_limits(
+    client: RecordingClient,
+    admin: dict[str, str],
+    server: str,
+    per_minute: int | None,
+    per_day: int | None,
+    per_message: int | None,
+) -> None:
+    smtp = client.get(f"/api/settings/mail/defaults?server={server}", headers=admin).json()
+    assert smtp["server"] == server
+    assert (
+        smtp["max_messages_per_minute"],
+        smtp["max_recipients_per_day"],
+        smtp["max_recipients_per_message"],
+    ) == (per_minute, per_day, per_message)
 
 
 @pytest.mark.parametrize(
@@ -183,6 +219,13 @@ def test_defaults_are_the_pre_filled_values(client: RecordingClient, admin: dict
         ({"server": "not a host"}, "server"),
         ({"from_mailbox": "robot"}, "from_mailbox"),
         ({"tls": "sometimes"}, "tls"),
+        ({"auth": "oauth2"}, "tenant"),
+        ({"auth": "oauth2", "tenant": "t"}, "client_id"),
+        ({"auth": "kerberos"}, "auth"),
+        ({"max_messages_per_minute": 0}, "max_messages_per_minute"),
+        ({"max_recipients_per_message": -1}, "max_recipients_per_message"),
+        ({"auth": "oauth2", "tenant": "t", "client_id": "c", "scope": "a b"}, "scope"),
+        ({"auth": "oauth2", "tenant": "t", "client_id": "c", "instance": "http://x/"}, "instance"),
     ],
 )
 def test_invalid_settings_name_the_field(

@@ -5,6 +5,7 @@
     OutboxError                              the text is safe to show: it never holds a secret
      ├── DeliveryError(reason, code, reply)   one send did not succeed
      │    ├── TransientError(retry_after)     try again later: 4xx, disconnect, timeout, refused
+     │    │    └── QuotaError(daily)           a provider's quota: the account pauses
      │    ├── PermanentError                  cannot be delivered: 5xx, refused by Graph
      │    └── ConfigurationError              the mail settings are wrong or missing: fix, retry
      ├── InvalidInputError(field)             the caller must change what it asked for
@@ -59,6 +60,7 @@ __all__ = [
     "OutboxError",
     "PermanentError",
     "PermissionDeniedError",
+    "QuotaError",
     "RedisUnavailableError",
     "ReportTemplateError",
     "ScheduleNotFoundError",
@@ -68,6 +70,7 @@ __all__ = [
     "SettingsNotConfiguredError",
     "TooManyRecipientsError",
     "TransientError",
+    "delivery_error",
     "error_type",
 ]
 
@@ -99,6 +102,25 @@ class TransientError(DeliveryError):
     ) -> None:
         super().__init__(reason, code=code, reply=reply)
         self.retry_after = retry_after
+
+
+class QuotaError(TransientError):
+    """The provider refused for its sending quota or throttled the account: every worker pauses
+    the account (for ``retry_after`` when the provider said, else its documented window), and
+    the e-mail goes out afterwards without the refusal counting against its attempts.
+    ``daily`` tells a daily limit (pause until the next day's window) from a rate."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        code: int | None = None,
+        reply: str | None = None,
+        retry_after: float | None = None,
+        daily: bool = False,
+    ) -> None:
+        super().__init__(reason, code=code, reply=reply, retry_after=retry_after)
+        self.daily = daily
 
 
 class PermanentError(DeliveryError):
@@ -204,4 +226,30 @@ def error_type(kind: FailureKind) -> type[DeliveryError]:
         FailureKind.TRANSIENT: TransientError,
         FailureKind.PERMANENT: PermanentError,
         FailureKind.CONFIGURATION: ConfigurationError,
+        FailureKind.THROTTLED: QuotaError,
+        FailureKind.DAILY_QUOTA: QuotaError,
+        # Reached only when a whole message meets it; per recipient the transport splits.
+        FailureKind.RECIPIENT_LIMIT: TransientError,
     }[kind]
+
+
+def delivery_error(
+    kind: FailureKind,
+    reason: str,
+    *,
+    code: int | None = None,
+    reply: str | None = None,
+    retry_after: float | None = None,
+) -> DeliveryError:
+    """The error for what the classifier decided, with the data its handler needs."""
+    if kind.pauses_account:
+        return QuotaError(
+            reason,
+            code=code,
+            reply=reply,
+            retry_after=retry_after,
+            daily=kind is FailureKind.DAILY_QUOTA,
+        )
+    if error_type(kind) is TransientError:
+        return TransientError(reason, code=code, reply=reply, retry_after=retry_after)
+    return error_type(kind)(reason, code=code, reply=reply)

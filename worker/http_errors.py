@@ -11,7 +11,7 @@ from worker.errors import (
     ConfigurationError,
     DeliveryError,
     TransientError,
-    error_type,
+    delivery_error,
 )
 from worker.retry_after import parse_retry_after
 
@@ -29,12 +29,12 @@ def graph_error(response: httpx.Response, now: float) -> DeliveryError:
     reply = f"{code}: {message}" if code else message
     reason = f"Microsoft Graph answered {response.status_code} {reply}"
     kind = classify(HttpStatus(response.status_code))
-    if kind is FailureKind.TRANSIENT:
+    retry_after = None
+    if kind is FailureKind.TRANSIENT or kind.pauses_account:
         retry_after = parse_retry_after(response.headers.get("Retry-After"), now)
-        return TransientError(
-            reason, code=response.status_code, reply=reply, retry_after=retry_after
-        )
-    return error_type(kind)(reason, code=response.status_code, reply=reply)
+    return delivery_error(
+        kind, reason, code=response.status_code, reply=reply, retry_after=retry_after
+    )
 
 
 def transport_error(exc: httpx.TransportError, where: str) -> DeliveryError:

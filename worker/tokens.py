@@ -3,16 +3,52 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import msal
+from pydantic import SecretStr
 
-from config.mail_settings import OAuthSettings
+from config.mail_settings import OAuthSettings, SmtpSettings
 from worker.errors import ConfigurationError, DeliveryError, TransientError
 from worker.http_errors import transport_error
 
-__all__ = ["TokenSource"]
+__all__ = ["ClientCredentials", "TokenSource"]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCredentials:
+    """An app registration of the Microsoft identity platform and the resource it asks for."""
+
+    instance: str
+    tenant: str
+    client_id: str
+    client_secret: SecretStr | None
+    scope: str
+
+    @classmethod
+    def for_graph(cls, settings: OAuthSettings) -> ClientCredentials:
+        return cls(
+            instance=settings.instance,
+            tenant=settings.tenant,
+            client_id=settings.client_id,
+            client_secret=settings.client_secret,
+            scope=f"{settings.api_url}.default",
+        )
+
+    @classmethod
+    def for_smtp(cls, settings: SmtpSettings) -> ClientCredentials:
+        """The SMTP settings' app (auth oauth2); an unset tenant or client ID is a settings
+        error that the model refuses already."""
+        return cls(
+            instance=settings.instance,
+            tenant=settings.tenant or "",
+            client_id=settings.client_id or "",
+            client_secret=settings.client_secret,
+            scope=settings.scope,
+        )
+
 
 # Identity platform errors that mean "the settings are wrong", not "try again later".
 _CONFIGURATION_ERRORS = frozenset(
@@ -29,25 +65,26 @@ _CONFIGURATION_ERRORS = frozenset(
 
 
 class TokenSource:
-    """Access tokens for Graph; msal's in-memory cache serves them until they expire.
+    """Access tokens (for Graph, or for SMTP AUTH XOAUTH2); msal's in-memory cache serves
+    them until they expire.
 
     msal is synchronous: its calls run in a worker thread, one at a time (a lock), so that
     concurrent sends at start-up make one token request, not one each.
     """
 
-    def __init__(self, settings: OAuthSettings, http_client: httpx.Client) -> None:
-        self._settings = settings
+    def __init__(self, credentials: ClientCredentials, http_client: httpx.Client) -> None:
+        self._settings = credentials
         self._http_client = http_client
         self._application: msal.ConfidentialClientApplication | None = None
         self._lock = asyncio.Lock()
-        self._scope = f"{settings.api_url}.default"
+        self._scope = credentials.scope
 
     async def token(self) -> str:
         async with self._lock:
             return await asyncio.to_thread(self._acquire)
 
     async def refresh(self) -> str:
-        """Drop the cached token (Graph said it is no longer valid) and get a new one."""
+        """Drop the cached token (the server said it is no longer valid) and get a new one."""
         async with self._lock:
             if self._application is not None:
                 self._application.remove_tokens_for_client()
@@ -73,7 +110,7 @@ class TokenSource:
         if self._application is None:
             secret = self._settings.client_secret
             if secret is None:
-                raise ConfigurationError("the OAuth settings have no client secret")
+                raise ConfigurationError("the OAuth 2.0 settings have no client secret")
             try:
                 # Reads the authority's OpenID configuration: the first network call.
                 self._application = msal.ConfidentialClientApplication(

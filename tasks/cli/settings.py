@@ -15,10 +15,14 @@ from pydantic import SecretStr, ValidationError
 from config.mail_settings import (
     DEFAULT_API_URL,
     DEFAULT_INSTANCE,
+    DEFAULT_SMTP_SCOPE,
     OAuthSettings,
+    SendingLimits,
+    SmtpAuth,
     SmtpSettings,
     TlsMode,
 )
+from config.provider_limits import GRAPH_LIMITS, provider_limits
 from tasks.cli.common import JsonFlag, load_context
 from tasks.cli.errors import EXIT_USAGE, fail
 from tasks.context import OutboxContext
@@ -48,6 +52,19 @@ def _operator() -> str:
         return "cli"
 
 
+MaxMessagesPerMinute = Annotated[
+    int | None,
+    typer.Option(help="Sending limit: messages in any 60 seconds, for all workers together."),
+]
+MaxRecipientsPerDay = Annotated[
+    int | None, typer.Option(help="Sending limit: recipients in any 24 hours.")
+]
+MaxRecipientsPerMessage = Annotated[
+    int | None,
+    typer.Option(help="More recipients go as several transactions of the same message."),
+]
+
+
 def _save(context: OutboxContext, build: Callable[[], SmtpSettings | OAuthSettings]) -> None:
     try:
         settings = build()
@@ -57,6 +74,13 @@ def _save(context: OutboxContext, build: Callable[[], SmtpSettings | OAuthSettin
     typer.echo(f"saved mail settings version {version} ({settings.protocol})")
     for warning in settings.warnings():
         typer.echo(f"warning: {warning}", err=True)
+    published = (
+        GRAPH_LIMITS if isinstance(settings, OAuthSettings) else provider_limits(settings.server)
+    )
+    if published is not None and settings.limits == SendingLimits():
+        given = {k: v for k, v in published.model_dump().items() if v is not None}
+        options = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in given.items())
+        typer.echo(f"note: no sending limits are set; this provider publishes {options}", err=True)
 
 
 @set_app.command("smtp")
@@ -78,10 +102,33 @@ def settings_set_smtp(
             help="Accept invalid TLS certificates (off by default).",
         ),
     ] = False,
+    auth: Annotated[
+        SmtpAuth, typer.Option(help="password, or oauth2 (AUTH XOAUTH2, e.g. Microsoft 365).")
+    ] = SmtpAuth.PASSWORD,
+    tenant: Annotated[str | None, typer.Option(help="oauth2: directory (tenant) ID.")] = None,
+    client_id: Annotated[str | None, typer.Option(help="oauth2: application (client) ID.")] = None,
+    client_secret_stdin: Annotated[
+        bool,
+        typer.Option("--client-secret-stdin", help="oauth2: read the client secret from stdin."),
+    ] = False,
+    instance: Annotated[
+        str, typer.Option(help="oauth2: identity platform URL.")
+    ] = DEFAULT_INSTANCE,
+    scope: Annotated[str, typer.Option(help="oauth2: the token's scope.")] = DEFAULT_SMTP_SCOPE,
+    max_messages_per_minute: MaxMessagesPerMinute = None,
+    max_recipients_per_day: MaxRecipientsPerDay = None,
+    max_recipients_per_message: MaxRecipientsPerMessage = None,
 ) -> None:
-    """Send through an SMTP server. Without --password-stdin the stored password is kept."""
+    """Send through an SMTP server. Without --password-stdin (or, with --auth oauth2,
+    --client-secret-stdin) the stored secret is kept."""
     context = load_context()
-    password = _read_secret_from_stdin() if password_stdin else None
+    if password_stdin and client_secret_stdin:
+        fail("give --password-stdin or --client-secret-stdin, not both", EXIT_USAGE)
+    secret = _read_secret_from_stdin() if password_stdin or client_secret_stdin else None
+    oauth2 = auth is SmtpAuth.OAUTH2
+    if secret and oauth2 != client_secret_stdin:
+        wanted = "--client-secret-stdin" if oauth2 else "--password-stdin"
+        fail(f"with --auth {auth.value} the secret is read with {wanted}", EXIT_USAGE)
     _save(
         context,
         lambda: SmtpSettings(
@@ -89,9 +136,18 @@ def settings_set_smtp(
             port=port,
             from_mailbox=from_mailbox,
             username=username,
-            password=SecretStr(password) if password else None,
+            password=SecretStr(secret) if secret and not oauth2 else None,
             tls=tls,
             accept_any_certificate=accept_any_certificate,
+            auth=auth,
+            tenant=tenant,
+            client_id=client_id,
+            client_secret=SecretStr(secret) if secret and oauth2 else None,
+            instance=instance,
+            scope=scope,
+            max_messages_per_minute=max_messages_per_minute,
+            max_recipients_per_day=max_recipients_per_day,
+            max_recipients_per_message=max_recipients_per_message,
         ),
     )
 
@@ -106,6 +162,9 @@ def settings_set_oauth(
     ] = False,
     instance: Annotated[str, typer.Option(help="Identity platform URL.")] = DEFAULT_INSTANCE,
     api_url: Annotated[str, typer.Option(help="Microsoft Graph URL.")] = DEFAULT_API_URL,
+    max_messages_per_minute: MaxMessagesPerMinute = None,
+    max_recipients_per_day: MaxRecipientsPerDay = None,
+    max_recipients_per_message: MaxRecipientsPerMessage = None,
 ) -> None:
     """Send through Microsoft Graph. Without --client-secret-stdin the stored secret is kept."""
     context = load_context()
@@ -119,6 +178,9 @@ def settings_set_oauth(
             client_secret=SecretStr(secret) if secret else None,
             instance=instance,
             api_url=api_url,
+            max_messages_per_minute=max_messages_per_minute,
+            max_recipients_per_day=max_recipients_per_day,
+            max_recipients_per_message=max_recipients_per_message,
         ),
     )
 

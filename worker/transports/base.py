@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from worker.classify import FailureKind, SmtpReply, classify
+from worker.errors import QuotaError
 from worker.message import OutgoingMessage
 from worker.records import RecipientOutcome, RecipientState
 
@@ -15,11 +16,14 @@ __all__ = ["SendResult", "Transport", "refused_recipient"]
 
 @dataclass(frozen=True, slots=True)
 class SendResult:
-    """The server's verdict per recipient after the message was handed over."""
+    """The server's verdict per recipient after the message was handed over; ``quota`` when
+    the provider's quota stopped the send part-way (the recipients not reached are deferred,
+    and the account pauses)."""
 
     recipients: tuple[RecipientOutcome, ...]
     code: int | None = None
     reply: str | None = None
+    quota: QuotaError | None = None
 
 
 class Transport(Protocol):
@@ -39,8 +43,19 @@ class Transport(Protocol):
     async def aclose(self) -> None: ...
 
 
+# Refusals of a recipient that another attempt may get past.
+_FOR_NOW = frozenset(
+    {
+        FailureKind.TRANSIENT,
+        FailureKind.RECIPIENT_LIMIT,
+        FailureKind.THROTTLED,
+        FailureKind.DAILY_QUOTA,
+    }
+)
+
+
 def refused_recipient(address: str, code: int, reply: str) -> RecipientOutcome:
-    """A recipient the server refused: deferred when the refusal is transient, else failed."""
-    kind = classify(SmtpReply(code, "rcpt"))
-    state = RecipientState.DEFERRED if kind is FailureKind.TRANSIENT else RecipientState.FAILED
+    """A recipient the server refused: deferred when the refusal is for now, else failed."""
+    kind = classify(SmtpReply(code, "rcpt", reply))
+    state = RecipientState.DEFERRED if kind in _FOR_NOW else RecipientState.FAILED
     return RecipientOutcome(address, state, code, reply)

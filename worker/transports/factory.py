@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import httpx
 import redis.asyncio as aioredis
 
-from config.mail_settings import OAuthSettings, SmtpSettings
+from config.mail_settings import OAuthSettings, SmtpAuth, SmtpSettings
 from config.process import ProcessSettings
 from worker.concurrency import ConcurrencyLimit, LocalLimit, SharedLimit
 from worker.tls import TlsContexts, build_tls_contexts
-from worker.tokens import TokenSource
+from worker.tokens import ClientCredentials, TokenSource
 from worker.transports.base import Transport
 from worker.transports.graph import GraphTransport
 from worker.transports.smtp import SmtpTransport
@@ -84,12 +84,17 @@ def create_transport(
     """The transport for ``settings``; with ``shared_state`` (the worker's Redis), limits that
     hold per mailbox are shared by every worker process, not counted per process."""
     if isinstance(settings, SmtpSettings):
+        oauth2 = settings.auth is SmtpAuth.OAUTH2
         return SmtpTransport(
             settings,
             tls=options.tls,
             timeout=options.smtp_timeout_seconds,
             max_connections=options.smtp_max_connections,
             local_hostname=options.local_hostname,
+            # One token per process and settings version, shared by its connections.
+            tokens=(
+                TokenSource(ClientCredentials.for_smtp(settings), http.identity) if oauth2 else None
+            ),
         )
     limit: ConcurrencyLimit = LocalLimit(options.graph_max_concurrency)
     if shared_state is not None:
@@ -102,7 +107,7 @@ def create_transport(
         )
     return GraphTransport(
         settings,
-        tokens=TokenSource(settings, http.identity),
+        tokens=TokenSource(ClientCredentials.for_graph(settings), http.identity),
         http=http.graph,
         limit=limit,
         save_to_sent_items=options.graph_save_to_sent_items,

@@ -8,31 +8,37 @@ import functools
 import socket
 import ssl
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import aiosmtplib
 from aiosmtplib import SMTPStatus
 
 from config.addresses import needs_smtputf8
-from config.mail_settings import SmtpSettings, TlsMode
+from config.mail_settings import SmtpAuth, SmtpSettings, TlsMode
 from worker.classify import (
     ConnectionProblem,
     ConnectionProblemKind,
+    FailureKind,
     SmtpPhase,
     SmtpReply,
     classify,
+    judge,
 )
 from worker.errors import (
     ConfigurationError,
     DeliveryError,
     PermanentError,
+    QuotaError,
     TransientError,
+    delivery_error,
     error_type,
 )
 from worker.message import OutgoingMessage
 from worker.mime import build_mime
 from worker.records import RecipientOutcome, RecipientState
 from worker.tls import TlsContexts
+from worker.tokens import TokenSource
 from worker.transports.base import SendResult, refused_recipient
 
 __all__ = ["SmtpTransport", "smtp_error"]
@@ -90,11 +96,11 @@ def _reply_phase(exc: aiosmtplib.SMTPResponseException, stage: SmtpStage) -> Smt
 
 
 def _reply_error(exc: aiosmtplib.SMTPResponseException, phase: SmtpPhase) -> DeliveryError:
-    return error_type(classify(SmtpReply(exc.code, phase)))(
-        f"SMTP server {_PHASE_WORDS[phase]}: {exc.code} {exc.message}",
-        code=exc.code,
-        reply=exc.message,
-    )
+    verdict = judge(SmtpReply(exc.code, phase, exc.message))
+    reason = f"SMTP server {_PHASE_WORDS[phase]}: {exc.code} {exc.message}"
+    if verdict.advice:
+        reason = f"{reason}; {verdict.advice}"
+    return delivery_error(verdict.kind, reason, code=exc.code, reply=exc.message)
 
 
 def _problem_error(kind: ConnectionProblemKind, reason: str) -> DeliveryError:
@@ -148,8 +154,12 @@ class SmtpTransport:
         timeout: float,
         max_connections: int,
         local_hostname: str,
+        tokens: TokenSource | None = None,
     ) -> None:
+        if settings.auth is SmtpAuth.OAUTH2 and tokens is None:
+            raise ValueError("SMTP with auth oauth2 needs a token source")
         self._settings = settings
+        self._tokens = tokens
         self._tls_context = tls.for_settings(settings.accept_any_certificate)
         self._timeout = timeout
         self._local_hostname = local_hostname
@@ -232,8 +242,6 @@ class SmtpTransport:
         recipients: Sequence[str],
     ) -> SendResult:
         sender = self._settings.from_mailbox
-        refused: dict[str, aiosmtplib.SMTPResponse] = {}
-        reply = ""
         try:
             utf8 = await self._utf8_session(connection, message, recipients)
             if not utf8 and needs_smtputf8(sender):
@@ -242,19 +250,65 @@ class SmtpTransport:
                     f"mailbox {sender} needs (its part before the @-sign is not ASCII)"
                 )
             sendable = [a for a in recipients if utf8 or not needs_smtputf8(a)]
-            if sendable:
-                refused, reply = await _transfer(
-                    connection, sender, sendable, mime(utf8=utf8), utf8
-                )
+            done = (
+                await self._transactions(connection, sendable, mime(utf8=utf8), utf8)
+                if sendable
+                else _Transferred()
+            )
         except SMTP_FAILURES as exc:
             if isinstance(exc, OSError):
                 connection.close()  # the session is gone (disconnect or timeout)
             raise smtp_error(exc, "send", self._settings.server, self._settings.port) from exc
+        stopped = done.stopped_by
         return SendResult(
-            tuple(self._outcome(address, refused, utf8) for address in recipients),
-            code=250 if reply else None,
-            reply=reply or None,
+            tuple(self._outcome(address, done, utf8) for address in recipients),
+            code=250 if done.reply else None,
+            reply=done.reply or None,
+            quota=stopped if isinstance(stopped, QuotaError) else None,
         )
+
+    async def _transactions(
+        self, connection: aiosmtplib.SMTP, recipients: Sequence[str], data: bytes, utf8: bool
+    ) -> _Transferred:
+        """The message to ``recipients`` in as many transactions as it takes: at most
+        ``max_recipients_per_message`` each, and those a server refused as too many for one
+        transaction (452 / X.5.3, RFC 5321 §4.5.3.1.10) at once in the next. Every copy is
+        the same message, with the same Message-ID.
+
+        A failure in the first transaction fails the message as one; after a transaction
+        went through, a failure leaves those recipients reached and the others deferred (or
+        refused, as the reply says), so that no retry sends anyone a second copy.
+        """
+        per_transaction = self._settings.max_recipients_per_message or len(recipients)
+        waiting = list(recipients)
+        done = _Transferred()
+        while waiting:
+            batch, waiting = waiting[:per_transaction], waiting[per_transaction:]
+            try:
+                batch_refused, batch_reply = await _transfer(
+                    connection, self._settings.from_mailbox, batch, data, utf8
+                )
+            except SMTP_FAILURES as exc:
+                if not done.reply:
+                    raise
+                if isinstance(exc, OSError):
+                    connection.close()
+                error = smtp_error(exc, "send", self._settings.server, self._settings.port)
+                return done.stopped(error, [*batch, *waiting])
+            done.reply = batch_reply or done.reply
+            over = [a for a in batch if _too_many(batch_refused.get(a))]
+            if over and len(batch_refused) < len(batch):
+                # The server's own cap is what it took: the rest go next, in batches that size.
+                per_transaction = len(batch) - len(batch_refused)
+                waiting = over + waiting
+                for address in over:
+                    del batch_refused[address]
+            done.refused.update(batch_refused)
+            quota = _quota_refusal(batch_refused, self._where)
+            if quota is not None:
+                # The account is over its quota: nothing more of it goes through now.
+                return done.stopped(quota, waiting)
+        return done
 
     async def _utf8_session(
         self, connection: aiosmtplib.SMTP, message: OutgoingMessage, recipients: Sequence[str]
@@ -267,9 +321,7 @@ class SmtpTransport:
         await _greeted(connection)
         return connection.supports_extension("smtputf8")
 
-    def _outcome(
-        self, address: str, refused: dict[str, aiosmtplib.SMTPResponse], utf8: bool
-    ) -> RecipientOutcome:
+    def _outcome(self, address: str, done: _Transferred, utf8: bool) -> RecipientOutcome:
         if not utf8 and needs_smtputf8(address):
             return RecipientOutcome(
                 address,
@@ -277,7 +329,18 @@ class SmtpTransport:
                 reply=f"SMTP server {self._where} does not offer SMTPUTF8, which this address "
                 "needs (its part before the @-sign is not ASCII)",
             )
-        response = refused.get(address)
+        stopped_by = done.stopped_by
+        if stopped_by is not None and address in done.unsent:
+            # Not reached: its transaction failed as a whole, or was never begun.
+            state = (
+                RecipientState.DEFERRED
+                if isinstance(stopped_by, TransientError)
+                else RecipientState.FAILED
+            )
+            return RecipientOutcome(
+                address, state, stopped_by.code, stopped_by.reply or stopped_by.reason
+            )
+        response = done.refused.get(address)
         if response is None:
             return RecipientOutcome(address, RecipientState.SENT, 250, "accepted")
         return refused_recipient(address, response.code, response.message)
@@ -305,24 +368,50 @@ class SmtpTransport:
         except SMTP_FAILURES as exc:
             connection.close()
             raise smtp_error(exc, "connect", settings.server, settings.port) from exc
-        if settings.username:
-            await self._login(connection)
+        if settings.login_mailbox:
+            await self._login(connection, settings.login_mailbox)
         return connection
 
-    async def _login(self, connection: aiosmtplib.SMTP) -> None:
+    async def _login(self, connection: aiosmtplib.SMTP, mailbox: str) -> None:
         settings = self._settings
+        credential = "password" if settings.auth is SmtpAuth.PASSWORD else "access token"
         if connection.get_transport_info("sslcontext") is None and settings.tls is not TlsMode.NONE:
             connection.close()
             raise ConfigurationError(
-                f"SMTP server {self._where} did not offer STARTTLS; refusing to send the password "
-                "unencrypted (set TLS mode 'none' to allow it)"
+                f"SMTP server {self._where} did not offer STARTTLS; refusing to send the "
+                f"{credential} unencrypted (set TLS mode 'none' to allow it)"
             )
-        password = settings.password.get_secret_value() if settings.password else ""
         try:
-            await connection.login(settings.username or "", password)
+            if self._tokens is None:
+                password = settings.password.get_secret_value() if settings.password else ""
+                await connection.login(mailbox, password)
+            else:
+                await self._login_xoauth2(connection, mailbox, self._tokens)
         except SMTP_FAILURES as exc:
             connection.close()
             raise smtp_error(exc, "login", settings.server, settings.port) from exc
+        except DeliveryError:
+            connection.close()  # no token (the identity platform said why)
+            raise
+
+    async def _login_xoauth2(
+        self, connection: aiosmtplib.SMTP, mailbox: str, tokens: TokenSource
+    ) -> None:
+        """AUTH XOAUTH2 (RFC 7628 as Microsoft and Google describe it); a cached token that
+        the server refuses is replaced once, as a token revoked or expired early would be."""
+        await _greeted(connection)
+        if "xoauth2" not in connection.server_auth_methods:
+            raise ConfigurationError(
+                f"SMTP server {self._where} does not offer AUTH XOAUTH2 (it offers "
+                f"{', '.join(connection.server_auth_methods) or 'no login'}); set "
+                "Authentication to Password"
+            )
+        try:
+            await connection.auth_xoauth2(mailbox, await tokens.token())
+        except aiosmtplib.SMTPAuthenticationError:
+            if not connection.is_connected:
+                raise
+            await connection.auth_xoauth2(mailbox, await tokens.refresh())
 
 
 async def _transfer(
@@ -359,6 +448,46 @@ async def _transfer(
         await _reset(connection)
         raise
     return refused, response.message
+
+
+def _too_many(response: aiosmtplib.SMTPResponse | None) -> bool:
+    return response is not None and (
+        classify(SmtpReply(response.code, "rcpt", response.message)) is FailureKind.RECIPIENT_LIMIT
+    )
+
+
+def _quota_refusal(refused: dict[str, aiosmtplib.SMTPResponse], where: str) -> QuotaError | None:
+    """The quota error when the server refused a recipient for the account's sending quota."""
+    for response in refused.values():
+        verdict = judge(SmtpReply(response.code, "rcpt", response.message))
+        if verdict.kind.pauses_account:
+            error = delivery_error(
+                verdict.kind,
+                f"SMTP server {where} refused a recipient for its sending quota: "
+                f"{response.code} {response.message}",
+                code=response.code,
+                reply=response.message,
+            )
+            assert isinstance(error, QuotaError)
+            return error
+    return None
+
+
+@dataclass(slots=True)
+class _Transferred:
+    """What the transactions of one message did: who was refused (and with what reply), the
+    last transaction's reply, and the error that stopped them early, if one did."""
+
+    refused: dict[str, aiosmtplib.SMTPResponse] = field(default_factory=dict)
+    reply: str = ""
+    stopped_by: DeliveryError | None = None
+    unsent: frozenset[str] = frozenset()
+
+    def stopped(self, error: DeliveryError, unsent: Sequence[str]) -> _Transferred:
+        """Stop here: ``unsent`` were not reached, for the reason ``error`` gives."""
+        self.stopped_by = error
+        self.unsent = frozenset(unsent)
+        return self
 
 
 async def _greeted(connection: aiosmtplib.SMTP) -> None:
