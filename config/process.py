@@ -115,6 +115,9 @@ class ProcessSettings(BaseSettings):
         "published is published again, once its task can no longer be in the queue.",
     )
     visibility_timeout_seconds: int = Field(default=DEFAULT_VISIBILITY_TIMEOUT_SECONDS, ge=60)
+    # How long the sending account pauses after a provider's rate quota or throttling reply
+    # that states no wait (Exchange Online's SubmissionQuotaExceeded: its per-minute quota).
+    provider_pause_seconds: float = Field(default=60.0, gt=0, le=86_400)
     message_id_domain: str = Field(default_factory=socket.gethostname)
 
     @field_validator("template_dir")

@@ -31,6 +31,7 @@ from worker.records import (
     MemoryClaims,
     RecipientState,
 )
+from worker.sending_limits import MemoryGate
 from worker.transports.base import SendResult
 from worker.transports.memory import MemoryTransport, SendHandler
 
@@ -52,8 +53,8 @@ class SettingsVersions:
     def __init__(self) -> None:
         self.saved: dict[int, StoredSettings] = {}
 
-    def save(self, version: int) -> None:
-        settings = SmtpSettings(from_mailbox="robot@example.com")
+    def save(self, version: int, **limits: int) -> None:
+        settings = SmtpSettings(from_mailbox="robot@example.com", **limits)
         self.saved[version] = StoredSettings(version, settings, saved_at=0.0)
 
     async def get(self, version: int) -> StoredSettings | None:
@@ -73,10 +74,12 @@ class Harness:
     transports: list[MemoryTransport] = field(default_factory=list)
     # Kept across jobs, as a worker process keeps it: it holds the transport of a version.
     cache: TransportCache = field(init=False)
+    gate: MemoryGate = field(init=False)
 
     def __post_init__(self) -> None:
         self.settings.save(1)
         self.cache = TransportCache(self.transport_for)
+        self.gate = MemoryGate(clock=self.clock)
 
     def new_transport(self) -> MemoryTransport:
         return MemoryTransport(self.handler)
@@ -95,6 +98,7 @@ class Harness:
 
     def deliverer(self, clock: Callable[[], float] | None = None) -> Deliverer:
         return Deliverer(
+            gate=self.gate,
             claims=self.claims,
             settings=self.settings,
             transports=self.cache,

@@ -143,7 +143,7 @@ def test_unknown_tenant_is_a_configuration_failure(
     assert "no-such-tenant" in (record.last_error or "")
 
 
-def test_429_retry_after_is_honoured(
+def test_429_pauses_the_mailbox_for_its_retry_after_without_counting_an_attempt(
     outbox_context: OutboxContext, producer: Producer, worker: InProcessWorker, graph: GraphStandIn
 ) -> None:
     configure(outbox_context, graph)
@@ -159,8 +159,10 @@ def test_429_retry_after_is_honoured(
     first, second = send_mail_requests(graph)
     assert second - first >= 2.0
     record = outbox_context.deliveries.get(delivery_id)
-    assert [(a.outcome, a.code) for a in record.attempts] == [("transient", 429), ("sent", 202)]
+    assert [(a.outcome, a.code) for a in record.attempts] == [("throttled", 429), ("sent", 202)]
     assert "ApplicationThrottled" in (record.attempts[0].reply or "")
+    # The pause is the mailbox's, not the e-mail's fault: its retry budget is untouched.
+    assert record.attempts_this_round == 1
 
 
 def test_503_storm_then_recovery_is_sent(
@@ -310,12 +312,17 @@ def test_a_duplicate_job_does_not_run_a_scheduled_retry_early(
     caplog.set_level(logging.INFO)
     configure(outbox_context, graph)
     graph.send_mail_faults.append(
+        ScriptedResponse(503, {"Retry-After": "30"}, {"error": {"code": "ServiceUnavailable"}})
+    )
+    graph.send_mail_faults.append(
         ScriptedResponse(429, {"Retry-After": "30"}, {"error": {"code": "TooManyRequests"}})
     )
-    delivery_id = enqueue(producer)
-    assert worker.deliver(delivery_id) == ["retrying"]
-    assert worker.deliver(delivery_id) == ["early"]  # e.g. a redelivered task message
-    assert len(send_mail_requests(graph)) == 1
+    retried, paused = enqueue(producer), enqueue(producer)
+    assert worker.deliver(retried) == ["retrying"]
+    assert worker.deliver(retried) == ["early"]  # e.g. a redelivered task message
+    assert worker.deliver(paused) == ["waiting"]  # the mailbox paused for 30 s
+    assert worker.deliver(paused) == ["early"]
+    assert len(send_mail_requests(graph)) == 2
     assert MAILBOX not in caplog.text  # request URLs carry the mailbox: not logged
 
 

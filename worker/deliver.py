@@ -17,13 +17,16 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 
 from config.settings_store import StoredSettings
 from worker.backoff import RetryPolicy
+from worker.classify import enhanced_status
 from worker.errors import (
     ConfigurationError,
     DeliveryError,
     PermanentError,
+    QuotaError,
     TransientError,
 )
 from worker.records import (
+    AccountPause,
     AlreadyFinal,
     Attempt,
     AttemptOutcome,
@@ -40,6 +43,13 @@ from worker.records import (
     RecipientOutcome,
     RecipientState,
     Unreadable,
+)
+from worker.sending_limits import (
+    RATE_PAUSE_SECONDS,
+    MustWait,
+    SendingGate,
+    WaitReason,
+    account_of,
 )
 from worker.transports.base import SendResult, Transport
 
@@ -67,6 +77,7 @@ class JobOutcome(StrEnum):
     PARTIALLY_SENT = "partially_sent"
     FAILED = "failed"
     RETRYING = "retrying"  # a retry is due later: the sweeper publishes it then
+    WAITING = "waiting"  # for the account's sending limit or pause: published when it ends
     MISSING = "missing"  # no record: expired or purged
     BUSY = "busy"  # another process holds the claim (the sweeper looks again if it lapses)
     EARLY = "early"  # a duplicate job before the scheduled retry: left to that retry
@@ -117,6 +128,7 @@ class Deliverer:
     transports: TransportCache
     policy: RetryPolicy
     in_flight: asyncio.Semaphore
+    gate: SendingGate
     clock: Callable[[], float] = field(default=time.time)
 
     async def deliver_many(self, delivery_ids: Sequence[str]) -> list[JobOutcome]:
@@ -178,19 +190,32 @@ class Deliverer:
                 log.error("delivery %s: %s", delivery_id, unreadable.reason)
                 await self.claims.fail_unreadable(delivery_id, unreadable, self.clock())
                 return JobOutcome.FAILED, None
-            case Claimed(record=record, settings_version=version):
-                return await self._attempt(record, version, turns)
+            case Claimed(record=record, settings_version=version, pause=pause):
+                return await self._attempt(record, version, pause, turns)
 
     async def _attempt(
-        self, record: DeliveryRecord, settings_version: int, turns: _Turns
+        self,
+        record: DeliveryRecord,
+        settings_version: int,
+        pause: AccountPause | None,
+        turns: _Turns,
     ) -> tuple[JobOutcome, _Claimed | None]:
         started = self.clock()
         pending = [r.address for r in record.recipients if r.status.needs_sending]
         result: SendResult | None = None
         error: DeliveryError | None = None
+        account: str | None = None
         try:
             async with self._claim_kept(record):
-                result = await self._send(record, settings_version, pending)
+                stored = await self.settings.get(settings_version)
+                if stored is None:
+                    raise ConfigurationError(NOT_CONFIGURED)
+                account = account_of(stored.settings)
+                admitted = await self._admission(record, stored, pause, pending)
+                if isinstance(admitted, _Wait):
+                    return await self._wait(record, admitted)
+                pending = admitted
+                result = await self._send(record, stored, pending)
         except DeliveryError as exc:
             error = exc
         except asyncio.CancelledError:
@@ -207,7 +232,8 @@ class Deliverer:
             # A bug or an unexpected library error fails this delivery, not the worker.
             log.exception("delivery %s: unexpected %s", record.id, type(exc).__name__)
             error = PermanentError(f"internal error: {type(exc).__name__}: {exc}")
-        return await self._record(record, started, pending, result, error, turns)
+        paused = await self._pause_for(account, result, error)
+        return await self._record(record, started, pending, result, error, paused, turns)
 
     @contextlib.asynccontextmanager
     async def _claim_kept(self, record: DeliveryRecord) -> AsyncIterator[None]:
@@ -232,14 +258,77 @@ class Deliverer:
             with contextlib.suppress(asyncio.CancelledError):
                 await beating
 
+    async def _admission(
+        self,
+        record: DeliveryRecord,
+        stored: StoredSettings,
+        pause: AccountPause | None,
+        pending: list[str],
+    ) -> list[str] | _Wait:
+        """The recipients to send to now, or what the delivery must wait for: the account's
+        pause (read with the claim), then its sending limits (one round trip, only when
+        limits are set)."""
+        settings = stored.settings
+        account = account_of(settings)
+        if pause is not None and pause.account == account:
+            return _Wait(pause.seconds_left, f"the provider's pause of {pause.reason}")
+        if not settings.has_rate_limits or not pending:
+            return pending
+        per_message = settings.max_recipients_per_message or len(pending)
+        if settings.max_messages_per_minute is not None:
+            # More transactions than a minute allows go in later attempts.
+            pending = pending[: settings.max_messages_per_minute * per_message]
+        verdict = await self.gate.admit(
+            account,
+            f"{record.id}:{record.attempt_count}",
+            transactions=-(-len(pending) // per_message),
+            recipients=len(pending),
+            limits=settings.limits,
+        )
+        if isinstance(verdict, MustWait):
+            what = (
+                "the sending limit"
+                if verdict.reason is WaitReason.SENDING_LIMIT
+                else ("the daily limit")
+            )
+            return _Wait(verdict.seconds, f"{what}, {verdict.detail}")
+        return pending
+
+    async def _wait(self, record: DeliveryRecord, wait: _Wait) -> tuple[JobOutcome, None]:
+        """Give the delivery back until it may go: no attempt, and no lane held meanwhile."""
+        now = self.clock()
+        until = now + wait.seconds
+        if not await self.claims.wait(record, now=now, until=until, waiting_for=wait.waiting_for):
+            log.warning("delivery %s: claim lost before its wait was recorded", record.id)
+        log.info("delivery %s waits %.1f s for %s", record.id, wait.seconds, wait.waiting_for)
+        return JobOutcome.WAITING, None
+
     async def _send(
-        self, record: DeliveryRecord, settings_version: int, pending: list[str]
+        self, record: DeliveryRecord, stored: StoredSettings, pending: list[str]
     ) -> SendResult:
-        stored = await self.settings.get(settings_version)
-        if stored is None:
-            raise ConfigurationError(NOT_CONFIGURED)
         transport = await self.transports.get(stored)
         return await transport.send(record.message, pending, record.created_at)
+
+    async def _pause_for(
+        self, account: str | None, result: SendResult | None, error: DeliveryError | None
+    ) -> _Wait | None:
+        """After the provider refused for its quota: the account pauses for every worker
+        (as long as the reply said, else the provider's documented window), and this
+        delivery waits as long."""
+        quota = error if isinstance(error, QuotaError) else (result.quota if result else None)
+        if quota is None or account is None:
+            return None
+        reply = quota.reply or quota.reason
+        try:
+            seconds = await self.gate.pause(
+                account, quota.retry_after, daily=quota.daily, reason=reply
+            )
+        except redis.RedisError:
+            log.warning("could not record the account's pause; this delivery waits alone")
+            seconds = quota.retry_after or RATE_PAUSE_SECONDS
+        # The account names the mailbox: logs carry no addresses.
+        log.warning("the sending account is paused for %.0f s: %s", seconds, reply)
+        return _Wait(seconds, f"the provider's pause of {reply}")
 
     async def _record(
         self,
@@ -248,12 +337,17 @@ class Deliverer:
         pending: list[str],
         result: SendResult | None,
         error: DeliveryError | None,
+        pause: _Wait | None,
         turns: _Turns,
     ) -> tuple[JobOutcome, _Claimed | None]:
         recipients = _merge(record.recipients, pending, result, error)
         retry_delay: float | None = None
+        waiting = False
         if any(r.status.needs_sending for r in recipients):
-            if self.policy.allows_another_attempt(record.attempts_this_round):
+            if pause is not None:
+                # Not the e-mail's fault: it waits out the pause, the attempt not counted.
+                retry_delay, waiting = pause.seconds, True
+            elif self.policy.allows_another_attempt(record.attempts_this_round):
                 retry_after = error.retry_after if isinstance(error, TransientError) else None
                 retry_delay = self.policy.delay(record.attempts_this_round, retry_after)
             else:
@@ -261,16 +355,22 @@ class Deliverer:
                     replace(r, status=RecipientState.FAILED) if r.status.needs_sending else r
                     for r in recipients
                 )
-        status = _status_for(recipients, retrying=retry_delay is not None)
+        status = (
+            DeliveryStatus.WAITING
+            if waiting
+            else _status_for(recipients, retrying=retry_delay is not None)
+        )
         now = self.clock()
+        reply = error.reply if error else (result.reply if result else None)
         attempt = Attempt(
             number=record.attempt_count,
             started_at=started,
             duration_ms=round((now - started) * 1000, 3),
-            outcome=_attempt_outcome(status, error),
+            outcome=AttemptOutcome.THROTTLED if waiting else _attempt_outcome(status, error),
             code=error.code if error else (result.code if result else None),
-            reply=error.reply if error else (result.reply if result else None),
+            reply=reply,
             error=error.reason if error else _refusals(recipients),
+            enhanced_code=enhanced_status(reply),
         )
 
         async def finish(claim_next: str | None) -> Finished:
@@ -280,7 +380,7 @@ class Deliverer:
                 status=status,
                 attempt=attempt,
                 recipients=recipients,
-                last_error=attempt.error,
+                last_error=pause.waiting_for if pause is not None and waiting else attempt.error,
                 next_attempt_at=now + retry_delay if retry_delay is not None else None,
                 claim_next=claim_next,
             )
@@ -322,6 +422,14 @@ class Deliverer:
             with trying:
                 finished = await finish(None)
         return Finished(finished.applied)
+
+
+@dataclass(frozen=True, slots=True)
+class _Wait:
+    """A delivery must wait ``seconds`` for the account, and what for (shown on its record)."""
+
+    seconds: float
+    waiting_for: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from config.settings_store import SETTINGS_KEY, StoredSettings
 from worker.backoff import RetryPolicy
 from worker.deliver import Deliverer, JobOutcome, TransportCache
 from worker.records import RedisClaims
+from worker.sending_limits import RedisGate
 from worker.settings_cache import SettingsCache
 from worker.sweeper import Sweeper, TaskQueue
 from worker.transports.base import Transport
@@ -123,6 +124,7 @@ class WorkerRuntime:
                 max_seconds=settings.retry_max_seconds,
                 max_attempts=settings.max_attempts,
             ),
+            gate=RedisGate(self._redis, rate_pause_seconds=settings.provider_pause_seconds),
             in_flight=asyncio.Semaphore(
                 IN_FLIGHT_PER_CONNECTION
                 * max(settings.smtp_max_connections, settings.graph_max_concurrency)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -40,6 +41,15 @@ _LOCK_KEY = f"{KEY_PREFIX}sweeper"
 # thought gone.
 PUBLISH_MARGIN_SECONDS = 10.0
 _MOST_PER_SWEEP = 5000
+# A sweep for a delivery due sooner than the interval waits at least this long.
+_SOONEST_SECONDS = 0.05
+# KEYS: the lock; ARGV: this process's token, milliseconds -> 1 when this process sweeps.
+_LOCK = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
 
 
 class TaskQueue(Protocol):
@@ -74,20 +84,33 @@ class Sweeper:
         self._retention_seconds = retention_seconds
         self._clock = clock
         self._sweep = client.register_script(SWEEP)
+        self._lock = client.register_script(_LOCK)
+        # The process holding the lock keeps it while it sweeps, however often it must.
+        self._token = uuid.uuid4().hex
 
     async def run_forever(self) -> None:
         while True:
-            await asyncio.sleep(self._interval_seconds)
             try:
+                await asyncio.sleep(await self._until_next_sweep())
                 await self.sweep()
             except Exception:  # a sweep that failed (Redis away) is tried again next interval
                 log.warning("sweep failed", exc_info=True)
+                await asyncio.sleep(self._interval_seconds)
+
+    async def _until_next_sweep(self) -> float:
+        """An interval, or less when a delivery is due sooner: an e-mail waiting for its place
+        in the sending limit goes out when the place comes, not up to an interval later."""
+        earliest = await self._redis.zrange(DUE_KEY, 0, 0, withscores=True)
+        if not earliest:
+            return self._interval_seconds
+        due_in = float(earliest[0][1]) - self._clock()
+        return min(max(due_in, _SOONEST_SECONDS), self._interval_seconds)
 
     async def sweep(self) -> list[str]:
         """Publish every delivery that is due and would otherwise wait; returns their ids."""
         lock_ms = max(int(self._interval_seconds * 900), 1)
-        if not await self._redis.set(_LOCK_KEY, "1", nx=True, px=lock_ms):
-            return []  # another worker process swept this interval
+        if not await self._lock(keys=[_LOCK_KEY], args=[self._token, lock_ms]):
+            return []  # another worker process sweeps this interval
         now = self._clock()
         oldest = await asyncio.to_thread(self._queue.oldest_published)
         # A delivery published before the oldest task still waiting has left the queue.

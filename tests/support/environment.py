@@ -25,6 +25,8 @@ def outbox_environment(
         "OUTBOX_SMTP_TIMEOUT_SECONDS": "5",
         # Due retries are published by the sweeper: sweep often, so fast retries stay fast.
         "OUTBOX_SWEEP_INTERVAL_SECONDS": "0.1",
+        # A provider's quota reply without a stated wait pauses the account this long.
+        "OUTBOX_PROVIDER_PAUSE_SECONDS": "1",
         **overrides,
     }
 

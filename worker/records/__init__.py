@@ -86,6 +86,7 @@ from worker.records.model import (
     record_summary,
 )
 from worker.records.scripts import (
+    AccountPause,
     AlreadyFinal,
     Busy,
     Claimed,
@@ -106,6 +107,7 @@ __all__ = [
     "KEY_PREFIX",
     "RETRYABLE_STATUSES",
     "STATUS_INDEX_PREFIX",
+    "AccountPause",
     "AlreadyFinal",
     "Attempt",
     "AttemptOutcome",

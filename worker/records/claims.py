@@ -73,7 +73,14 @@ class ClaimStore(Protocol):
         claim_next: str | None = None,
     ) -> Finished:
         """Record the attempt and, when ``claim_next`` is given, claim that delivery right
-        after (its turn comes as this one ends), in the same round trip."""
+        after (its turn comes as this one ends), in the same round trip. An attempt that
+        ends ``waiting`` (the provider's quota) does not count against the attempt limit."""
+
+    async def wait(
+        self, record: DeliveryRecord, *, now: float, until: float, waiting_for: str
+    ) -> bool:
+        """Give the claim back without an attempt: the delivery waits until ``until`` (the
+        account's sending limit or pause); False when the claim was lost meanwhile."""
 
 
 class RedisClaims:
@@ -166,6 +173,7 @@ class RedisClaims:
                 "last_error": last_error or "",
                 "next_attempt_at": repr(next_attempt_at) if next_attempt_at else "",
                 "lease_until": "0",
+                **_waiting_fields(record, status, last_error),
             },
         )
         if claim_next is None:
@@ -182,8 +190,39 @@ class RedisClaims:
             return Finished(applied)
         return Finished(applied, decode_claim(claim_next, claimed))
 
+    async def wait(
+        self, record: DeliveryRecord, *, now: float, until: float, waiting_for: str
+    ) -> bool:
+        call = transition_call(
+            record.id,
+            now=now,
+            guard=("attempt_count", str(record.attempt_count)),
+            status=DeliveryStatus.WAITING,
+            expire_seconds=0,
+            due_at=until,
+            fields={
+                # Not an attempt: the next claim takes the same number again.
+                "attempt_count": str(record.attempt_count - 1),
+                "waiting_for": waiting_for,
+                "next_attempt_at": repr(until),
+                "lease_until": "0",
+            },
+        )
+        [recorded] = await self._pipelines.run([(self._transition, call)])
+        return decode_transition(_raised(recorded))
+
     async def _run_transition(self, call: ScriptCall) -> bool:
         return decode_transition(await self._transition(keys=call.keys, args=call.args))
+
+
+def _waiting_fields(
+    record: DeliveryRecord, status: DeliveryStatus, last_error: str | None
+) -> dict[str, str]:
+    """An attempt the provider's quota stopped waits without using up an attempt: the retry
+    budget counts from one later. Any other outcome clears what it waited for."""
+    if status is DeliveryStatus.WAITING:
+        return {"retry_base": str(record.retry_base + 1), "waiting_for": last_error or ""}
+    return {"waiting_for": ""} if record.waiting_for else {}
 
 
 def _raised(reply: Any) -> Any:

@@ -114,6 +114,7 @@ def decode_record(
         retry_base=int(text("retry_base") or 0),
         attempts=tuple(_decode_attempt(a) for a in attempts or ()),
         priority=Priority(text(PRIORITY_FIELD) or Priority.NORMAL.value),
+        waiting_for=text("waiting_for"),
     )
 
 

@@ -9,6 +9,7 @@ __all__ = [
     "DUE_KEY",
     "IDEMPOTENCY_PREFIX",
     "KEY_PREFIX",
+    "PAUSE_KEY",
     "STATUS_INDEX_PREFIX",
     "attempts_key",
     "idempotency_key",
@@ -22,6 +23,8 @@ IDEMPOTENCY_PREFIX = f"{KEY_PREFIX}idempotency:"
 # When the sweeper should look at each delivery that is not final (a zset id -> unix time):
 # a queued one's check, a retry's due time, a claim's lease end.
 DUE_KEY = f"{KEY_PREFIX}due"
+# The sending account's pause for every worker (``worker.sending_limits``): a hash.
+PAUSE_KEY = f"{KEY_PREFIX}pause"
 # Attempts recorded so far, by outcome (for /metrics): a hash outcome -> count.
 ATTEMPT_COUNTERS = f"{KEY_PREFIX}attempts-by-outcome"
 

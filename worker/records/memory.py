@@ -102,7 +102,10 @@ class MemoryClaims:
                     ),
                 )
                 return Exhausted(reason)
-        if record.status is DeliveryStatus.RETRYING and (record.next_attempt_at or 0) > now + 1:
+        if (
+            record.status in (DeliveryStatus.RETRYING, DeliveryStatus.WAITING)
+            and (record.next_attempt_at or 0) > now + 1
+        ):
             return Early(record.next_attempt_at or 0)
         claimed = replace(
             record,
@@ -130,6 +133,23 @@ class MemoryClaims:
         self._lease_until[record.id] = lease_until
         return True
 
+    async def wait(
+        self, record: DeliveryRecord, *, now: float, until: float, waiting_for: str
+    ) -> bool:
+        current = self.records.get(record.id)
+        if current is None or current.attempt_count != record.attempt_count:
+            return False
+        self.records[record.id] = replace(
+            current,
+            status=DeliveryStatus.WAITING,
+            updated_at=now,
+            attempt_count=current.attempt_count - 1,
+            next_attempt_at=until,
+            waiting_for=waiting_for,
+        )
+        self._lease_until.pop(record.id, None)
+        return True
+
     async def fail_unreadable(self, delivery_id: str, claim: Unreadable, now: float) -> None:
         record = self.records.get(delivery_id)
         if record is not None and record.attempt_count == claim.attempt_count:
@@ -153,6 +173,7 @@ class MemoryClaims:
         # The claim is ours only while attempt_count is still the number we claimed.
         applied = current is not None and current.attempt_count == record.attempt_count
         if current is not None and applied:
+            waiting = status is DeliveryStatus.WAITING
             self.records[record.id] = replace(
                 current,
                 status=status,
@@ -161,6 +182,8 @@ class MemoryClaims:
                 last_error=last_error,
                 next_attempt_at=next_attempt_at,
                 attempts=(*current.attempts, attempt),
+                retry_base=current.retry_base + 1 if waiting else current.retry_base,
+                waiting_for=last_error if waiting else None,
             )
             self._lease_until.pop(record.id, None)
         next_claim = None if claim_next is None else await self.claim(claim_next, now)

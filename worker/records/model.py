@@ -37,6 +37,7 @@ class DeliveryStatus(StrEnum):
     QUEUED = "queued"
     SENDING = "sending"
     RETRYING = "retrying"
+    WAITING = "waiting"  # for the account's sending limit or a provider's pause: not a failure
     SENT = "sent"
     PARTIALLY_SENT = "partially_sent"
     FAILED = "failed"
@@ -74,6 +75,7 @@ class AttemptOutcome(StrEnum):
     TRANSIENT = "transient"  # the whole message failed for now (TransientError)
     PERMANENT = "permanent"  # the whole message refused for good (PermanentError)
     CONFIGURATION = "configuration"  # the settings are wrong or missing (ConfigurationError)
+    THROTTLED = "throttled"  # the provider's quota: the account paused; not counted
     LOST = "lost"  # the worker holding the claim died; written by the claim script
 
 
@@ -96,6 +98,8 @@ class Attempt:
     code: int | None = None
     reply: str | None = None
     error: str | None = None
+    # The reply's enhanced status code (RFC 3463), e.g. "5.2.0"; None when it had none.
+    enhanced_code: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +118,8 @@ class DeliveryRecord:
     retry_base: int = 0
     attempts: tuple[Attempt, ...] = ()
     priority: Priority = Priority.NORMAL
+    # While waiting: for what ("the sending limit, 30 per minute"); until next_attempt_at.
+    waiting_for: str | None = None
 
     @property
     def attempts_this_round(self) -> int:
@@ -134,6 +140,7 @@ def record_summary(record: DeliveryRecord) -> dict[str, Any]:
         "last_error": record.last_error,
         "idempotency_key": record.idempotency_key,
         "priority": record.priority.value,
+        "waiting_for": record.waiting_for,
         "recipients": [asdict(r) for r in record.recipients],
         "attempts": [asdict(a) for a in record.attempts],
     }

@@ -18,6 +18,7 @@ from worker.records.keys import (
     ATTEMPT_COUNTERS,
     DUE_KEY,
     IDEMPOTENCY_PREFIX,
+    PAUSE_KEY,
     STATUS_INDEX_PREFIX,
     attempts_key,
     idempotency_key,
@@ -33,6 +34,7 @@ __all__ = [
     "RENEW",
     "SWEEP",
     "TRANSITION",
+    "AccountPause",
     "AlreadyFinal",
     "Busy",
     "ClaimResult",
@@ -125,10 +127,13 @@ def decode_create(reply: Sequence[Any]) -> Created:
 # The claim is a lease, renewed while the attempt runs (RENEW). A claim whose lease ran out
 # belonged to a lost worker: its attempt is recorded as "lost" and counts; once the attempts
 # are used up that way (a message that kills its worker), the delivery fails instead.
-# KEYS: record, settings hash, attempts list, attempt counters, due
+# The sending account's pause (``worker.sending_limits``) comes with the claim, measured by
+# Redis' clock: a paused account costs its workers no extra round trip to notice.
+# KEYS: record, settings hash, attempts list, attempt counters, due, account pause
 # ARGV: id, now, lease seconds, status index prefix, max attempts, retention seconds
 # -> {'missing'} | {'final', status} | {'busy', lease_until} | {'early', next_attempt_at}
-#    | {'exhausted', reason} | {'claimed', version, {field, value, ...}}
+#    | {'exhausted', reason}
+#    | {'claimed', version, {field, value, ...}, paused for seconds, account, reason}
 CLAIM = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing'} end
@@ -171,7 +176,7 @@ if status == 'sending' then
     return {'exhausted', reason}
   end
 end
-if status == 'retrying' then
+if status == 'retrying' or status == 'waiting' then
   -- A duplicate job (its delivery's retry is already scheduled) must not skip the backoff.
   local due = tonumber(redis.call('HGET', KEYS[1], 'next_attempt_at') or '0') or 0
   if due > now + 1 then return {'early', tostring(due)} end
@@ -184,8 +189,24 @@ redis.call('ZREM', ARGV[4] .. status, ARGV[1])
 redis.call('ZADD', ARGV[4] .. 'sending', now, ARGV[1])
 redis.call('ZADD', KEYS[5], lease_until, ARGV[1])
 local version = redis.call('HGET', KEYS[2], 'version') or '0'
-return {'claimed', version, redis.call('HGETALL', KEYS[1])}
+local pause = redis.call('HMGET', KEYS[6], 'until', 'account', 'reason')
+local paused_for = '0'
+if pause[1] then
+  local t = redis.call('TIME')
+  paused_for = tostring(tonumber(pause[1]) - tonumber(t[1]) - tonumber(t[2]) / 1000000)
+end
+return {'claimed', version, redis.call('HGETALL', KEYS[1]), paused_for, pause[2] or '',
+  pause[3] or ''}
 """
+
+
+@dataclass(frozen=True, slots=True)
+class AccountPause:
+    """A sending account paused for every worker, as the claim found it."""
+
+    account: str
+    seconds_left: float
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +215,7 @@ class Claimed:
 
     record: DeliveryRecord
     settings_version: int
+    pause: AccountPause | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +278,7 @@ def claim_call(
             attempts_key(delivery_id),
             ATTEMPT_COUNTERS,
             DUE_KEY,
+            PAUSE_KEY,
         ],
         args=[
             delivery_id,
@@ -282,8 +305,14 @@ def decode_claim(delivery_id: str, reply: Sequence[Any]) -> ClaimResult:
             return Exhausted(as_text(reply[1]))
     flat = reply[2]
     fields = dict(zip(flat[::2], flat[1::2], strict=True))
+    paused_for = float(reply[3])
+    pause = (
+        AccountPause(as_text(reply[4]), paused_for, as_text(reply[5])) if paused_for > 0 else None
+    )
     try:
-        return Claimed(decode_record(delivery_id, fields), settings_version=int(reply[1]))
+        return Claimed(
+            decode_record(delivery_id, fields), settings_version=int(reply[1]), pause=pause
+        )
     except (ValueError, KeyError, TypeError) as exc:
         return Unreadable(
             int(fields.get(b"attempt_count", b"0")),

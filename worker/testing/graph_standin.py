@@ -198,6 +198,7 @@ class GraphStandIn:
         # One lock for all mutable state: handlers run on many threads.
         self._lock = threading.Lock()
         self._tokens: dict[str, float] = {}  # access token -> monotonic expiry
+        self._token_scopes: dict[str, str] = {}  # access token -> the scope it was issued for
         self._in_flight: dict[str, int] = {}
         self._drafts: dict[tuple[str, str], _Draft] = {}
         self._sessions: dict[str, _UploadSession] = {}
@@ -256,6 +257,14 @@ class GraphStandIn:
         with self._lock:
             for token in self._tokens:
                 self._tokens[token] = float("-inf")
+
+    def token_scope(self, token: str) -> str | None:
+        """The scope an access token was issued for; None if it is unknown or expired."""
+        with self._lock:
+            expires = self._tokens.get(token)
+            if expires is None or expires <= time.monotonic():
+                return None
+            return self._token_scopes.get(token)
 
     def sent_messages(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -451,6 +460,7 @@ class GraphStandIn:
         token = secrets.token_urlsafe(48)
         with self._lock:
             self._tokens[token] = time.monotonic() + self.token_lifetime_seconds
+            self._token_scopes[token] = scopes[0]
         body = {
             "token_type": "Bearer",
             "expires_in": self.token_lifetime_seconds,
