@@ -10,13 +10,21 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from tasks.queues import QUEUES
-from worker.records import ATTEMPT_COUNTERS, AttemptOutcome, DeliveryStatus, status_index_key
+from worker.records import (
+    ATTEMPT_COUNTERS,
+    PAUSE_KEY,
+    AttemptOutcome,
+    DeliveryStatus,
+    status_index_key,
+)
+from worker.sending_limits import WAIT_COUNTERS, WaitReason
 
 __all__ = ["OutboxCollector"]
 
 
 class OutboxCollector(Collector):
-    """Deliveries by status, attempts by outcome, the broker queue, the oldest queued age."""
+    """Deliveries by status, attempts by outcome, the broker queue, the oldest queued age,
+    waits and pauses by reason, and whether the sending account is paused."""
 
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
@@ -28,11 +36,13 @@ class OutboxCollector(Collector):
             pipe.zcard(status_index_key(status))
         pipe.zrange(status_index_key(DeliveryStatus.QUEUED), 0, 0, withscores=True)
         pipe.hgetall(ATTEMPT_COUNTERS)
+        pipe.hgetall(WAIT_COUNTERS)
+        pipe.hget(PAUSE_KEY, "until")
         for name in QUEUES.values():
             pipe.llen(name)
         replies = pipe.execute()
         counts = replies[: len(statuses)]
-        oldest, attempts, *queue_lengths = replies[len(statuses) :]
+        oldest, attempts, waits, paused_until, *queue_lengths = replies[len(statuses) :]
 
         deliveries = GaugeMetricFamily(
             "outbox_deliveries", "Deliveries known, by status.", labels=["status"]
@@ -47,6 +57,21 @@ class OutboxCollector(Collector):
         for outcome in AttemptOutcome:
             by_outcome.add_metric([outcome.value], int(attempts.get(outcome.value.encode(), 0)))
         yield by_outcome
+
+        by_reason = CounterMetricFamily(
+            "outbox_waits",
+            "E-mails that waited for the sending limits, and pauses of the sending account "
+            "after a provider's quota reply, by reason.",
+            labels=["reason"],
+        )
+        for reason in WaitReason:
+            by_reason.add_metric([reason.value], int(waits.get(reason.value.encode(), 0)))
+        yield by_reason
+        yield GaugeMetricFamily(
+            "outbox_account_paused_seconds",
+            "Seconds the sending account stays paused after a provider's quota reply (0: not).",
+            value=max(float(paused_until or 0) - time.time(), 0.0),
+        )
 
         waiting = GaugeMetricFamily(
             "outbox_queue_tasks",

@@ -26,15 +26,17 @@ SettingsBody = Annotated[SmtpSettings | OAuthSettings, Body(discriminator="proto
 
 
 def _view(found: ApiServices) -> dict[str, Any]:
-    view = found.context.settings_store.public_view()
+    store = found.context.settings_store
+    view = store.public_view()
     if view is None:
         raise SettingsNotConfiguredError("mail settings are not configured yet")
-    return view
+    return {**view, "pause": store.pause()}
 
 
 @router.get("")
 def read_settings(found: Services) -> dict[str, Any]:
-    """The saved settings: a secret shows only as ``password_set`` / ``client_secret_set``."""
+    """The saved settings: a secret shows only as ``password_set`` / ``client_secret_set``;
+    ``pause`` is the sending account's pause after a provider's quota reply, or null."""
     return _view(found)
 
 

@@ -22,6 +22,7 @@ from pydantic import SecretStr
 
 from bench.limit import measure_limit
 from bench.messages import BODY, message, message_fields
+from bench.provider_limits import measure_provider_limits
 from bench.sink import PASSWORD, USERNAME, Sink
 from config.mail_settings import OAuthSettings, SmtpSettings, TlsMode
 from tasks.celery_app import celery_publisher, create_celery_app
@@ -339,6 +340,7 @@ class Bench:
                 self.results["two_instances_vs_one"] = two / one
             finally:
                 slow.stop()
+            self.measure_provider_limits()
             self.log(f"enqueue: {args.enqueue_n} messages with no worker running")
             rate, overhead = self.measure_enqueue_and_memory(args.enqueue_n)
             self.results["enqueue_per_s"], self.results["redis_bytes_per_message"] = rate, overhead
@@ -366,6 +368,25 @@ class Bench:
         ).stdout.strip()
         r["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         return r
+
+    def measure_provider_limits(self) -> None:
+        """Against the Exchange Online stand-in's quota: about 5 minutes (two backlogs of 3
+        minutes' quota each, sent in two windows)."""
+        if self.args.skip_provider_limits:
+            self.results["provider_limits_skipped"] = "run without --skip-provider-limits"
+            return
+        self.results.update(
+            measure_provider_limits(
+                self.context,
+                self.producer,
+                self.redis,
+                self.env,
+                self.certificate,
+                per_minute=self.args.provider_limit,
+                workers_ready=self._workers_ready,
+                log=self.log,
+            )
+        )
 
     def measure_scale(self, sink: Sink) -> None:
         """With ``--scale``: a backlog of 100,000 against one of 2,000 (the same procedure)."""
@@ -424,6 +445,14 @@ def main() -> None:
     parser.add_argument("--enqueue-n", type=int, default=10_000)
     parser.add_argument(
         "--rounds", type=int, default=3, help="alternating limit/outbox rounds (median kept)"
+    )
+    parser.add_argument(
+        "--provider-limit", type=int, default=30, help="the stand-in's quota per minute"
+    )
+    parser.add_argument(
+        "--skip-provider-limits",
+        action="store_true",
+        help="leave out the sending-limit runs against the Exchange Online stand-in (5 min)",
     )
     parser.add_argument(
         "--scale",

@@ -19,6 +19,7 @@ from config.mail_settings import (
 )
 from config.secret_box import SecretBox
 from worker.errors import SettingsNotConfiguredError
+from worker.records.keys import PAUSE_KEY  # written by the workers (worker.sending_limits)
 
 __all__ = [
     "HISTORY_KEY",
@@ -121,6 +122,18 @@ class SettingsStore:
         if stored is None or not _same_secret(stored.settings, settings):
             return settings
         return settings.model_copy(update={settings.secret_field: stored.settings.secret()})
+
+    def pause(self) -> dict[str, Any] | None:
+        """The sending account's pause after a provider's quota reply, while it lasts:
+        ``account``, ``until`` (unix time) and the provider's ``reason``."""
+        fields: dict[bytes, bytes] = self._redis.hgetall(PAUSE_KEY)  # type: ignore[assignment]
+        if b"until" not in fields or float(fields[b"until"]) <= time.time():
+            return None
+        return {
+            "account": fields.get(b"account", b"").decode(),
+            "until": float(fields[b"until"]),
+            "reason": fields.get(b"reason", b"").decode(),
+        }
 
     def history(self, limit: int = 50) -> list[dict[str, Any]]:
         """The latest saves, newest first: version, when, by whom, which fields changed."""

@@ -157,7 +157,9 @@ def status(delivery_id: str, as_json: JsonFlag = False) -> None:
         return
     typer.echo(f"{record.id}  {record.status.value}  {record.message.subject!r}")
     typer.echo(f"created {local_time(record.created_at)}  updated {local_time(record.updated_at)}")
-    if record.next_attempt_at:
+    if record.waiting_for and record.next_attempt_at:
+        typer.echo(f"waiting for {record.waiting_for}, until {local_time(record.next_attempt_at)}")
+    elif record.next_attempt_at:
         typer.echo(f"next attempt at {local_time(record.next_attempt_at)}")
     if record.last_error:
         typer.echo(f"last error: {record.last_error}")

@@ -24,7 +24,13 @@ Redis keys (``outbox:`` prefix; ids are 32 hex digits)::
                                             the sweeper should look: a retry's due
                                             time, a claim's lease end
     outbox:attempts-by-outcome       hash   outcome -> attempts recorded (/metrics)   none
-    outbox:sweeper                   string the sweeper's lock for one interval       ~1 min
+    outbox:sweeper                   string the sweeper's lock: the process sweeping   ~1 interval
+    outbox:pause                     hash   the sending account's pause: until (Redis until
+                                            time), account, reason
+                                            (``worker.sending_limits``)
+    outbox:limit:{account}:*         zset,  the account's sending windows (minute,    a window
+                                     string day, day-total)
+    outbox:waits-by-reason           hash   waits and pauses by reason (/metrics)     none
     outbox:apikeys, outbox:apikey:*  hash,  API keys, stored hashed                   none
                                      string (``config.api_keys``)
     outbox:session:{hash}            string a signed-in page's session (``api``)       8 h
@@ -37,15 +43,20 @@ Status transitions, and who makes each one::
     from                           to                     by        through
     (none)                         queued                 producer  create_many (CREATE)
     queued                         failed                 producer  mark_unqueued: not published
-    queued, retrying (once due)    sending                worker    claim (CLAIM)
+    queued, retrying, waiting      sending                worker    claim (CLAIM)
+    (once due)
     sending (lease lapsed)         sending                worker    claim: the holder died; its
                                                                     attempt is recorded "lost"
     sending (lease lapsed, the     failed                 worker    claim: a message that kills
     last attempt)                                                   its worker stops here
     sending                        sent, partially_sent,  worker    finish (TRANSITION)
-                                   failed, retrying
+                                   failed, retrying,
+                                   waiting (a provider's
+                                   quota; not counted)
+    sending                        waiting                worker    wait: the account's limit
+                                                                    or pause; no attempt
     sending                        failed                 worker    fail_unreadable
-    retrying (due)                 queued                 sweeper   SWEEP, then publishes it
+    retrying, waiting (due)        queued                 sweeper   SWEEP, then publishes it
     failed, partially_sent         queued                 operator  reset_for_retry
     sent, partially_sent, failed   (deleted)              operator  purge (PURGE); or Redis, when
                                                                     the retention TTL runs out
@@ -66,6 +77,7 @@ from worker.records.keys import (
     ATTEMPT_COUNTERS,
     DUE_KEY,
     KEY_PREFIX,
+    PAUSE_KEY,
     STATUS_INDEX_PREFIX,
     attempts_key,
     idempotency_key,
@@ -105,6 +117,7 @@ __all__ = [
     "DUE_KEY",
     "FINAL_STATUSES",
     "KEY_PREFIX",
+    "PAUSE_KEY",
     "RETRYABLE_STATUSES",
     "STATUS_INDEX_PREFIX",
     "AccountPause",
