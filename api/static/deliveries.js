@@ -7,7 +7,7 @@
   const PAGE_SIZE = 50;
   const MAX_PAGE = 200; // the API's largest page
   const REFRESH_MS = 1500;
-  const UNDER_WAY = new Set(["queued", "sending", "retrying"]);
+  const UNDER_WAY = new Set(["queued", "sending", "retrying", "waiting"]);
   const RETRYABLE = new Set(["failed", "partially_sent"]);
 
   const $ = (id) => document.getElementById(id);
@@ -71,6 +71,16 @@
     return [text];
   }
 
+  // A waiting delivery is no failure: it waits for the sending limit or a provider's pause.
+  function waitingNote(item) {
+    if (item.status !== "waiting" || !item.waiting_for) return [];
+    const note = element("span", "meta waiting", `waiting for ${item.waiting_for}`);
+    if (item.next_attempt_at) {
+      note.append(", until ", Outbox.timeElement(item.next_attempt_at, "seconds"));
+    }
+    return [note];
+  }
+
   function rowFor(item) {
     const tr = element("tr");
     tr.dataset.id = item.id;
@@ -94,7 +104,7 @@
 
     tr.append(
       cell("Subject", open),
-      cell("Status", badge(item.status)),
+      cell("Status", badge(item.status), ...waitingNote(item)),
       cell("Updated", Outbox.timeElement(item.updated_at)),
       cell("Attempts", String(item.attempt_count)),
       cell("Last error", ...lastError(item)),
@@ -197,6 +207,9 @@
     const facts = $("detail-facts");
     facts.replaceChildren();
     fact(facts, "Status", badge(record.status));
+    if (record.status === "waiting" && record.waiting_for) {
+      fact(facts, "Waiting for", element("span", "wrap", record.waiting_for));
+    }
     fact(facts, "Created", Outbox.timeElement(record.created_at, "exact"));
     fact(facts, "Updated", Outbox.timeElement(record.updated_at, "exact"));
     if (record.next_attempt_at) {

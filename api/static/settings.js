@@ -1,30 +1,60 @@
 // The Mail Settings page: fill the form from the saved settings (or the defaults), switch
-// protocol, and test, save or discard what is in the form.
+// protocol and SMTP's authentication, pre-fill a known provider's sending limits, say when
+// the sending account is paused, and test, save or discard what is in the form.
 "use strict";
 
 (() => {
   const URL_SETTINGS = "/api/settings/mail";
   const FIELDS = {
-    smtp: ["server", "port", "username", "password", "tls", "accept_any_certificate"],
+    smtp: ["server", "port", "tls", "accept_any_certificate", "auth"],
     oauth: ["instance", "api_url", "tenant", "client_id", "client_secret"],
   };
+  // SMTP's fields of each way to log in. The OAuth 2.0 ones share their names with the OAuth
+  // protocol's, so their elements' ids start with "oauth2_".
+  const AUTH_FIELDS = {
+    password: ["username", "password"],
+    oauth2: ["username", "tenant", "client_id", "client_secret", "instance", "scope"],
+  };
+  // Both protocols have them; one set of fields shows the chosen protocol's.
+  const LIMITS = [
+    "max_messages_per_minute",
+    "max_recipients_per_day",
+    "max_recipients_per_message",
+  ];
+  const NUMBERS = new Set(["port", ...LIMITS]);
   const SECRET = { smtp: "password", oauth: "client_secret" };
+  const AUTH_SECRET = { password: "password", oauth2: "client_secret" };
   const KEEP_SECRET = "saved; leave empty to keep";
 
   const form = document.getElementById("mail-settings");
   const protocolSelect = document.getElementById("protocol");
+  const authSelect = document.getElementById("auth");
+  const pauseBanner = document.getElementById("pause");
   const result = document.getElementById("result");
   const savedMeta = document.getElementById("saved-meta");
   const buttons = form.querySelectorAll(".actions button");
 
-  const state = { saved: null, defaults: { smtp: {}, oauth: {} } };
+  // prefilled: the limits a known provider's server put in the form (still theirs while
+  // nobody changed them), or null.
+  const state = { saved: null, defaults: { smtp: {}, oauth: {} }, prefilled: null, timer: null };
 
   const input = (name) => document.getElementById(name);
 
+  // The id of a field's element in the form as it stands (the chosen protocol and
+  // authentication).
+  function fieldId(name) {
+    const oauth2 = protocolSelect.value === "smtp" && authSelect.value === "oauth2";
+    return oauth2 && AUTH_FIELDS.oauth2.includes(name) ? `oauth2_${name}` : name;
+  }
+
+  function secretOf(protocol) {
+    return protocol === "smtp" ? AUTH_SECRET[authSelect.value] : SECRET[protocol];
+  }
+
   // ---- filling the form -------------------------------------------------------------
 
-  function setValue(name, value) {
-    const element = input(name);
+  function setValue(name, value, id = name) {
+    const element = input(id);
     if (element.type === "checkbox") element.checked = Boolean(value);
     else element.value = value === null || value === undefined ? "" : String(value);
   }
@@ -36,11 +66,53 @@
     return saved && saved.protocol === protocol ? saved : state.defaults[protocol];
   }
 
+  // The values an SMTP authentication's fields start with: the SMTP ones (saved or default)
+  // when they log in that way, else the defaults.
+  function startingAuthValues(auth) {
+    const values = startingValues("smtp");
+    return (values.auth || "password") === auth ? values : state.defaults.smtp;
+  }
+
+  function fillAuth(auth) {
+    const values = startingAuthValues(auth);
+    const secret = AUTH_SECRET[auth];
+    const id = (name) => (auth === "oauth2" ? `oauth2_${name}` : name);
+    for (const name of AUTH_FIELDS[auth]) {
+      setValue(name, name === secret ? "" : values[name], id(name));
+    }
+    input(id(secret)).placeholder = values[`${secret}_set`] ? KEEP_SECRET : "";
+  }
+
+  function showAuth(auth) {
+    authSelect.value = auth;
+    for (const group of form.querySelectorAll("[data-auth]")) {
+      group.hidden = group.dataset.auth !== auth;
+    }
+  }
+
+  function fillLimits(values) {
+    for (const name of LIMITS) setValue(name, values[name]);
+  }
+
+  function limitValues() {
+    return LIMITS.map((name) => input(name).value.trim()).join(" ");
+  }
+
+  // The fields of a protocol, and the limits: the protocol filled last shows its own.
   function fillProtocol(protocol) {
     const values = startingValues(protocol);
-    const secret = SECRET[protocol];
-    for (const name of FIELDS[protocol]) setValue(name, name === secret ? "" : values[name]);
-    input(secret).placeholder = values[`${secret}_set`] ? KEEP_SECRET : "";
+    if (protocol === "smtp") {
+      for (const name of FIELDS.smtp) setValue(name, values[name]);
+      fillAuth("password");
+      fillAuth("oauth2");
+      showAuth(values.auth || "password");
+    } else {
+      const secret = SECRET[protocol];
+      for (const name of FIELDS[protocol]) setValue(name, name === secret ? "" : values[name]);
+      input(secret).placeholder = values[`${secret}_set`] ? KEEP_SECRET : "";
+    }
+    fillLimits(values);
+    state.prefilled = null;
   }
 
   function showProtocol(protocol) {
@@ -71,23 +143,47 @@
     );
   }
 
+  // After a provider's quota reply the sending account waits, for every worker, until the
+  // pause ends; the banner goes when it does.
+  function showPause(pause) {
+    clearTimeout(state.timer);
+    pauseBanner.hidden = !pause;
+    if (!pause) {
+      pauseBanner.replaceChildren();
+      return;
+    }
+    pauseBanner.replaceChildren(
+      "Sending is paused until ",
+      Outbox.timeElement(pause.until, "seconds"),
+      `: ${pause.reason}`,
+    );
+    state.timer = setTimeout(() => showPause(null), Math.max(0, pause.until * 1000 - Date.now()));
+  }
+
   // ---- reading the form -------------------------------------------------------------
 
-  function portValue() {
-    const raw = input("port").value.trim();
+  // A number field's value; empty is null (for a limit: none).
+  function numberValue(element) {
+    const raw = element.value.trim();
     return raw === "" ? null : Number(raw);
   }
 
-  // The request body: the form's current values of the chosen protocol. An empty secret is
-  // left out, so the saved one is kept (or used, for a test).
+  function formFields(protocol) {
+    const auth = protocol === "smtp" ? AUTH_FIELDS[authSelect.value] : [];
+    return [...FIELDS[protocol], ...auth, ...LIMITS];
+  }
+
+  // The request body: the form's current values of the chosen protocol (and, for SMTP, of
+  // the chosen authentication). An empty secret is left out, so the saved one is kept (or
+  // used, for a test).
   function formBody() {
     const protocol = protocolSelect.value;
     const body = { protocol, from_mailbox: input("from_mailbox").value.trim() };
-    for (const name of FIELDS[protocol]) {
-      const element = input(name);
+    for (const name of formFields(protocol)) {
+      const element = input(fieldId(name));
       if (element.type === "checkbox") body[name] = element.checked;
-      else if (name === "port") body[name] = portValue();
-      else if (name === SECRET[protocol]) {
+      else if (NUMBERS.has(name)) body[name] = numberValue(element);
+      else if (name === secretOf(protocol)) {
         if (element.value !== "") body[name] = element.value;
       } else body[name] = element.value.trim();
     }
@@ -110,8 +206,8 @@
   }
 
   function showFieldError(field, text) {
-    const element = input(field);
-    const error = errorElement(field);
+    const element = input(fieldId(field));
+    const error = errorElement(fieldId(field));
     if (!element || !error) return false;
     error.textContent = text;
     error.hidden = false;
@@ -203,6 +299,7 @@
       state.saved = response.data;
       resetForm();
       showSavedMeta();
+      showPause(state.saved.pause);
       const warnings = response.data.warnings || [];
       if (warnings.length) {
         // Saved, but weakened on purpose: say so, the way the CLI does.
@@ -225,6 +322,27 @@
     Outbox.say(result, "");
     fillProtocol(protocolSelect.value);
     showProtocol(protocolSelect.value);
+  }
+
+  function switchAuth() {
+    clearErrors();
+    Outbox.say(result, "");
+    fillAuth(authSelect.value);
+    showAuth(authSelect.value);
+  }
+
+  // A known provider's server pre-fills the limits it publishes, unless the administrator
+  // set some: only empty limits, or those pre-filled for the server before, are replaced.
+  async function prefillLimits() {
+    const server = input("server").value.trim();
+    const untouched = () => limitValues().trim() === "" || limitValues() === state.prefilled;
+    if (!server || !untouched()) return;
+    const query = new URLSearchParams({ protocol: "smtp", server });
+    const response = await Outbox.api("GET", `${URL_SETTINGS}/defaults?${query}`);
+    // An answer overtaken by another edit (of the server or of a limit) is dropped.
+    if (!response.ok || input("server").value.trim() !== server || !untouched()) return;
+    fillLimits(response.data);
+    state.prefilled = limitValues();
   }
 
   // ---- start ------------------------------------------------------------------------
@@ -251,11 +369,14 @@
     state.saved = saved.ok ? saved.data : null;
     resetForm();
     showSavedMeta();
+    showPause(state.saved && state.saved.pause);
     for (const button of buttons) button.disabled = false;
     document.getElementById("form-body").disabled = false;
   }
 
   protocolSelect.addEventListener("change", switchProtocol);
+  authSelect.addEventListener("change", switchAuth);
+  input("server").addEventListener("change", prefillLimits);
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     save();
