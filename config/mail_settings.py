@@ -188,10 +188,20 @@ class SmtpSettings(SendingLimits):
 
     @property
     def secret_field(self) -> str:
-        return "client_secret" if self.auth is SmtpAuth.OAUTH2 else "password"
+        return secret_field({"protocol": self.protocol, "auth": self.auth})
 
     def secret(self) -> SecretStr | None:
-        return self.client_secret if self.auth is SmtpAuth.OAUTH2 else self.password
+        secret: SecretStr | None = getattr(self, self.secret_field)
+        return secret
+
+    @property
+    def sending_account(self) -> str:
+        """The account a provider's limits belong to: server and the mailbox that logs in."""
+        return f"smtp:{self.server.lower()}:{self.login_mailbox or self.from_mailbox}"
+
+    def transactions(self, recipients: int) -> int:
+        """SMTP transactions a message to ``recipients`` takes (max_recipients_per_message)."""
+        return -(-recipients // (self.max_recipients_per_message or recipients or 1))
 
     def warnings(self) -> list[str]:
         """What an administrator must know about these settings before relying on them."""
@@ -228,6 +238,15 @@ class OAuthSettings(SendingLimits):
 
     def secret(self) -> SecretStr | None:
         return self.client_secret
+
+    @property
+    def sending_account(self) -> str:
+        """The account a provider's limits belong to: the Graph service and the mailbox."""
+        return f"graph:{self.api_url}:{self.from_mailbox}"
+
+    def transactions(self, recipients: int) -> int:
+        """Graph sends a message in one request, whatever its recipients."""
+        return 1
 
     def warnings(self) -> list[str]:
         return []

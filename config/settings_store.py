@@ -124,10 +124,14 @@ class SettingsStore:
         return settings.model_copy(update={settings.secret_field: stored.settings.secret()})
 
     def pause(self) -> dict[str, Any] | None:
-        """The sending account's pause after a provider's quota reply, while it lasts:
-        ``account``, ``until`` (unix time) and the provider's ``reason``."""
+        """The current sending account's pause after a provider's quota reply, while it
+        lasts: ``account``, ``until`` (unix time) and the provider's ``reason``. A pause of
+        an account the settings no longer send through is not this one's."""
         fields: dict[bytes, bytes] = self._redis.hgetall(PAUSE_KEY)  # type: ignore[assignment]
         if b"until" not in fields or float(fields[b"until"]) <= time.time():
+            return None
+        document = self._document()
+        if document is None or fields.get(b"account", b"").decode() != _account_of(document):
             return None
         return {
             "account": fields.get(b"account", b"").decode(),
@@ -240,3 +244,9 @@ def _same_secret_field(document: dict[str, Any], settings: SmtpSettings | OAuthS
 
 def _same_secret(stored: SmtpSettings | OAuthSettings, given: SmtpSettings | OAuthSettings) -> bool:
     return stored.protocol == given.protocol and stored.secret_field == given.secret_field
+
+
+def _account_of(document: dict[str, Any]) -> str:
+    """The sending account of a stored document, read without decrypting its secret."""
+    public = {k: v for k, v in document.items() if not k.endswith("_encrypted")}
+    return MAIL_SETTINGS_ADAPTER.validate_python(public).sending_account

@@ -19,7 +19,7 @@ from config.mail_settings import SmtpSettings
 from config.settings_store import StoredSettings
 from worker.backoff import RetryPolicy
 from worker.deliver import NOT_CONFIGURED, Deliverer, JobOutcome, TransportCache
-from worker.errors import ConfigurationError, PermanentError, TransientError
+from worker.errors import ConfigurationError, PermanentError, QuotaError, TransientError
 from worker.message import OutgoingMessage
 from worker.records import (
     AttemptOutcome,
@@ -258,6 +258,48 @@ def test_the_attempt_limit_ends_in_failed() -> None:
     assert record.attempt_count == MAX_ATTEMPTS
     assert set(harness.states().values()) == {FAILED}
     assert record.last_error == "connection refused"
+
+
+def test_a_provider_quota_waits_out_the_pause_and_is_never_counted_as_an_attempt() -> None:
+    quota = QuotaError("quota", code=554, reply="5.2.0 SubmissionQuotaExceeded", retry_after=30)
+    harness = Harness(raising(quota))
+    harness.add()
+    outcomes = []
+    for _ in range(MAX_ATTEMPTS + 1):  # more refusals than the attempt limit allows
+        outcomes += harness.deliver("d1")
+        harness.clock.now += 31
+    assert outcomes == [JobOutcome.WAITING] * (MAX_ATTEMPTS + 1)
+    record = harness.record()
+    assert record.status is DeliveryStatus.WAITING
+    assert record.waiting_for == "the provider's pause of 554 5.2.0 SubmissionQuotaExceeded"
+    assert record.last_error == "quota"
+    assert [a.outcome for a in record.attempts] == ["throttled"] * (MAX_ATTEMPTS + 1)
+    assert record.attempts_this_round == 0
+    assert harness.gate.pauses  # the account was paused for every worker
+    harness.handler = refusing({})
+    harness.transports[0].handler = harness.handler
+    assert harness.deliver("d1") == [JobOutcome.SENT]
+    assert harness.record().waiting_for is None
+
+
+def test_the_sending_limit_makes_the_next_one_wait_without_an_attempt() -> None:
+    harness = Harness(refusing({}))
+    harness.settings.save(1, max_messages_per_minute=1)
+    harness.add("d1")
+    harness.add("d2")
+    assert harness.deliver("d1", "d2") == [JobOutcome.SENT, JobOutcome.WAITING]
+    waiting = harness.record("d2")
+    assert (waiting.status, waiting.attempt_count, waiting.attempts) == (
+        DeliveryStatus.WAITING,
+        0,
+        (),
+    )
+    assert waiting.waiting_for == "the sending limit, 1 per minute"
+    assert waiting.next_attempt_at == harness.clock.now + 62  # a minute and the margin
+    assert harness.deliver("d2") == [JobOutcome.EARLY]
+    harness.clock.now += 62
+    assert harness.deliver("d2") == [JobOutcome.SENT]
+    assert harness.record("d2").attempt_count == 1
 
 
 def test_a_late_duplicate_job_never_sends_again() -> None:

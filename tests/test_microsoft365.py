@@ -5,6 +5,7 @@ sending limits; all against the Exchange Online stand-in and the identity stand-
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 
@@ -97,7 +98,7 @@ def test_test_connection_with_oauth2_acquires_a_token_and_logs_in(
     outbox_context: OutboxContext, exchange: ExchangeStandIn, identity: GraphStandIn
 ) -> None:
     settings = oauth2_settings(exchange, identity)
-    outcome = _run(check_connection(settings, outbox_context.transport_options))
+    outcome = asyncio.run(check_connection(settings, outbox_context.transport_options))
     assert f"as {MAILBOX} with OAuth 2.0" in outcome
     assert exchange.xoauth2_logins == 1
 
@@ -107,7 +108,7 @@ def test_a_wrong_client_secret_fails_with_the_identity_platforms_own_error(
 ) -> None:
     settings = oauth2_settings(exchange, identity, client_secret=SecretStr("not-the-secret"))
     with pytest.raises(ConfigurationError) as failed:
-        _run(check_connection(settings, outbox_context.transport_options))
+        asyncio.run(check_connection(settings, outbox_context.transport_options))
     assert "invalid_client" in failed.value.reason
     assert failed.value.code == 7000215  # AADSTS7000215: invalid client secret
     assert "not-the-secret" not in failed.value.reason
@@ -119,7 +120,7 @@ def test_a_token_for_graph_is_refused_by_the_smtp_server(
 ) -> None:
     settings = oauth2_settings(exchange, identity, scope="https://graph.microsoft.com/.default")
     with pytest.raises(ConfigurationError) as failed:
-        _run(check_connection(settings, outbox_context.transport_options))
+        asyncio.run(check_connection(settings, outbox_context.transport_options))
     assert "535 5.7.3" in failed.value.reason
     assert exchange.xoauth2_failures == 2  # the cached token, then a fresh one
 
@@ -186,8 +187,11 @@ def test_the_per_minute_quota_pauses_the_account_and_nothing_fails(
     refused = next(i for i, o in zip(ids, outcomes, strict=True) if o == "waiting")
     record = outbox_context.deliveries.get(refused)
     assert record.status is DeliveryStatus.WAITING
-    assert "pause" in (record.waiting_for or "")
-    assert "5.2.0" in (record.waiting_for or "")
+    assert (record.waiting_for or "").startswith("the provider's pause of 554 5.2.0 ")
+    assert "SubmissionQuotaExceeded" in (record.last_error or "")
+    shown = outbox_context.settings_store.pause()  # what the page's banner shows
+    assert shown is not None
+    assert shown["reason"].startswith("554 5.2.0 ")
     time.sleep(1.6)  # the stand-in's window passes; outbox's pause (1 s in tests) is over
     for delivery_id in ids:
         if outcomes[ids.index(delivery_id)] == "waiting":
@@ -196,6 +200,24 @@ def test_the_per_minute_quota_pauses_the_account_and_nothing_fails(
     throttled = outbox_context.deliveries.get(refused)
     assert [a.outcome for a in throttled.attempts] == ["throttled", "sent"]
     assert throttled.attempts_this_round == 1  # the pause did not count as an attempt
+
+
+def test_a_pause_belongs_to_its_account_not_to_the_next_one(
+    outbox_context: OutboxContext,
+    producer: Producer,
+    worker: InProcessWorker,
+    exchange: ExchangeStandIn,
+    identity: GraphStandIn,
+) -> None:
+    exchange.throttle_next(1)  # 432 4.3.2 at MAIL: Exchange throttles the mailbox
+    outbox_context.settings_store.save(oauth2_settings(exchange, identity))
+    assert worker.deliver(enqueue(producer)) == ["waiting"]
+    assert outbox_context.settings_store.pause() is not None
+    # The administrator switches to another mailbox: the pause shown is that one's (none).
+    outbox_context.settings_store.save(
+        oauth2_settings(exchange, identity, from_mailbox="ops@contoso.com")
+    )
+    assert outbox_context.settings_store.pause() is None
 
 
 def test_too_many_recipients_are_sent_in_the_next_transaction_of_the_same_message(
@@ -257,9 +279,3 @@ def test_the_sending_limit_makes_e_mails_wait_with_the_reason_and_never_fail(
             # Its place in the window comes when the first admissions leave it: a minute
             # and the margin after them.
             assert 55 < (record.next_attempt_at or 0) - time.time() < 63
-
-
-def _run(coroutine: object) -> str:
-    import asyncio
-
-    return asyncio.run(coroutine)  # type: ignore[arg-type]

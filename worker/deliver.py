@@ -44,13 +44,7 @@ from worker.records import (
     RecipientState,
     Unreadable,
 )
-from worker.sending_limits import (
-    RATE_PAUSE_SECONDS,
-    MustWait,
-    SendingGate,
-    WaitReason,
-    account_of,
-)
+from worker.sending_limits import RATE_PAUSE_SECONDS, MustWait, SendingGate
 from worker.transports.base import SendResult, Transport
 
 __all__ = [
@@ -210,8 +204,8 @@ class Deliverer:
                 stored = await self.settings.get(settings_version)
                 if stored is None:
                     raise ConfigurationError(NOT_CONFIGURED)
-                account = account_of(stored.settings)
-                admitted = await self._admission(record, stored, pause, pending)
+                account = stored.settings.sending_account
+                admitted = await self._admission(record, stored, account, pause, pending)
                 if isinstance(admitted, _Wait):
                     return await self._wait(record, admitted)
                 pending = admitted
@@ -262,6 +256,7 @@ class Deliverer:
         self,
         record: DeliveryRecord,
         stored: StoredSettings,
+        account: str,
         pause: AccountPause | None,
         pending: list[str],
     ) -> list[str] | _Wait:
@@ -269,29 +264,23 @@ class Deliverer:
         pause (read with the claim), then its sending limits (one round trip, only when
         limits are set)."""
         settings = stored.settings
-        account = account_of(settings)
         if pause is not None and pause.account == account:
             return _Wait(pause.seconds_left, f"the provider's pause of {pause.reason}")
         if not settings.has_rate_limits or not pending:
             return pending
-        per_message = settings.max_recipients_per_message or len(pending)
-        if settings.max_messages_per_minute is not None:
-            # More transactions than a minute allows go in later attempts.
-            pending = pending[: settings.max_messages_per_minute * per_message]
+        per_minute = settings.max_messages_per_minute
+        while per_minute is not None and settings.transactions(len(pending)) > per_minute:
+            # More transactions than a minute allows: the rest go in a later attempt.
+            pending = pending[: len(pending) * per_minute // settings.transactions(len(pending))]
         verdict = await self.gate.admit(
             account,
             f"{record.id}:{record.attempt_count}",
-            transactions=-(-len(pending) // per_message),
+            transactions=settings.transactions(len(pending)),
             recipients=len(pending),
             limits=settings.limits,
         )
         if isinstance(verdict, MustWait):
-            what = (
-                "the sending limit"
-                if verdict.reason is WaitReason.SENDING_LIMIT
-                else ("the daily limit")
-            )
-            return _Wait(verdict.seconds, f"{what}, {verdict.detail}")
+            return _Wait(verdict.seconds, verdict.waiting_for)
         return pending
 
     async def _wait(self, record: DeliveryRecord, wait: _Wait) -> tuple[JobOutcome, None]:
@@ -300,7 +289,7 @@ class Deliverer:
         until = now + wait.seconds
         if not await self.claims.wait(record, now=now, until=until, waiting_for=wait.waiting_for):
             log.warning("delivery %s: claim lost before its wait was recorded", record.id)
-        log.info("delivery %s waits %.1f s for %s", record.id, wait.seconds, wait.waiting_for)
+        log.info("delivery %s waits %.1f s for the sending account", record.id, wait.seconds)
         return JobOutcome.WAITING, None
 
     async def _send(
@@ -318,7 +307,7 @@ class Deliverer:
         quota = error if isinstance(error, QuotaError) else (result.quota if result else None)
         if quota is None or account is None:
             return None
-        reply = quota.reply or quota.reason
+        reply = f"{quota.code} {quota.reply}" if quota.code and quota.reply else quota.reason
         try:
             seconds = await self.gate.pause(
                 account, quota.retry_after, daily=quota.daily, reason=reply
@@ -326,8 +315,13 @@ class Deliverer:
         except redis.RedisError:
             log.warning("could not record the account's pause; this delivery waits alone")
             seconds = quota.retry_after or RATE_PAUSE_SECONDS
-        # The account names the mailbox: logs carry no addresses.
-        log.warning("the sending account is paused for %.0f s: %s", seconds, reply)
+        # Only the codes: the account names the mailbox, and a reply may name a recipient.
+        log.warning(
+            "the sending account is paused for %.0f s (%s %s)",
+            seconds,
+            quota.code or "",
+            enhanced_status(quota.reply) or "",
+        )
         return _Wait(seconds, f"the provider's pause of {reply}")
 
     async def _record(
@@ -380,9 +374,10 @@ class Deliverer:
                 status=status,
                 attempt=attempt,
                 recipients=recipients,
-                last_error=pause.waiting_for if pause is not None and waiting else attempt.error,
+                last_error=attempt.error,
                 next_attempt_at=now + retry_delay if retry_delay is not None else None,
                 claim_next=claim_next,
+                waiting_for=pause.waiting_for if pause is not None and waiting else None,
             )
 
         # The next turn comes now: it is claimed in the same round trip.

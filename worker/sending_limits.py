@@ -37,11 +37,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Protocol
 
 import redis.asyncio as aioredis
 
-from config.mail_settings import OAuthSettings, SendingLimits, SmtpSettings
+from config.mail_settings import SendingLimits
 from worker.records.keys import KEY_PREFIX, PAUSE_KEY
 
 __all__ = [
@@ -56,7 +56,6 @@ __all__ = [
     "RedisGate",
     "SendingGate",
     "WaitReason",
-    "account_of",
 ]
 
 WAIT_COUNTERS = f"{KEY_PREFIX}waits-by-reason"
@@ -81,13 +80,6 @@ class WaitReason(StrEnum):
     PROVIDER_DAILY_QUOTA = "provider_daily_quota"  # the provider's daily limit
 
 
-def account_of(settings: SmtpSettings | OAuthSettings) -> str:
-    """The sending account the limits belong to: protocol, server and mailbox."""
-    if isinstance(settings, SmtpSettings):
-        return f"smtp:{settings.server.lower()}:{settings.login_mailbox or settings.from_mailbox}"
-    return f"graph:{settings.api_url}:{settings.from_mailbox}"
-
-
 @dataclass(frozen=True, slots=True)
 class Admitted:
     """The account's windows took the e-mail: send it now."""
@@ -95,12 +87,11 @@ class Admitted:
 
 @dataclass(frozen=True, slots=True)
 class MustWait:
-    """Not now: wait ``seconds`` (``reserved``: a place in the window is held for then)."""
+    """Not now: wait ``seconds`` for ``waiting_for`` ("the sending limit, 30 per minute")."""
 
     seconds: float
     reason: WaitReason
-    detail: str
-    reserved: bool = False
+    waiting_for: str
 
 
 class SendingGate(Protocol):
@@ -126,17 +117,17 @@ class SendingGate(Protocol):
         window); returns how long it is paused from now (a longer pause already set stays)."""
 
 
-def limit_detail(limits: SendingLimits, reason: WaitReason) -> str:
+def _waiting_for(limits: SendingLimits, reason: WaitReason) -> str:
     if reason is WaitReason.SENDING_LIMIT:
-        return f"{limits.max_messages_per_minute} per minute"
-    return f"{limits.max_recipients_per_day} recipients per day"
+        return f"the sending limit, {limits.max_messages_per_minute} per minute"
+    return f"the daily limit, {limits.max_recipients_per_day} recipients per day"
 
 
 # --- ADMIT ----------------------------------------------------------------------------------
 # KEYS: minute zset, day zset, day total, wait counters
 # ARGV: token, transactions, recipients, per minute (0: none), per day (0: none),
 #       minute window seconds, day window seconds
-# -> {'ok'} | {'wait', seconds, reason, reserved (0|1)}
+# -> {'ok'} | {'wait', seconds, reason}
 _ADMIT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -151,15 +142,15 @@ if #expired > 0 then
   redis.call('DECRBY', KEYS[3], gone)
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - day)
 end
-local function wait(seconds, reason, reserved)
+local function wait(seconds, reason)
   redis.call('HINCRBY', KEYS[4], reason, 1)
-  return {'wait', tostring(seconds), reason, reserved}
+  return {'wait', tostring(seconds), reason}
 end
 local first = token .. '#1'
 local reserved = redis.call('ZSCORE', KEYS[1], first)
 if reserved and tonumber(reserved) > now + 0.05 then
   -- claimed before its reservation (a duplicate job): it keeps its place
-  return wait(tonumber(reserved) - now, 'sending_limit', 1)
+  return wait(tonumber(reserved) - now, 'sending_limit')
 end
 if not reserved then
   local total = tonumber(redis.call('GET', KEYS[3]) or '0')
@@ -170,10 +161,10 @@ if not reserved then
     for i = 1, #entries, 2 do
       left = left - tonumber(string.match(entries[i], '|(%d+)$'))
       if left + rcpts <= per_day then
-        return wait(tonumber(entries[i + 1]) + day - now, 'daily_limit', 0)
+        return wait(tonumber(entries[i + 1]) + day - now, 'daily_limit')
       end
     end
-    return wait(day, 'daily_limit', 0)
+    return wait(day, 'daily_limit')
   end
   local count = redis.call('ZCARD', KEYS[1])
   if per_minute > 0 and count + n > per_minute then
@@ -182,7 +173,7 @@ if not reserved then
     local at = tonumber(oldest[2]) + window
     if at - now > window then
       -- beyond one window: look again when the reservations have come that far
-      return wait(at - window - now, 'sending_limit', 0)
+      return wait(at - window - now, 'sending_limit')
     end
     for i = 1, n do redis.call('ZADD', KEYS[1], at, token .. '#' .. i) end
     if per_day > 0 then
@@ -192,7 +183,7 @@ if not reserved then
       redis.call('PEXPIRE', KEYS[3], math.ceil(day * 1000) + 60000)
     end
     redis.call('PEXPIRE', KEYS[1], math.ceil(window * 2000) + 1000)
-    return wait(at - now, 'sending_limit', 1)
+    return wait(at - now, 'sending_limit')
   end
   if per_day > 0 then
     redis.call('ZADD', KEYS[2], now, token .. '|' .. rcpts)
@@ -240,12 +231,6 @@ def _keys(account: str) -> list[str]:
     return [f"{base}:minute", f"{base}:day", f"{base}:day-total", WAIT_COUNTERS]
 
 
-def _decode_admit(reply: list[Any]) -> Admitted | MustWait | tuple[float, WaitReason, bool]:
-    if bytes(reply[0]) == b"ok":
-        return Admitted()
-    return float(reply[1]), WaitReason(bytes(reply[2]).decode()), bool(int(reply[3]))
-
-
 class RedisGate:
     """The account's windows and pause in Redis, shared by every worker process and host."""
 
@@ -282,11 +267,10 @@ class RedisGate:
                 repr(DAY_SECONDS),
             ],
         )
-        decoded = _decode_admit(reply)
-        if not isinstance(decoded, tuple):
-            return decoded
-        seconds, reason, reserved = decoded
-        return MustWait(max(seconds, 0.0), reason, limit_detail(limits, reason), reserved)
+        if bytes(reply[0]) == b"ok":
+            return Admitted()
+        reason = WaitReason(bytes(reply[2]).decode())
+        return MustWait(max(float(reply[1]), 0.0), reason, _waiting_for(limits, reason))
 
     async def pause(
         self, account: str, seconds: float | None, *, daily: bool, reason: str
@@ -327,7 +311,7 @@ class MemoryGate:
         if per_minute is not None and len(recent) + transactions > per_minute:
             at = sorted(recent)[len(recent) + transactions - per_minute - 1] + window
             reason = WaitReason.SENDING_LIMIT
-            return MustWait(at - now, reason, limit_detail(limits, reason))
+            return MustWait(at - now, reason, _waiting_for(limits, reason))
         self.admitted[account] = [*recent, *([now] * transactions)]
         return Admitted()
 

@@ -539,11 +539,11 @@ def test_a_providers_quota_reply_pauses_sending(
         sign_in(page, site, admin_key, "/deliveries")
         row = page.get_by_role("row").filter(has_text="Over quota")
         expect(row.get_by_text("waiting", exact=True)).to_be_visible(timeout=SLOW)
-        expect(row).to_contain_text("waiting for the provider's pause of 5.2.0 STOREDRV")
+        expect(row).to_contain_text("waiting for the provider's pause of 554 5.2.0 STOREDRV")
 
         page.get_by_role("link", name="Mail Settings").click()
         banner = page.get_by_role("status").filter(has_text="Sending is paused")
         expect(banner).to_have_text(
-            re.compile(r"^Sending is paused until \d.*: 5\.2\.0 STOREDRV\.Submission")
+            re.compile(r"^Sending is paused until \d.*: 554 5\.2\.0 STOREDRV\.Submission")
         )
         screenshot(page, "mail-settings-paused")

@@ -71,10 +71,12 @@ class ClaimStore(Protocol):
         last_error: str | None,
         next_attempt_at: float | None,
         claim_next: str | None = None,
+        waiting_for: str | None = None,
     ) -> Finished:
         """Record the attempt and, when ``claim_next`` is given, claim that delivery right
         after (its turn comes as this one ends), in the same round trip. An attempt that
-        ends ``waiting`` (the provider's quota) does not count against the attempt limit."""
+        ends ``waiting`` (the provider's quota; ``waiting_for`` says so) does not count
+        against the attempt limit."""
 
     async def wait(
         self, record: DeliveryRecord, *, now: float, until: float, waiting_for: str
@@ -157,6 +159,7 @@ class RedisClaims:
         last_error: str | None,
         next_attempt_at: float | None,
         claim_next: str | None = None,
+        waiting_for: str | None = None,
     ) -> Finished:
         transition = transition_call(
             record.id,
@@ -173,7 +176,7 @@ class RedisClaims:
                 "last_error": last_error or "",
                 "next_attempt_at": repr(next_attempt_at) if next_attempt_at else "",
                 "lease_until": "0",
-                **_waiting_fields(record, status, last_error),
+                **_waiting_fields(record, status, waiting_for),
             },
         )
         if claim_next is None:
@@ -216,12 +219,12 @@ class RedisClaims:
 
 
 def _waiting_fields(
-    record: DeliveryRecord, status: DeliveryStatus, last_error: str | None
+    record: DeliveryRecord, status: DeliveryStatus, waiting_for: str | None
 ) -> dict[str, str]:
     """An attempt the provider's quota stopped waits without using up an attempt: the retry
     budget counts from one later. Any other outcome clears what it waited for."""
     if status is DeliveryStatus.WAITING:
-        return {"retry_base": str(record.retry_base + 1), "waiting_for": last_error or ""}
+        return {"retry_base": str(record.retry_base + 1), "waiting_for": waiting_for or ""}
     return {"waiting_for": ""} if record.waiting_for else {}
 
 

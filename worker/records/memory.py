@@ -168,6 +168,7 @@ class MemoryClaims:
         last_error: str | None,
         next_attempt_at: float | None,
         claim_next: str | None = None,
+        waiting_for: str | None = None,
     ) -> Finished:
         current = self.records.get(record.id)
         # The claim is ours only while attempt_count is still the number we claimed.
@@ -183,7 +184,7 @@ class MemoryClaims:
                 next_attempt_at=next_attempt_at,
                 attempts=(*current.attempts, attempt),
                 retry_base=current.retry_base + 1 if waiting else current.retry_base,
-                waiting_for=last_error if waiting else None,
+                waiting_for=waiting_for if waiting else None,
             )
             self._lease_until.pop(record.id, None)
         next_claim = None if claim_next is None else await self.claim(claim_next, now)

@@ -459,17 +459,15 @@ def _too_many(response: aiosmtplib.SMTPResponse | None) -> bool:
 def _quota_refusal(refused: dict[str, aiosmtplib.SMTPResponse], where: str) -> QuotaError | None:
     """The quota error when the server refused a recipient for the account's sending quota."""
     for response in refused.values():
-        verdict = judge(SmtpReply(response.code, "rcpt", response.message))
-        if verdict.kind.pauses_account:
-            error = delivery_error(
-                verdict.kind,
+        kind = classify(SmtpReply(response.code, "rcpt", response.message))
+        if kind.pauses_account:
+            return QuotaError(
                 f"SMTP server {where} refused a recipient for its sending quota: "
                 f"{response.code} {response.message}",
                 code=response.code,
                 reply=response.message,
+                daily=kind is FailureKind.DAILY_QUOTA,
             )
-            assert isinstance(error, QuotaError)
-            return error
     return None
 
 
