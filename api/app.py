@@ -8,8 +8,17 @@ from pathlib import Path
 from fastapi import FastAPI, Request, Response
 from fastapi.staticfiles import StaticFiles
 
-from api import emails_routes, health_routes, pages, schedules_routes, settings_routes
-from api.errors import install_error_handlers
+from api import (
+    emails_routes,
+    health_routes,
+    keys_routes,
+    pages,
+    schedules_routes,
+    settings_routes,
+)
+from api.auth import authenticate
+from api.errors import error_response, install_error_handlers
+from api.request_guard import BodyLimit, RequestGuard
 from api.services import ApiServices
 from tasks.context import OutboxContext
 
@@ -35,11 +44,22 @@ def create_app(context: OutboxContext) -> FastAPI:
             "change the mail settings. Send the key as `Authorization: Bearer KEY`."
         ),
     )
-    app.state.services = ApiServices(context)
+    found = app.state.services = ApiServices(context)
     install_error_handlers(app)
+    body_limit = BodyLimit(context.settings.request_bytes_limit, "OUTBOX_MAX_REQUEST_BYTES")
+    batch_limit = BodyLimit(
+        context.settings.max_batch_request_bytes, "OUTBOX_MAX_BATCH_REQUEST_BYTES"
+    )
+    app.add_middleware(
+        RequestGuard,
+        limit_for=lambda path: batch_limit if path == "/api/emails/batch" else body_limit,
+        authenticate=lambda request: authenticate(request, found),
+        error_response=lambda error: error_response(error, context.redis_location),
+    )
     app.include_router(settings_routes.router)
     app.include_router(emails_routes.router)
     app.include_router(schedules_routes.router)
+    app.include_router(keys_routes.router)
     app.include_router(health_routes.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")

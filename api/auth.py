@@ -14,21 +14,26 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.services import ApiServices, services
-from api.sessions import Session
 from config.api_keys import ApiKey, Role
+from config.sessions import Session
 from worker.errors import NotAuthenticatedError, PermissionDeniedError
 
 __all__ = [
+    "AUTHENTICATED",
     "CSRF_HEADER",
     "SESSION_COOKIE",
     "Admin",
     "Caller",
     "admin",
+    "authenticate",
     "caller",
+    "csrf_matches",
     "page_session",
 ]
 
 SESSION_COOKIE = "outbox_session"
+# Where the request guard leaves the key it authenticated (``request.state``).
+AUTHENTICATED = "api_key"
 CSRF_HEADER = "X-CSRF-Token"
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -36,24 +41,36 @@ _bearer = HTTPBearer(auto_error=False, description="An API key: `outbox keys cre
 
 
 def page_session(request: Request, found: ApiServices) -> tuple[Session, ApiKey] | None:
-    """The signed-in session of the cookie, while its admin key is still valid."""
+    """The signed-in session of the cookie, while the very key that signed in is still an
+    admin key (a key created again under its name is another key); using it extends it."""
     token = request.cookies.get(SESSION_COOKIE)
     if not token:
         return None
     session = found.sessions.get(token)
-    if session is None or found.keys.role_of(session.key_name) is not Role.ADMIN:
+    if session is None:
         return None
-    return session, ApiKey(session.key_name, Role.ADMIN)
+    key = found.keys.holder(session.key_name)
+    if key is None or key.role is not Role.ADMIN or key.key_hash != session.key_hash:
+        return None
+    found.sessions.touch(token, session)
+    return session, key
 
 
-def caller(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    found: Annotated[ApiServices, Depends(services)],
-) -> ApiKey:
-    """FastAPI dependency: the key behind the request, or 401."""
-    if credentials is not None:
-        key = found.keys.authenticate(credentials.credentials)
+def csrf_matches(sent: str, session: Session) -> bool:
+    """Whether ``sent`` is the session's CSRF token; any other text, non-ASCII included, is
+    simply wrong (``compare_digest`` raises on non-ASCII text, so compare bytes)."""
+    return secrets.compare_digest(sent.encode(), session.csrf_token.encode())
+
+
+def authenticate(request: Request, found: ApiServices) -> ApiKey:
+    """The key behind the request (its bearer key, or the session of its cookie with the
+    CSRF token for a change), or ``NotAuthenticatedError`` / ``PermissionDeniedError``.
+
+    Reads headers and cookies only: ``api.request_guard`` calls it before any body is read.
+    """
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credentials:
+        key = found.keys.authenticate(credentials.strip())
         if key is None:
             raise NotAuthenticatedError("the API key is not valid (unknown or revoked)")
         return key
@@ -63,11 +80,21 @@ def caller(
             "send an API key as 'Authorization: Bearer KEY', or sign in on the page"
         )
     session, key = signed_in
-    if request.method not in _SAFE_METHODS:
-        sent = request.headers.get(CSRF_HEADER, "")
-        if not secrets.compare_digest(sent, session.csrf_token):
-            raise PermissionDeniedError(f"missing or wrong {CSRF_HEADER} header")
+    changes_something = request.method not in _SAFE_METHODS
+    if changes_something and not csrf_matches(request.headers.get(CSRF_HEADER, ""), session):
+        raise PermissionDeniedError(f"missing or wrong {CSRF_HEADER} header")
     return key
+
+
+def caller(
+    request: Request,
+    _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    found: Annotated[ApiServices, Depends(services)],
+) -> ApiKey:
+    """FastAPI dependency: the key behind the request, or 401 (the bearer parameter is
+    there for the OpenAPI description; the key is read in ``authenticate``)."""
+    key: ApiKey | None = getattr(request.state, AUTHENTICATED, None)
+    return key if key is not None else authenticate(request, found)
 
 
 def admin(key: Annotated[ApiKey, Depends(caller)]) -> ApiKey:

@@ -8,17 +8,22 @@ from fastapi import APIRouter, Body, Depends, Header, Query, Request, status
 from pydantic import ValidationError
 
 from api.auth import Admin, Caller
-from api.errors import error_body, field_of
+from api.errors import answers, error_body, field_of
+from api.key_limits import refuse_other_domains
 from api.services import ApiServices, services
+from config.api_keys import ApiKey, Role
 from tasks.message_input import MessageInput
-from worker.errors import InvalidInputError
-from worker.records import Created, DeliveryStatus, record_summary
+from worker.errors import DeliveryNotFoundError, InvalidInputError
+from worker.records import Created, DeliveryRecord, DeliveryStatus, record_summary
 
 __all__ = ["MAX_BATCH", "router"]
 
 MAX_BATCH = 1000  # messages per batch request
 
-router = APIRouter(prefix="/api/emails", tags=["e-mails"])
+router = APIRouter(prefix="/api/emails", tags=["e-mails"], responses=answers(401, 503))
+# A body may be malformed, too large or refused by field; a page session must send its CSRF
+# token with it.
+WITH_BODY = answers(400, 403, 413, 422)
 
 Services = Annotated[ApiServices, Depends(services)]
 IdempotencyKey = Annotated[
@@ -46,11 +51,16 @@ def _current(found: ApiServices, created: list[Created]) -> list[DeliveryStatus 
     return [statuses.get(c.id) for c in created]
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED)
+def _owned(key: ApiKey) -> str | None:
+    """Whose deliveries ``key`` may see: its own, or (None) everyone's for an admin."""
+    return None if key.role is Role.ADMIN else key.name
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, responses={**WITH_BODY, **answers(429)})
 def send_email(
     message: MessageInput,
     request: Request,
-    _: Caller,
+    key: Caller,
     found: Services,
     idempotency_key: IdempotencyKey = None,
 ) -> dict[str, Any]:
@@ -65,15 +75,18 @@ def send_email(
             problem = exc.errors(include_url=False, include_input=False)[0]
             message_text = str(problem["msg"]).removeprefix("Value error, ")
             raise InvalidInputError(message_text, field="Idempotency-Key") from None
-    created = found.producer.enqueue(message)
+    refuse_other_domains(message, key.limits)
+    found.producer.check_limits(message)
+    found.key_quota.admit(key, 1)
+    created = found.producer.enqueue(message, created_by=key.name)
     return _accepted(request, created, _current(found, [created])[0])
 
 
-@router.post("/batch")
+@router.post("/batch", responses={**WITH_BODY, **answers(429)})
 def send_batch(
     messages: Annotated[list[dict[str, Any]], Body()],
     request: Request,
-    _: Caller,
+    key: Caller,
     found: Services,
 ) -> list[dict[str, Any]]:
     """Enqueue many e-mails in one request: one result per item, in order, each either the
@@ -85,6 +98,7 @@ def send_batch(
     for index, raw in enumerate(messages):
         try:
             message = MessageInput.model_validate(raw)
+            refuse_other_domains(message, key.limits)
             found.producer.check_limits(message)
         except ValidationError as exc:
             problem = exc.errors(include_url=False, include_input=False)[0]
@@ -98,41 +112,55 @@ def send_batch(
             results[index] = {"index": index, **error_body(detail, exc.field)}
         else:
             valid.append((index, message))
-    created = found.producer.enqueue_many([m for _, m in valid]) if valid else []
+    # The whole batch is within the key's limits or none of it is stored.
+    found.key_quota.admit(key, len(valid))
+    created = found.producer.enqueue_many([m for _, m in valid], created_by=key.name)
     for (index, _m), each, current in zip(valid, created, _current(found, created), strict=True):
         results[index] = {"index": index, **_accepted(request, each, current)}
     return [result for result in results if result is not None]
 
 
-@router.get("/{delivery_id}", name="read_email")
-def read_email(delivery_id: str, _: Caller, found: Services) -> dict[str, Any]:
-    """The delivery as ``outbox status ID --json`` shows it: recipients and every attempt."""
-    return record_summary(found.context.deliveries.get(delivery_id))
+def _readable(found: ApiServices, key: ApiKey, delivery_id: str) -> DeliveryRecord:
+    """The delivery, if ``key`` may read it; another producer's is as unknown as a missing one."""
+    record = found.context.deliveries.get(delivery_id)
+    owner = _owned(key)
+    if owner is not None and record.created_by != owner:
+        raise DeliveryNotFoundError(f"no delivery with id {delivery_id!r}")
+    return record
 
 
-@router.get("")
+@router.get("/{delivery_id}", name="read_email", responses=answers(404))
+def read_email(delivery_id: str, key: Caller, found: Services) -> dict[str, Any]:
+    """The delivery as ``outbox status ID --json`` shows it: recipients and every attempt.
+    A producer key reads only the deliveries it created."""
+    return record_summary(_readable(found, key, delivery_id))
+
+
+@router.get("", responses=answers(422))
 def list_emails(
-    _: Caller,
+    key: Caller,
     found: Services,
     status_filter: Annotated[DeliveryStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: str | None = None,
 ) -> dict[str, Any]:
-    """Deliveries, newest status change first; pass ``next_cursor`` back for the next page."""
-    page = found.context.deliveries.page(status_filter, limit, cursor)
+    """Deliveries, newest first; pass ``next_cursor`` back for the next page. An admin sees
+    every delivery by its last status change; a producer key only those it created, by
+    creation."""
+    page = found.context.deliveries.page(status_filter, limit, cursor, created_by=_owned(key))
     return {
         "items": [record_summary(record) for record in page.records],
         "next_cursor": page.next_cursor,
     }
 
 
-@router.post("/retry-failed")
+@router.post("/retry-failed", responses=answers(403))
 def retry_failed(_: Admin, found: Services) -> dict[str, Any]:
     """Queue every failed delivery again (after the cause was fixed)."""
     return {"requeued": [record.id for record in found.producer.retry_all_failed()]}
 
 
-@router.post("/{delivery_id}/retry")
+@router.post("/{delivery_id}/retry", responses=answers(403, 404, 409))
 def retry(delivery_id: str, _: Admin, found: Services) -> dict[str, Any]:
     """Queue a failed or partially sent delivery again."""
     [record] = found.producer.retry([delivery_id])

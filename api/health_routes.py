@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
+import anyio.to_thread
 import redis
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
+from pydantic import BaseModel, Field
 
 from api.metrics import OutboxCollector
 from api.services import ApiServices, services
@@ -20,6 +25,54 @@ router = APIRouter(tags=["health"])
 
 Services = Annotated[ApiServices, Depends(services)]
 
+# /readyz needs no key and its worker ping waits about a second: it is answered from the last
+# check while that is this recent, so a flood of calls costs one ping, not a thread each.
+READINESS_FRESH_SECONDS = 5.0
+
+
+class Readiness:
+    """The last answer of ``check``, reused while fresh; one check runs at a time, and the
+    callers that arrive meanwhile await its answer (on the event loop, holding no thread)."""
+
+    def __init__(self, check: Callable[[], dict[str, Any]]) -> None:
+        self._check = check
+        self._answer: dict[str, Any] = {}
+        self._checked_at = -READINESS_FRESH_SECONDS
+        self._running: asyncio.Task[dict[str, Any]] | None = None
+
+    async def answer(self) -> dict[str, Any]:
+        if time.monotonic() - self._checked_at < READINESS_FRESH_SECONDS:
+            return self._answer
+        if self._running is None:
+            self._running = asyncio.ensure_future(self._refresh())
+        # shield: a caller that hangs up must not cancel the check the others await.
+        return await asyncio.shield(self._running)
+
+    async def _refresh(self) -> dict[str, Any]:
+        try:
+            self._answer = await anyio.to_thread.run_sync(self._check)
+            self._checked_at = time.monotonic()
+            return self._answer
+        finally:
+            self._running = None
+
+
+async def readiness(request: Request) -> Readiness:
+    """FastAPI dependency: the app's Readiness, made on first use (async: no thread needed)."""
+    state = request.app.state
+    if not hasattr(state, "readiness"):
+        found = services(request)
+        state.readiness = Readiness(lambda: _check_readiness(found))
+    cached: Readiness = state.readiness
+    return cached
+
+
+class ReadinessBody(BaseModel):
+    ready: bool
+    redis: bool
+    workers: int = Field(description="Workers that answered a ping.")
+    redis_error: str | None = Field(default=None, description="Why Redis did not answer.")
+
 
 @router.get("/healthz")
 def healthz() -> dict[str, str]:
@@ -27,9 +80,20 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
-def readyz(found: Services) -> JSONResponse:
-    """Redis answers and at least one worker answers a ping: e-mails would be sent."""
+@router.get(
+    "/readyz",
+    response_model=ReadinessBody,
+    responses={503: {"model": ReadinessBody, "description": "Redis or every worker is down."}},
+)
+async def readyz(cached: Annotated[Readiness, Depends(readiness)]) -> JSONResponse:
+    """Redis answers and at least one worker answers a ping: e-mails would be sent (checked
+    at most once every few seconds)."""
+    checks = await cached.answer()
+    ready = bool(checks["redis"] and checks["workers"])
+    return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
+
+
+def _check_readiness(found: ApiServices) -> dict[str, Any]:
     checks: dict[str, Any] = {}
     try:
         checks["redis"] = bool(found.context.redis.ping())
@@ -38,11 +102,16 @@ def readyz(found: Services) -> JSONResponse:
         checks["redis_error"] = type(exc).__name__
     workers = ping_workers(found.celery) if checks["redis"] else []
     checks["workers"] = len(workers)
-    ready = checks["redis"] and bool(workers)
-    return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
+    return checks
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}
+    },
+)
 def metrics(found: Services) -> Response:
     """Prometheus text: deliveries by status, attempts by outcome, queue depth and age."""
     registry = CollectorRegistry(auto_describe=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,9 +9,8 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from api.auth import CSRF_HEADER, SESSION_COOKIE, page_session
+from api.auth import CSRF_HEADER, SESSION_COOKIE, csrf_matches, page_session
 from api.services import ApiServices, services
-from api.sessions import SESSION_SECONDS
 from config.api_keys import Role
 
 __all__ = ["TEMPLATES", "router"]
@@ -90,12 +88,12 @@ def sign_in(
             error=f"The key {owner.name!r} is a producer key; only an admin key can sign in.",
             status_code=403,
         )
-    token, _ = found.sessions.create(owner.name)
+    token, session = found.sessions.create(owner.name, owner.key_hash)
     response = RedirectResponse(_local_path(next), status_code=303)
     response.set_cookie(
         SESSION_COOKIE,
         token,
-        max_age=SESSION_SECONDS,
+        max_age=found.sessions.cookie_max_age(session),
         httponly=True,
         samesite="strict",
         secure=request.url.scheme == "https",
@@ -113,7 +111,7 @@ def sign_out(
     """End the session (the form carries the CSRF token, as every change does)."""
     signed_in = page_session(request, found)
     sent = csrf_token or request.headers.get(CSRF_HEADER, "")
-    if signed_in is not None and secrets.compare_digest(sent, signed_in[0].csrf_token):
+    if signed_in is not None and csrf_matches(sent, signed_in[0]):
         found.sessions.delete(request.cookies[SESSION_COOKIE])
     response = RedirectResponse("/signin", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")

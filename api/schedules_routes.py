@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, status
 
 from api.auth import Admin, Caller
+from api.errors import answers
 from api.services import ApiServices, services
 from tasks.reports.model import SCHEDULE_ID_PATTERN, RunReport
 from tasks.reports.rules import Notification
@@ -16,13 +17,14 @@ from worker.errors import InvalidInputError
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/api/schedules", tags=["schedules"])
+router = APIRouter(prefix="/api/schedules", tags=["schedules"], responses=answers(401, 503))
+WITH_BODY = answers(400, 403, 413, 422)
 
 Services = Annotated[ApiServices, Depends(services)]
 ScheduleId = Annotated[str, Path(pattern=SCHEDULE_ID_PATTERN)]
 
 
-@router.put("/{schedule_id}/notification")
+@router.put("/{schedule_id}/notification", responses=WITH_BODY)
 def save_notification(
     schedule_id: ScheduleId, notification: Notification, _: Admin, found: Services
 ) -> dict[str, Any]:
@@ -31,19 +33,27 @@ def save_notification(
     return {"schedule_id": schedule_id, **notification.model_dump(mode="json")}
 
 
-@router.get("/{schedule_id}/notification")
+@router.get("/{schedule_id}/notification", responses=answers(403, 404, 422))
 def read_notification(schedule_id: ScheduleId, _: Admin, found: Services) -> dict[str, Any]:
     notification = found.context.schedules.get(schedule_id)
     return {"schedule_id": schedule_id, **notification.model_dump(mode="json")}
 
 
-@router.delete("/{schedule_id}/notification", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/{schedule_id}/notification",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=answers(403, 404, 422),
+)
 def delete_notification(schedule_id: ScheduleId, _: Admin, found: Services) -> None:
     found.context.schedules.delete(schedule_id)
 
 
-@router.post("/{schedule_id}/runs", status_code=status.HTTP_202_ACCEPTED)
-def post_run(schedule_id: ScheduleId, run: RunReport, _: Caller, found: Services) -> RunResult:
+@router.post(
+    "/{schedule_id}/runs",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={**WITH_BODY, **answers(404)},
+)
+def post_run(schedule_id: ScheduleId, run: RunReport, key: Caller, found: Services) -> RunResult:
     """E-mail a finished run's results to each list whose rule matches; a run posted again
     sends nothing and answers what was sent the first time."""
     if run.schedule_id != schedule_id:
@@ -51,4 +61,4 @@ def post_run(schedule_id: ScheduleId, run: RunReport, _: Caller, found: Services
             f"the run is of schedule {run.schedule_id!r}, posted to {schedule_id!r}",
             field="schedule_id",
         )
-    return found.reports.post(run)
+    return found.reports.post(run, created_by=key.name)

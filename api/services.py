@@ -8,8 +8,9 @@ from functools import cached_property
 from celery import Celery
 from fastapi import Request
 
-from api.sessions import SessionStore
+from api.key_limits import KeyQuota
 from config.api_keys import ApiKeyStore
+from config.sessions import SessionStore
 from tasks.celery_app import create_celery_app, producer_for
 from tasks.context import OutboxContext
 from tasks.producer import Producer
@@ -28,7 +29,15 @@ class ApiServices:
 
     @cached_property
     def sessions(self) -> SessionStore:
-        return SessionStore(self.context.redis)
+        return SessionStore(
+            self.context.redis,
+            idle_seconds=self.context.settings.session_idle_seconds,
+            lifetime_seconds=self.context.settings.session_lifetime_seconds,
+        )
+
+    @cached_property
+    def key_quota(self) -> KeyQuota:
+        return KeyQuota(self.context.redis)
 
     @cached_property
     def celery(self) -> Celery:

@@ -9,6 +9,7 @@ from pydantic_core import to_jsonable_python
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import Admin, admin
+from api.errors import answers
 from api.services import ApiServices, services
 from config.mail_settings import SECRET_FIELDS, OAuthSettings, SmtpSettings
 from config.provider_limits import GRAPH_LIMITS, provider_limits
@@ -18,8 +19,12 @@ from worker.errors import DeliveryError, SecretMismatchError, SettingsNotConfigu
 __all__ = ["router"]
 
 router = APIRouter(
-    prefix="/api/settings/mail", tags=["mail settings"], dependencies=[Depends(admin)]
+    prefix="/api/settings/mail",
+    tags=["mail settings"],
+    dependencies=[Depends(admin)],
+    responses=answers(401, 403, 503),
 )
+WITH_BODY = answers(400, 413, 422)
 
 Services = Annotated[ApiServices, Depends(services)]
 SettingsBody = Annotated[SmtpSettings | OAuthSettings, Body(discriminator="protocol")]
@@ -33,22 +38,24 @@ def _view(found: ApiServices) -> dict[str, Any]:
     return {**view, "pause": store.pause()}
 
 
-@router.get("")
+@router.get("", responses=answers(404))
 def read_settings(found: Services) -> dict[str, Any]:
     """The saved settings: a secret shows only as ``password_set`` / ``client_secret_set``;
     ``pause`` is the sending account's pause after a provider's quota reply, or null."""
     return _view(found)
 
 
-@router.put("")
+@router.put("", responses=WITH_BODY)
 def save_settings(settings: SettingsBody, key: Admin, found: Services) -> dict[str, Any]:
-    """Save a new version; without a secret the stored one (same protocol) is kept. The
-    answer's ``warnings`` say what the administrator must know (an unverified certificate)."""
+    """Save a new version; without a secret the stored one (same protocol) is kept, but only
+    while the fields it is bound to (server, port, TLS, username; instance, tenant, client ID,
+    scope or API URL) are unchanged, else 422 naming the secret's field. The answer's
+    ``warnings`` say what the administrator must know (an unverified certificate)."""
     found.context.settings_store.save(settings, by=key.name)
     return {**_view(found), "warnings": settings.warnings()}
 
 
-@router.get("/defaults")
+@router.get("/defaults", responses=answers(422))
 def defaults(
     protocol: Literal["smtp", "oauth"] = "smtp", server: str | None = None
 ) -> dict[str, Any]:
@@ -86,16 +93,18 @@ async def _check(
     return {"ok": True, "message": message}
 
 
-@router.post("/test-connection")
+@router.post("/test-connection", responses=WITH_BODY)
 async def test_connection(settings: SettingsBody, found: Services) -> dict[str, Any]:
     """Connect, secure and log in (SMTP) or acquire a token (OAuth) with the form's values,
-    saved or not; a missing secret means the stored one."""
+    saved or not; a missing secret means the stored one, on the terms of Save (422 when the
+    form would send it elsewhere)."""
     return await _check(found, settings, test_email=False)
 
 
-@router.post("/test-email")
+@router.post("/test-email", responses=WITH_BODY)
 async def test_email(settings: SettingsBody, found: Services) -> dict[str, Any]:
-    """Send a short test e-mail to the from mailbox with the form's values, saved or not."""
+    """Send a short test e-mail to the from mailbox with the form's values, saved or not; a
+    missing secret means the stored one, on the terms of Save."""
     return await _check(found, settings, test_email=True)
 
 

@@ -7,6 +7,7 @@ import re
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -46,6 +47,11 @@ DEFAULT_SMTP_SCOPE = "https://outlook.office365.com/.default"
 SECRET_FIELDS = ("password", "client_secret")
 
 _HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+# No backslash anywhere: some URL parsers read it as a slash, which would move the host.
+_HTTPS_URL = re.compile(r"^https://(?P<authority>[^\s/?#\\]+)(/[^\s?#\\]*)?$")
+# A directory (tenant) ID, a verified domain name or "organizations": one path segment of the
+# identity platform's URL, nothing that could add a path, a query or a host to it.
+_TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 class TlsMode(StrEnum):
@@ -78,9 +84,27 @@ def _empty_is_none(value: object) -> object:
     return None if value == "" else value
 
 
+def _no_userinfo(authority: str) -> None:
+    """Refuse ``user:password@`` before a URL's host: ``https://login.microsoftonline.com@
+    evil.example/`` reads like Microsoft's address but sends the secret to evil.example."""
+    if "@" in authority:
+        raise ValueError(
+            "must not contain a user name or password (an @ before the host): the requests "
+            "would go to the host after the @"
+        )
+
+
 def _https_url(value: str) -> str:
-    if not re.match(r"^https://[^\s/?#]+(/[^\s?#]*)?$", value):
+    match = _HTTPS_URL.match(value)
+    if match is None:
         raise ValueError("must be an https:// URL")
+    _no_userinfo(match["authority"])
+    try:
+        parts = urlsplit(value)
+        _ = parts.port  # raises ValueError for a port that is not one
+    except ValueError:
+        raise ValueError("must be an https:// URL with a valid host and port") from None
+    _host_name_or_ip(parts.hostname or "")
     return value if value.endswith("/") else value + "/"
 
 
@@ -88,6 +112,16 @@ def _scope(value: str) -> str:
     value = single_line(value).strip()
     if not value or " " in value:
         raise ValueError("must be one scope, e.g. https://outlook.office365.com/.default")
+    if "://" in value:  # a resource's URI, e.g. https://outlook.office365.com/.default
+        _no_userinfo(value.split("://", 1)[1].split("/", 1)[0])
+    return value
+
+
+def _tenant(value: str | None) -> str | None:
+    if value is not None and not _TENANT.match(value):
+        raise ValueError(
+            "must be a directory (tenant) ID or a domain name, e.g. contoso.onmicrosoft.com"
+        )
     return value
 
 
@@ -155,6 +189,7 @@ class SmtpSettings(SendingLimits):
     _server = field_validator("server")(_host_name_or_ip)
     _from = field_validator("from_mailbox")(mailbox_address)
     _single_lines = field_validator("username", "tenant", "client_id")(_single_line)
+    _tenant = field_validator("tenant")(_tenant)
     _instance = field_validator("instance")(_https_url)
     _scope = field_validator("scope")(_scope)
 
@@ -195,6 +230,16 @@ class SmtpSettings(SendingLimits):
         return secret
 
     @property
+    def secret_bound_to(self) -> tuple[str, ...]:
+        """The fields that decide where the secret goes or whose it is: the password goes to
+        the server (as the TLS settings protect it) for the username; the client secret goes
+        to the identity platform for the app, and the token got with it to the server."""
+        where = ("server", "port", "tls", "accept_any_certificate")
+        if self.auth is SmtpAuth.OAUTH2:
+            return (*where, "instance", "tenant", "client_id", "scope")
+        return (*where, "username")
+
+    @property
     def sending_account(self) -> str:
         """The account a provider's limits belong to: server and the mailbox that logs in."""
         return f"smtp:{self.server.lower()}:{self.login_mailbox or self.from_mailbox}"
@@ -231,6 +276,7 @@ class OAuthSettings(SendingLimits):
     _from = field_validator("from_mailbox")(mailbox_address)
     _urls = field_validator("instance", "api_url")(_https_url)
     _ids = field_validator("tenant", "client_id")(_single_line)
+    _tenant = field_validator("tenant")(_tenant)
 
     @property
     def secret_field(self) -> str:
@@ -238,6 +284,12 @@ class OAuthSettings(SendingLimits):
 
     def secret(self) -> SecretStr | None:
         return self.client_secret
+
+    @property
+    def secret_bound_to(self) -> tuple[str, ...]:
+        """The fields that decide where the secret goes or whose it is: the client secret goes
+        to the identity platform for the app, and the token got with it to the API."""
+        return ("instance", "tenant", "client_id", "api_url")
 
     @property
     def sending_account(self) -> str:

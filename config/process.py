@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import socket
+import stat
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,7 +14,15 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["DEFAULT_VISIBILITY_TIMEOUT_SECONDS", "ProcessSettings", "default_data_dir"]
+from config.sessions import DEFAULT_IDLE_SECONDS, DEFAULT_LIFETIME_SECONDS
+from worker.errors import InvalidEnvironmentError
+
+__all__ = [
+    "DEFAULT_VISIBILITY_TIMEOUT_SECONDS",
+    "ProcessSettings",
+    "default_data_dir",
+    "private_data_dir",
+]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +62,28 @@ def _xdg_data_dir(environ: Mapping[str, str]) -> Path:
         return Path(tempfile.gettempdir()) / f"outbox-{os.getuid()}"
 
 
+def private_data_dir(data_dir: Path) -> Path:
+    """``data_dir``, created 0700 if missing, tightened to 0700 if looser; refused when another
+    user owns it (the embedded Redis' files hold queued e-mails, the key file the key)."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    found = data_dir.stat()
+    if found.st_uid != os.geteuid():
+        # A shared /tmp or working directory: whoever made it could read or swap our files.
+        raise InvalidEnvironmentError(
+            f"the data directory {data_dir.resolve()} is owned by uid {found.st_uid}, "
+            f"not by you (uid {os.geteuid()}); set OUTBOX_DATA_DIR"
+        )
+    mode = stat.S_IMODE(found.st_mode)
+    if mode & 0o077:
+        data_dir.chmod(0o700)
+        log.warning(
+            "the data directory %s was readable by others (mode %04o): changed it to 0700",
+            data_dir.resolve(),
+            mode,
+        )
+    return data_dir
+
+
 class ProcessSettings(BaseSettings):
     """Everything a process needs to start: where Redis is, the secret key, retry knobs."""
 
@@ -84,6 +116,18 @@ class ProcessSettings(BaseSettings):
     max_attempts: int = Field(default=8, ge=1, le=100)
     retention_days: float = Field(default=30.0, gt=0)
     max_message_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
+    max_request_bytes: int | None = Field(
+        default=None,
+        gt=0,
+        description="Largest HTTP request body, refused with 413 before it is read; unset is "
+        "OUTBOX_MAX_MESSAGE_BYTES plus 1 MiB (JSON, base64 and headers around the largest "
+        "message).",
+    )
+    max_batch_request_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        gt=0,
+        description="Largest body of POST /api/emails/batch, which holds many messages.",
+    )
     max_recipients: int = Field(
         default=DEFAULT_MAX_RECIPIENTS,
         ge=1,
@@ -119,6 +163,21 @@ class ProcessSettings(BaseSettings):
     # that states no wait (Exchange Online's SubmissionQuotaExceeded: its per-minute quota).
     provider_pause_seconds: float = Field(default=60.0, gt=0, le=86_400)
     message_id_domain: str = Field(default_factory=socket.gethostname)
+    session_idle_seconds: int = Field(
+        default=DEFAULT_IDLE_SECONDS,
+        ge=60,
+        description="A page session ends after this long unused.",
+    )
+    session_lifetime_seconds: int = Field(
+        default=DEFAULT_LIFETIME_SECONDS,
+        ge=60,
+        description="A page session ends this long after sign-in, however much it is used.",
+    )
+    forwarded_allow_ips: str = Field(
+        default="",
+        description="Comma-separated addresses or networks of the reverse proxies whose "
+        "X-Forwarded-Proto and X-Forwarded-For the API believes; unset trusts none.",
+    )
 
     @field_validator("template_dir")
     @classmethod
@@ -132,11 +191,28 @@ class ProcessSettings(BaseSettings):
     def _unset_data_dir_is_the_default(cls, value: object) -> object:
         return default_data_dir(os.environ) if value == "" else value
 
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _addresses_or_networks(cls, value: str) -> str:
+        entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+        for entry in entries:
+            # uvicorn would take a malformed entry as a literal host name and trust nobody.
+            if entry != "*":
+                try:
+                    ipaddress.ip_network(entry)
+                except ValueError:
+                    raise ValueError(f"{entry!r} is not an IP address or network") from None
+        return ",".join(entries)
+
     @model_validator(mode="after")
     def _retry_cap_at_least_base(self) -> ProcessSettings:
         if self.retry_max_seconds < self.retry_base_seconds:
             raise ValueError("OUTBOX_RETRY_MAX_SECONDS must be >= OUTBOX_RETRY_BASE_SECONDS")
         return self
+
+    @property
+    def request_bytes_limit(self) -> int:
+        return self.max_request_bytes or self.max_message_bytes + 1024 * 1024
 
     @property
     def retention_seconds(self) -> int:

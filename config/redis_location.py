@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
 import shutil
 import subprocess
 import time
@@ -18,6 +19,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from config.process import private_data_dir
 from worker.errors import EmbeddedRedisError, RedisUnavailableError
 
 __all__ = [
@@ -36,6 +38,9 @@ REDIS_TIMEOUT_SECONDS = 2.0
 
 SOCKET_NAME = "redis.sock"
 STARTUP_TIMEOUT_SECONDS = 10.0
+# redis-server creates its append-only files, log and pid file with the umask it inherits:
+# the files, which hold queued e-mails, become readable by their owner only.
+SERVER_UMASK = 0o077
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +120,7 @@ def redis_server_binary() -> str:
 
 def ensure_embedded_redis(data_dir: Path) -> Path:
     """Start a private, append-only Redis on a unix socket in ``data_dir`` unless one answers."""
-    data_dir = data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = private_data_dir(data_dir.resolve())
     socket_path = data_dir / SOCKET_NAME
     # Two commands starting at once must not race to start two servers on one socket.
     with _exclusive_lock(data_dir / "redis.lock"):
@@ -136,7 +140,7 @@ def ensure_embedded_redis(data_dir: Path) -> Path:
 
 @contextmanager
 def _exclusive_lock(path: Path) -> Iterator[None]:
-    with path.open("a") as handle:
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -178,7 +182,9 @@ def _start_server(data_dir: Path, socket_path: Path) -> None:
         "--logfile",
         str(data_dir / "redis.log"),
     ]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
+    result = subprocess.run(  # noqa: S603
+        command, capture_output=True, text=True, check=False, umask=SERVER_UMASK
+    )
     if result.returncode != 0:
         raise EmbeddedRedisError(f"redis-server failed to start: {result.stderr or result.stdout}")
     deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
+from config.process import private_data_dir
 from worker.errors import SecretKeyError, SecretMismatchError
 
 __all__ = ["KEY_FILE_NAME", "SecretBox", "load_secret_keys"]
@@ -72,10 +73,9 @@ def load_secret_keys(configured: str | None, data_dir: Path) -> list[bytes]:
 
 
 def _key_file(data_dir: Path) -> bytes:
-    key_file = data_dir / KEY_FILE_NAME
+    key_file = private_data_dir(data_dir) / KEY_FILE_NAME
     if key_file.exists():
         return key_file.read_bytes().strip()
-    data_dir.mkdir(parents=True, exist_ok=True)
     key = Fernet.generate_key()
     # Written whole under another name, then linked into place: a process starting at the
     # same moment sees either no key file or a complete one, and the first link wins.

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from pydantic import SecretStr
 from redis.client import Pipeline
 
 from config.mail_settings import (
@@ -18,7 +19,7 @@ from config.mail_settings import (
     secret_field,
 )
 from config.secret_box import SecretBox
-from worker.errors import SettingsNotConfiguredError
+from worker.errors import InvalidInputError, SettingsNotConfiguredError
 from worker.records.keys import PAUSE_KEY  # written by the workers (worker.sending_limits)
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "decode_document",
     "decode_stored",
     "encode_document",
+    "kept_secret",
 ]
 
 SETTINGS_KEY = "outbox:settings"
@@ -115,13 +117,13 @@ class SettingsStore:
     ) -> SmtpSettings | OAuthSettings:
         """``settings`` as given, or, when they carry no secret, with the stored one of the
         same protocol and authentication (a form left the secret empty: "saved; leave empty
-        to keep")."""
-        if settings.secret() is not None:
+        to keep"). Raises InvalidInputError naming the secret's field when the settings
+        would send it elsewhere than it was saved for (see ``kept_secret``)."""
+        encrypted = kept_secret(self._document(), settings)
+        if encrypted is None:
             return settings
-        stored = self.load()
-        if stored is None or not _same_secret(stored.settings, settings):
-            return settings
-        return settings.model_copy(update={settings.secret_field: stored.settings.secret()})
+        secret = SecretStr(self._box.decrypt(encrypted))
+        return settings.model_copy(update={settings.secret_field: secret})
 
     def pause(self) -> dict[str, Any] | None:
         """The current sending account's pause after a provider's quota reply, while it
@@ -158,14 +160,12 @@ class SettingsStore:
         of the fields that changed; never their values.
         """
         previous = self._document()
-        kept_secret = None
-        if settings.secret() is None and previous and _same_secret_field(previous, settings):
-            kept_secret = previous.get(f"{settings.secret_field}_encrypted")
-            if kept_secret:
-                # Keeping a secret this key cannot read would save settings that fail every
-                # delivery: refuse now (SecretMismatchError says to enter it again).
-                self._box.decrypt(kept_secret)
-        document = encode_document(settings, self._box, kept_secret)
+        kept = kept_secret(previous, settings)
+        if kept is not None:
+            # Keeping a secret this key cannot read would save settings that fail every
+            # delivery: refuse now (SecretMismatchError says to enter it again).
+            self._box.decrypt(kept)
+        document = encode_document(settings, self._box, kept)
         saved_at = time.time()
         pipe = self._redis.pipeline(transaction=True)
         pipe.hincrby(SETTINGS_KEY, "version", 1)
@@ -233,6 +233,65 @@ def changed_fields(
     return changed
 
 
+def kept_secret(
+    previous: dict[str, Any] | None, settings: SmtpSettings | OAuthSettings
+) -> str | None:
+    """The one place a stored secret joins submitted settings (Save, Test connection, Send
+    test e-mail, the CLI's ``settings set``): the ciphertext of the ``previous`` document's
+    secret when ``settings`` carry none and it is theirs to keep, else None.
+
+    A stored secret is kept only while every field it is bound to (``secret_bound_to``: where
+    it goes, whose it is) is as it was saved. Otherwise whoever may edit the settings, e.g.
+    with a stolen session, could point the server elsewhere (TLS mode none) and receive the
+    mailbox's password: InvalidInputError, naming the secret's field, asks for it again.
+    """
+    if settings.secret() is not None or previous is None:
+        return None
+    if isinstance(settings, SmtpSettings) and settings.login_mailbox is None:
+        return None  # no login: the password would be sent nowhere, so none is kept
+    if not _same_secret_field(previous, settings):
+        return None
+    encrypted: str | None = previous.get(f"{settings.secret_field}_encrypted")
+    if not encrypted:
+        return None
+    changed = set(changed_fields(previous, settings))
+    moved = [name for name in settings.secret_bound_to if name in changed]
+    if moved:
+        raise InvalidInputError(
+            _enter_again(moved, settings.secret_field), field=settings.secret_field
+        )
+    return encrypted
+
+
+# How a changed field and a secret are named in "... changed: enter the ... again".
+_LABELS = {
+    "server": "the server",
+    "port": "the port",
+    "tls": "the TLS mode",
+    "accept_any_certificate": "accept any certificate",
+    "username": "the username",
+    "instance": "the instance",
+    "tenant": "the tenant",
+    "client_id": "the client ID",
+    "scope": "the scope",
+    "api_url": "the API URL",
+    "password": "password",
+    "client_secret": "client secret",
+}
+
+
+def _enter_again(moved: list[str], field: str) -> str:
+    """Why the stored secret is not used, e.g. "the server and the port changed: enter the
+    password again (...)"."""
+    labels = [_LABELS.get(name, name) for name in moved]
+    what = labels[0] if len(labels) == 1 else f"{', '.join(labels[:-1])} and {labels[-1]}"
+    secret = _LABELS[field]
+    return (
+        f"{what} changed: enter the {secret} again (a saved {secret} is used only with the "
+        "settings it was saved for)"
+    )
+
+
 def _same_secret_field(document: dict[str, Any], settings: SmtpSettings | OAuthSettings) -> bool:
     """Whether a stored document's secret is the one ``settings`` would use (same protocol,
     same kind of secret): a saved password is never kept as a client secret."""
@@ -240,10 +299,6 @@ def _same_secret_field(document: dict[str, Any], settings: SmtpSettings | OAuthS
         document.get("protocol") == settings.protocol
         and secret_field(document) == settings.secret_field
     )
-
-
-def _same_secret(stored: SmtpSettings | OAuthSettings, given: SmtpSettings | OAuthSettings) -> bool:
-    return stored.protocol == given.protocol and stored.secret_field == given.secret_field
 
 
 def _account_of(document: dict[str, Any]) -> str:

@@ -52,9 +52,11 @@ RESERVED_HEADERS = frozenset(
         "received",
         "return-path",
         "dkim-signature",
+        "authentication-results",
+        "orig-date",
     }
 )
-RESERVED_HEADER_PREFIXES = ("content-", "resent-")
+RESERVED_HEADER_PREFIXES = ("content-", "resent-", "arc-")
 
 Address = Annotated[str, AfterValidator(mailbox_address)]
 
@@ -149,12 +151,27 @@ class MessageInput(BaseModel):
         return self
 
     def size(self) -> int:
-        """Bytes of what will be sent, at least: bodies in UTF-8, attachments in base64."""
-        return (
-            len((self.text or "").encode())
-            + len((self.html or "").encode())
-            + sum(len(a.content) * 4 // 3 for a in self.attachments)
-        )
+        """Bytes of what will be sent, at least: every part the producer wrote."""
+        return sum(self.sizes().values())
+
+    def sizes(self) -> dict[str, int]:
+        """Bytes of each field that goes into the message: bodies and headers in UTF-8,
+        attachments in base64 (so a limit names the field that broke it)."""
+        return {
+            "subject": len(self.subject.encode()),
+            "text": len((self.text or "").encode()),
+            "html": len((self.html or "").encode()),
+            "headers": sum(len(f"{n}: {v}\r\n".encode()) for n, v in self.headers.items()),
+            "reply_to": sum(len(a.encode()) + 2 for a in self.reply_to),
+            "attachments": sum(len(a.content) * 4 // 3 + len(a.name) for a in self.attachments),
+        }
+
+    def recipient_count(self) -> int:
+        return len({*self.to, *self.cc, *self.bcc})
+
+    def addresses(self) -> int:
+        """Distinct addresses the message names: its recipients and its reply-to."""
+        return len({*self.to, *self.cc, *self.bcc, *self.reply_to})
 
     def to_outgoing(self, message_id: str) -> OutgoingMessage:
         return OutgoingMessage(

@@ -59,28 +59,31 @@ class Producer:
         self._max_message_bytes = max_message_bytes
         self._max_recipients = max_recipients
 
-    def enqueue(self, message: MessageInput) -> Created:
-        return self.enqueue_many([message])[0]
+    def enqueue(self, message: MessageInput, *, created_by: str | None = None) -> Created:
+        return self.enqueue_many([message], created_by=created_by)[0]
 
-    def enqueue_many(self, messages: Sequence[MessageInput]) -> list[Created]:
+    def enqueue_many(
+        self, messages: Sequence[MessageInput], *, created_by: str | None = None
+    ) -> list[Created]:
         """Store the messages and queue them a chunk (one task) at a time, so workers send the
         first while the rest are still being stored.
 
         Every message's limits are checked first: one refused message stores none. A chunk
         the broker does not take is recorded failed, nothing after it is stored, and the
-        broker's error is raised.
+        broker's error is raised. ``created_by`` is the API key that sent them: their idempotency
+        keys are its own, and it may read them.
         """
         for message in messages:
             self.check_limits(message)
         created: list[Created] = []
         for start in range(0, len(messages), CHUNK_SIZE):
-            stored, to_queue = self._store(messages[start : start + CHUNK_SIZE])
+            stored, to_queue = self._store(messages[start : start + CHUNK_SIZE], created_by)
             self._queue(to_queue)
             created += stored
         return created
 
     def _store(
-        self, messages: Sequence[MessageInput]
+        self, messages: Sequence[MessageInput], created_by: str | None
     ) -> tuple[list[Created], list[tuple[str, Priority]]]:
         """Store the messages; what was created, and the ``(id, priority)`` pairs to queue."""
         new = []
@@ -94,6 +97,7 @@ class Producer:
                     message.to_outgoing(message_id),
                     message.idempotency_key,
                     message.priority,
+                    created_by,
                 )
             )
         created = self._deliveries.create_many(new)
@@ -113,21 +117,24 @@ class Producer:
         return created, fresh + still_queued
 
     def check_limits(self, message: MessageInput) -> None:
-        """Refuse a message over OUTBOX_MAX_MESSAGE_BYTES (encoded bytes, not characters) or
-        with more recipients than OUTBOX_MAX_RECIPIENTS (To, Cc and Bcc together)."""
-        size = message.size()
+        """Refuse a message over OUTBOX_MAX_MESSAGE_BYTES (encoded bytes, not characters, of
+        bodies, headers and attachments) or naming more addresses than OUTBOX_MAX_RECIPIENTS
+        (to, cc, bcc and reply_to together)."""
+        sizes = message.sizes()
+        size = sum(sizes.values())
         if size > self._max_message_bytes:
             raise MessageTooLargeError(
                 f"the message is about {size} bytes, over the limit of "
                 f"{self._max_message_bytes} (OUTBOX_MAX_MESSAGE_BYTES)",
-                field="attachments" if message.attachments else "text",
+                field=max(sizes, key=sizes.__getitem__),
             )
-        recipients = len({*message.to, *message.cc, *message.bcc})
-        if recipients > self._max_recipients:
+        addresses = message.addresses()
+        if addresses > self._max_recipients:
             raise TooManyRecipientsError(
-                f"{recipients} recipients (to, cc and bcc together), over the limit of "
-                f"{self._max_recipients} (OUTBOX_MAX_RECIPIENTS)",
-                field="to",
+                f"{addresses} addresses (to, cc, bcc and reply_to together), over the limit "
+                f"of {self._max_recipients} (OUTBOX_MAX_RECIPIENTS)",
+                # Name reply_to when the recipients alone would have been within the limit.
+                field="to" if message.recipient_count() > self._max_recipients else "reply_to",
             )
 
     def retry(self, delivery_ids: Iterable[str]) -> list[DeliveryRecord]:

@@ -107,7 +107,9 @@ def test_plaintext_login_is_refused_unless_tls_none(outbox_env: dict[str, str]) 
         refused = run_outbox(outbox_env, "settings", "test-connection")
         assert refused.returncode == 1
         assert "refusing to send the password unencrypted" in refused.stderr
-        set_smtp(outbox_env, *plain(peer), "--username", "u")
+        # TLS mode none is a new place for the password to go: it is entered again.
+        login = ["--username", "u", "--password-stdin"]
+        set_smtp(outbox_env, *plain(peer), *login, stdin="pw\n")
         allowed = run_outbox(outbox_env, "settings", "test-connection")
         assert allowed.returncode == 0, allowed.stderr
 

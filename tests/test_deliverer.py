@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pytest
+import redis
 
 from config.mail_settings import SmtpSettings
 from config.settings_store import StoredSettings
@@ -31,6 +32,7 @@ from worker.records import (
     MemoryClaims,
     RecipientState,
 )
+from worker.records.claims import ClaimTicket
 from worker.sending_limits import MemoryGate
 from worker.transports.base import SendResult
 from worker.transports.memory import MemoryTransport, SendHandler
@@ -48,16 +50,21 @@ class Clock:
 
 
 class SettingsVersions:
-    """The settings of each saved version, as the worker's settings cache would return them."""
+    """The settings of each saved version, as the worker's settings cache would return them;
+    a read may take ``delay_seconds``, or stall the whole process (the loop) ``stall_seconds``."""
 
     def __init__(self) -> None:
         self.saved: dict[int, StoredSettings] = {}
+        self.delay_seconds = 0.0
+        self.stall_seconds = 0.0
 
     def save(self, version: int, **limits: int) -> None:
         settings = SmtpSettings(from_mailbox="robot@example.com", **limits)
         self.saved[version] = StoredSettings(version, settings, saved_at=0.0)
 
     async def get(self, version: int) -> StoredSettings | None:
+        time.sleep(self.stall_seconds)
+        await asyncio.sleep(self.delay_seconds)
         return self.saved.get(version)
 
 
@@ -67,16 +74,16 @@ class Harness:
 
     handler: SendHandler
     clock: Clock = field(default_factory=Clock)
-    claims: MemoryClaims = field(
-        default_factory=lambda: MemoryClaims(lease_seconds=30, max_attempts=MAX_ATTEMPTS)
-    )
     settings: SettingsVersions = field(default_factory=SettingsVersions)
     transports: list[MemoryTransport] = field(default_factory=list)
+    # Its clock plays Redis': the harness's, which the test moves on.
+    claims: MemoryClaims = field(init=False)
     # Kept across jobs, as a worker process keeps it: it holds the transport of a version.
     cache: TransportCache = field(init=False)
     gate: MemoryGate = field(init=False)
 
     def __post_init__(self) -> None:
+        self.claims = MemoryClaims(lease_seconds=30, max_attempts=MAX_ATTEMPTS, clock=self.clock)
         self.settings.save(1)
         self.cache = TransportCache(self.transport_for)
         self.gate = MemoryGate(clock=self.clock)
@@ -322,7 +329,7 @@ def test_a_duplicate_job_before_the_scheduled_retry_leaves_it_alone() -> None:
 def test_a_delivery_claimed_elsewhere_is_looked_at_again_when_the_lease_ends() -> None:
     harness = Harness(refusing({}))
     harness.add()
-    asyncio.run(harness.claims.claim("d1", harness.clock.now))  # another process holds it
+    asyncio.run(harness.claims.claim(ClaimTicket("d1")))  # another process holds it
 
     assert harness.deliver("d1") == [JobOutcome.BUSY]
     assert harness.transports == []
@@ -332,7 +339,7 @@ def test_a_delivery_claimed_elsewhere_is_looked_at_again_when_the_lease_ends() -
 def test_a_claim_whose_holder_died_is_taken_over_and_its_attempt_recorded_lost() -> None:
     harness = Harness(refusing({}))
     harness.add()
-    asyncio.run(harness.claims.claim("d1", harness.clock.now))
+    asyncio.run(harness.claims.claim(ClaimTicket("d1")))
     harness.clock.now += 31
 
     assert harness.deliver("d1") == [JobOutcome.SENT]
@@ -390,8 +397,8 @@ def test_one_failing_delivery_does_not_stop_the_others_of_its_job() -> None:
 def test_a_message_that_kills_its_worker_every_time_fails_after_the_attempt_limit() -> None:
     harness = Harness(refusing({}))
     harness.add()
-    for _ in range(MAX_ATTEMPTS):  # each claim's holder dies mid-attempt
-        asyncio.run(harness.claims.claim("d1", harness.clock.now))
+    for _ in range(MAX_ATTEMPTS):  # each claim's holder dies mid-attempt (attempted alone)
+        asyncio.run(harness.claims.claim(ClaimTicket("d1"), take_over=True))
         harness.clock.now += 31
     assert harness.deliver("d1") == [JobOutcome.FAILED]
     record = harness.record()
@@ -420,17 +427,18 @@ class SlowTransport(MemoryTransport):
 def test_a_long_attempt_keeps_its_claim_and_an_abandoned_one_gives_it_up() -> None:
     harness = Harness(refusing({}))
     harness.claims.lease_seconds = 0.06  # the attempt below lasts five leases
+    harness.claims.clock = time.time
     harness.new_transport = lambda: SlowTransport(0.3)  # type: ignore[method-assign]
     harness.add()
 
     async def run() -> tuple[ClaimResult, ClaimResult]:
         attempt = asyncio.create_task(harness.deliverer(time.time).deliver_many(["d1"]))
         await asyncio.sleep(0.2)
-        during = await harness.claims.claim("d1", time.time())
+        during = await harness.claims.claim(ClaimTicket("d1"), take_over=True)
         attempt.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await attempt
-        after = await harness.claims.claim("d1", time.time())
+        after = await harness.claims.claim(ClaimTicket("d1"), take_over=True)
         return during, after
 
     during, after = asyncio.run(run())
@@ -438,3 +446,113 @@ def test_a_long_attempt_keeps_its_claim_and_an_abandoned_one_gives_it_up() -> No
     # Abandoned: the claim was given up at once; the next claim took over without waiting.
     assert isinstance(after, Claimed)
     assert [a.outcome for a in harness.record().attempts] == [AttemptOutcome.LOST]
+
+
+class CrowdTransport(MemoryTransport):
+    """Notes how many sends were in flight, at most, while each message was being sent."""
+
+    def __init__(self, handler: SendHandler) -> None:
+        super().__init__(handler)
+        self.in_flight = 0
+        self.crowd: dict[str, int] = {}
+
+    async def send(
+        self, message: OutgoingMessage, recipients: Sequence[str], date: float
+    ) -> SendResult:
+        self.in_flight += 1
+        try:
+            self.crowd[message.message_id] = self.in_flight
+            await asyncio.sleep(0.02)
+            self.crowd[message.message_id] = max(self.crowd[message.message_id], self.in_flight)
+            return await super().send(message, recipients, date)
+        finally:
+            self.in_flight -= 1
+
+
+def test_a_delivery_whose_process_died_mid_attempt_is_sent_alone_after_the_rest() -> None:
+    harness = Harness(refusing({}))
+    harness.new_transport = lambda: CrowdTransport(harness.handler)  # type: ignore[method-assign]
+    job = [harness.add(f"d{n}") for n in range(1, 6)]
+    asyncio.run(harness.claims.claim(ClaimTicket("d2")))  # its process died mid-attempt
+    harness.clock.now += 31
+
+    assert harness.deliver(*job) == [JobOutcome.SENT] * 5  # in the job's order
+    [transport] = harness.transports
+    assert isinstance(transport, CrowdTransport)
+    assert transport.sent[-1].message.message_id == "<d2@test>"
+    # If it kills the process again, it takes no other delivery's attempt with it.
+    assert transport.crowd.pop("<d2@test>") == 1
+    assert max(transport.crowd.values()) > 1  # the others went side by side
+    assert [a.outcome for a in harness.record("d2").attempts] == [
+        AttemptOutcome.LOST,
+        AttemptOutcome.SENT,
+    ]
+    assert all(len(harness.record(d).attempts) == 1 for d in job if d != "d2")
+
+
+def slow_claim_harness() -> Harness:
+    """An attempt whose settings take half a lease to read: a renewal comes before the send."""
+    harness = Harness(refusing({}))
+    harness.claims.lease_seconds = 0.9  # renewed every 0.3 s
+    harness.settings.delay_seconds = 0.45
+    return harness
+
+
+def test_an_attempt_that_outlasts_a_renewal_is_sent() -> None:
+    harness = slow_claim_harness()
+    harness.add()
+    assert harness.deliver("d1") == [JobOutcome.SENT]
+
+
+def test_a_claim_taken_over_before_the_send_is_not_sent() -> None:
+    harness = slow_claim_harness()
+    harness.add()
+
+    async def run() -> ClaimResult:
+        attempt = asyncio.create_task(harness.deliverer().deliver_many(["d1"]))
+        await asyncio.sleep(0.1)
+        harness.clock.now += 1  # by Redis' clock the lease ran out: another process takes over
+        taker = await harness.claims.claim(ClaimTicket("d1"), take_over=True)
+        await attempt
+        return taker
+
+    taker = asyncio.run(run())
+    assert isinstance(taker, Claimed)
+    assert harness.sent_to() == []
+    record = harness.record()
+    assert record.status is DeliveryStatus.SENDING  # the taker's attempt, left to it
+    assert [a.outcome for a in record.attempts] == [AttemptOutcome.LOST]
+
+
+class RedisAwayForRenewals(MemoryClaims):
+    """Claims and outcomes go through; every renewal finds Redis unreachable."""
+
+    async def renew(self, claim: Claimed) -> bool:
+        raise redis.ConnectionError("Connection refused")
+
+
+def test_a_renewal_that_fails_stops_the_attempt_before_the_send() -> None:
+    harness = slow_claim_harness()
+    harness.claims = RedisAwayForRenewals(
+        lease_seconds=0.9, max_attempts=MAX_ATTEMPTS, clock=harness.clock
+    )
+    harness.add()
+
+    assert harness.deliver("d1") == [JobOutcome.RETRYING]
+    assert harness.sent_to() == []
+    [attempt] = harness.record().attempts
+    assert attempt.outcome is AttemptOutcome.TRANSIENT
+    assert attempt.error == "not sent: its claim could not be renewed (ConnectionError)"
+
+
+def test_a_process_stalled_past_its_claim_does_not_send() -> None:
+    harness = Harness(refusing({}))
+    harness.claims.lease_seconds = 0.9
+    harness.settings.stall_seconds = 0.7  # the loop blocked: no renewal could run
+    harness.add()
+
+    assert harness.deliver("d1") == [JobOutcome.RETRYING]
+    assert harness.sent_to() == []
+    [attempt] = harness.record().attempts
+    assert attempt.error is not None
+    assert attempt.error.startswith("not sent: its claim was last confirmed ")

@@ -1,12 +1,15 @@
-"""What can be checked of deployment here: the embedded Redis default and docker-compose.yml."""
+"""What can be checked of deployment here: the embedded Redis default, the Procfile's Flower
+and docker-compose.yml."""
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +18,8 @@ import redis
 
 from config.process import default_data_dir
 from config.redis_location import SOCKET_NAME
-from worker.testing.processes import ROOT, run_outbox
+from worker.testing.processes import ROOT, Service, run_outbox
+from worker.testing.redis_server import free_port
 
 
 @pytest.fixture
@@ -84,6 +88,60 @@ def test_the_default_data_directory_is_per_user_not_per_working_directory(
             )
 
 
+def procfile() -> dict[str, str]:
+    lines = (ROOT / "Procfile").read_text().splitlines()
+    return dict(line.split(": ", 1) for line in lines if line)
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The addresses a TCP socket listens on at ``port`` (Linux /proc)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            local, state = row.split()[1], row.split()[3]
+            address, port_hex = local.rsplit(":", 1)
+            if state == "0A" and int(port_hex, 16) == port:  # 0A: LISTEN
+                # /proc spells an address as 32-bit words in host (little-endian) order.
+                packed = b"".join(
+                    bytes.fromhex(address[i : i + 8])[::-1] for i in range(0, len(address), 8)
+                )
+                found.add(str(ipaddress.ip_address(packed)))
+    return found
+
+
+def addresses_of(command: str, env: dict[str, str], port: int) -> set[str]:
+    """Where ``command`` (a Procfile line, run by a shell as honcho does) listens on ``port``."""
+    service = Service(["sh", "-c", command], env)
+    try:
+        deadline = time.monotonic() + 60
+        while not (found := listening_addresses(port)):
+            assert not service.exited, service.output
+            assert time.monotonic() < deadline, service.output
+            time.sleep(0.1)
+        return found
+    finally:
+        service.stop()
+
+
+@pytest.mark.parametrize(
+    ("command", "address", "expected"),
+    [
+        (procfile()["flower"], "", {"127.0.0.1"}),
+        (procfile()["flower"], "0.0.0.0", {"0.0.0.0"}),
+        ("outbox flower --port=${OUTBOX_FLOWER_PORT}", "", {"127.0.0.1"}),
+    ],
+    ids=["procfile", "procfile-address-set", "outbox-flower"],
+)
+def test_flower_listens_on_loopback_unless_told_otherwise(
+    outbox_env: dict[str, str], command: str, address: str, expected: set[str]
+) -> None:
+    port = free_port()
+    env = {**outbox_env, "OUTBOX_FLOWER_PORT": str(port)}
+    if address:
+        env["OUTBOX_FLOWER_ADDRESS"] = address
+    assert addresses_of(command, env, port) == expected
+
+
 def docker_compose() -> str:
     found = shutil.which("docker-compose")
     assert found, "docker-compose (Debian package) is needed to validate docker-compose.yml"
@@ -111,17 +169,20 @@ def test_docker_compose_uses_the_procfile_commands() -> None:
         text=True,
         check=True,
     ).stdout
-    procfile = dict(
-        line.split(": ", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line
-    )
-    assert procfile["worker"] == "outbox worker"
+    commands = procfile()
+    assert commands["worker"] == "outbox worker"
     assert "- outbox\n    - worker" in rendered
-    assert procfile["flower"].startswith("outbox flower")
+    assert commands["flower"].startswith("outbox flower")
     assert "- outbox\n    - flower" in rendered
-    assert procfile["web"].startswith("outbox api")
+    assert commands["web"].startswith("outbox api")
     assert "- outbox\n    - api" in rendered
     assert "127.0.0.1:8000" in rendered or "host_ip: 127.0.0.1" in rendered
     assert "--appendonly" in rendered
+    # Inside its container Flower listens everywhere, behind basic auth, published on the
+    # host's loopback only.
+    assert "- --address=0.0.0.0" in rendered
+    assert "127.0.0.1:5555:5555" in rendered
+    assert "FLOWER_BASIC_AUTH: admin:pw" in rendered
 
 
 def test_a_data_directory_left_by_an_earlier_version_is_kept(

@@ -337,3 +337,31 @@ def test_intranet_and_non_ascii_addresses_go_to_graph_as_they_are(
         {"emailAddress": {"address": "jörg@example.com"}},
         {"emailAddress": {"address": "ops@corp.local"}},
     ]
+
+
+def test_an_error_that_quotes_the_access_token_is_recorded_without_it(
+    outbox_context: OutboxContext, producer: Producer, worker: InProcessWorker, graph: GraphStandIn
+) -> None:
+    """Graph, or a proxy in front of it, may echo the request it refused: the token it quotes
+    must not reach the record."""
+    configure(outbox_context, graph)
+    assert worker.deliver(enqueue(producer)) == ["sent"]  # the process now holds a token
+    [token] = graph.issued_tokens()
+    graph.send_mail_faults.append(
+        ScriptedResponse(
+            400,
+            {},
+            {
+                "error": {
+                    "code": "BadRequest",
+                    "message": f"refused 'Authorization: Bearer {token}'",
+                }
+            },
+        )
+    )
+    delivery_id = enqueue(producer)
+    assert worker.deliver(delivery_id) == ["failed"]
+    record = outbox_context.deliveries.get(delivery_id)
+    kept = [record.last_error or "", *(a.reply or "" for a in record.attempts)]
+    assert all(token not in text for text in kept), kept
+    assert "refused 'Authorization: Bearer ********'" in (record.last_error or "")

@@ -27,6 +27,7 @@ from worker.records import (
     RedisClaims,
     record_key,
 )
+from worker.records.claims import ClaimTicket
 from worker.records.group_commit import GroupCommit
 from worker.records.scripts import ScriptCall
 from worker.testing.redis_server import RedisServer
@@ -178,20 +179,18 @@ def test_an_outcome_recorded_with_a_failed_claim_is_recorded_once(
             retention_seconds=60,
         )
         try:
-            claim = await claims.claim(recorded, time.time())
+            claim = await claims.claim(ClaimTicket(recorded))
             assert isinstance(claim, Claimed)
-            now = time.time()
             return await claims.finish(
-                claim.record,
-                now=now,
+                claim,
                 status=DeliveryStatus.SENT,
-                attempt=Attempt(1, now, 1.0, AttemptOutcome.SENT, 250, "OK"),
+                attempt=Attempt(1, time.time(), 1.0, AttemptOutcome.SENT, 250, "OK"),
                 recipients=tuple(
                     replace(r, status=RecipientState.SENT) for r in claim.record.recipients
                 ),
                 last_error=None,
-                next_attempt_at=None,
-                claim_next=unclaimable,
+                retry_in=None,
+                claim_next=ClaimTicket(unclaimable),
             )
         finally:
             await client.aclose()

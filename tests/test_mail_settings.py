@@ -91,9 +91,9 @@ def test_history_names_who_changed_which_fields_never_values(store: SettingsStor
 
 def test_a_form_without_its_secret_is_checked_with_the_stored_one(store: SettingsStore) -> None:
     store.save(SmtpSettings(from_mailbox="r@example.com", username="u", password=SecretStr("pw")))
-    edited = SmtpSettings(from_mailbox="r@example.com", username="u", port=2525)
+    edited = SmtpSettings(from_mailbox="r@example.com", username="u", max_messages_per_minute=30)
     resolved = store.with_stored_secret(edited)
-    assert resolved.port == 2525
+    assert resolved.max_messages_per_minute == 30
     assert resolved.secret() is not None
     assert resolved.secret().get_secret_value() == "pw"  # type: ignore[union-attr]
     other_protocol = OAuthSettings(from_mailbox="r@example.com", tenant="t", client_id="c")
@@ -118,11 +118,11 @@ def test_each_save_is_a_new_version_and_a_missing_secret_is_kept(store: Settings
     first = store.save(
         SmtpSettings(from_mailbox="r@example.com", username="u", password=SecretStr("pw"))
     )
-    second = store.save(SmtpSettings(from_mailbox="r@example.com", username="u", port=2525))
+    second = store.save(SmtpSettings(from_mailbox="s@example.com", username="u"))
     assert second == first + 1
     loaded = store.require().settings
     assert isinstance(loaded, SmtpSettings)
-    assert loaded.port == 2525
+    assert loaded.from_mailbox == "s@example.com"
     assert loaded.password is not None
     assert loaded.password.get_secret_value() == "pw"
 

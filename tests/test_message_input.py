@@ -50,6 +50,10 @@ def test_bad_address_names_its_position() -> None:
         ({"headers": {"Content-Type": "text/html"}}, "headers"),
         ({"headers": {"Return-Path": "<x@example.com>"}}, "headers"),
         ({"headers": {"DKIM-Signature": "v=1"}}, "headers"),
+        ({"headers": {"Authentication-Results": "mx; dkim=pass"}}, "headers"),
+        ({"headers": {"ARC-Seal": "i=1; cv=none"}}, "headers"),
+        ({"headers": {"arc-authentication-results": "i=1; spf=pass"}}, "headers"),
+        ({"headers": {"Orig-Date": "Mon, 1 Jan 2024 00:00:00 +0000"}}, "headers"),
         ({"headers": {"X-A": "1", "x-a": "2"}}, "headers"),
         ({"to": ["ok@example.com", "a@b@example.com"]}, "to[1]"),
         ({"reply_to": ["a@-bad.example"]}, "reply_to[0]"),
@@ -95,4 +99,5 @@ def test_size_counts_encoded_bytes_not_characters() -> None:
     message = MessageInput.model_validate(
         {"to": ["a@example.com"], "subject": "s", "text": "é" * 60_000}
     )
-    assert message.size() == 120_000
+    assert message.sizes()["text"] == 120_000
+    assert message.size() == 120_000 + len("s")

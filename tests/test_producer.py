@@ -235,7 +235,7 @@ def test_a_non_ascii_body_counts_its_bytes_against_the_limit(
         message_id_domain="outbox.test",
         max_message_bytes=100_000,
     )
-    with pytest.raises(MessageTooLargeError, match="120000 bytes") as refused:
+    with pytest.raises(MessageTooLargeError, match="120001 bytes") as refused:  # text + subject
         small.enqueue(MessageInput(to=["a@example.com"], subject="s", text="é" * 60_000))
     assert refused.value.field == "text"
     assert publisher.chunks == []
@@ -253,7 +253,32 @@ def test_recipients_are_limited_per_message(
     )
     to = [f"r{i}@example.com" for i in range(3)]
     producer.enqueue(MessageInput(to=to, cc=[to[0]], subject="s"))  # 3 distinct: accepted
-    with pytest.raises(TooManyRecipientsError, match="4 recipients") as refused:
+    with pytest.raises(TooManyRecipientsError, match="4 addresses") as refused:
         producer.enqueue(MessageInput(to=to, bcc=["r3@example.com"], subject="s"))
     assert refused.value.field == "to"
+    with pytest.raises(TooManyRecipientsError, match="5 addresses") as refused:
+        producer.enqueue(
+            MessageInput(to=to, reply_to=["x@example.com", "y@example.com"], subject="s")
+        )
+    assert refused.value.field == "reply_to"
     assert len(publisher.chunks) == 1
+
+
+def test_headers_and_reply_to_count_toward_the_size_limit(
+    outbox_context: OutboxContext, publisher: CollectingPublisher
+) -> None:
+    small = Producer(
+        outbox_context.deliveries,
+        publisher,
+        message_id_domain="outbox.test",
+        max_message_bytes=10_000,
+    )
+    padded = {"X-Pad": "p" * 20_000}
+    with pytest.raises(MessageTooLargeError, match="over the limit of 10000") as refused:
+        small.enqueue(MessageInput(to=["a@example.com"], subject="s", headers=padded))
+    assert refused.value.field == "headers"
+    long_reply_to = [f"{'r' * 60}{n}@example.com" for n in range(200)]
+    with pytest.raises(MessageTooLargeError) as refused:
+        small.enqueue(MessageInput(to=["a@example.com"], subject="s", reply_to=long_reply_to))
+    assert refused.value.field == "reply_to"
+    assert publisher.chunks == []

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
@@ -12,8 +13,11 @@ from config.mail_settings import SmtpSettings, TlsMode
 from tasks.context import OutboxContext
 from tasks.message_input import MessageInput
 from tasks.producer import Producer
-from tests.support.in_process_worker import InProcessWorker
+from tests.support.in_process_worker import CollectingQueue, InProcessWorker
 from worker.records import DUE_KEY, DeliveryStatus, Priority, record_key, status_index_key
+from worker.records.scripts import SWEEP, sweep_call
+from worker.runtime import worker_redis
+from worker.sweeper import Sweeper
 from worker.testing.smtp_peer import SmtpPeer, smtp_peer
 
 
@@ -134,3 +138,66 @@ def queued_ids(redis_client: redis.Redis) -> list[str]:
     return [
         raw.decode() for raw in redis_client.zrange(status_index_key(DeliveryStatus.QUEUED), 0, -1)
     ]
+
+
+def sweep_once(outbox_context: OutboxContext, clock: Callable[[], float]) -> list[str]:
+    """What one sweep by a process whose clock is ``clock`` publishes."""
+
+    async def sweep() -> list[str]:
+        client = worker_redis(outbox_context.redis_location.url)
+        try:
+            sweeper = Sweeper(
+                client,
+                CollectingQueue(),
+                interval_seconds=1,
+                stranded_after_seconds=30,
+                retention_seconds=outbox_context.settings.retention_seconds,
+                clock=clock,
+            )
+            return await sweeper.sweep()
+        finally:
+            await client.aclose()
+
+    return asyncio.run(sweep())
+
+
+def test_a_sweeper_whose_clock_runs_an_hour_ahead_publishes_no_live_claim(
+    outbox_context: OutboxContext, producer: Producer, redis_client: redis.Redis
+) -> None:
+    live_claim = enqueue(producer)
+    strand(redis_client, live_claim, DeliveryStatus.SENDING, age=5)
+    lease_until = time.time() + 30
+    redis_client.hset(record_key(live_claim), "lease_until", lease_until)
+    redis_client.zadd(DUE_KEY, {live_claim: lease_until})
+
+    assert sweep_once(outbox_context, lambda: time.time() + 3600) == []
+    assert redis_client.hget(record_key(live_claim), "status") == b"sending"
+
+
+def test_a_sweeper_whose_clock_runs_an_hour_behind_still_publishes_what_is_due(
+    outbox_context: OutboxContext, producer: Producer, redis_client: redis.Redis
+) -> None:
+    lapsed_claim, due_retry = enqueue(producer), enqueue(producer)
+    strand(redis_client, lapsed_claim, DeliveryStatus.SENDING, age=40)
+    strand(redis_client, due_retry, DeliveryStatus.RETRYING, age=1)
+
+    published = sweep_once(outbox_context, lambda: time.time() - 3600)
+    assert sorted(published) == sorted([lapsed_claim, due_retry])
+
+
+def test_a_sweep_made_again_after_its_reply_was_lost_publishes_the_same(
+    producer: Producer, redis_client: redis.Redis
+) -> None:
+    due_retry = enqueue(producer)
+    strand(redis_client, due_retry, DeliveryStatus.RETRYING, age=1)
+    call = sweep_call(
+        due_retry,
+        published_at=time.time(),
+        published_before=time.time() - 10,
+        look_again_after=30,
+    )
+    sweep = redis_client.register_script(SWEEP)
+    first, again = (sweep(keys=call.keys, args=call.args) for _ in range(2))
+    # Not "waiting" the second time: the delivery it queued is its own to publish.
+    assert (first, again) == (b"publish", b"publish")
+    assert redis_client.hget(record_key(due_retry), "status") == b"queued"

@@ -1,4 +1,5 @@
-"""A worker process killed mid-send: its job is redelivered and the e-mail still goes out."""
+"""A worker process killed mid-send: its job is redelivered and the e-mail still goes out; a
+message that kills its process every time fails alone, costing the others at most one try."""
 
 from __future__ import annotations
 
@@ -12,7 +13,12 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from worker.testing.processes import Service, child_pids, run_outbox
+from config.mail_settings import SmtpSettings, TlsMode
+from config.process import ProcessSettings
+from tasks.context import OutboxContext
+from tasks.message_input import MessageInput
+from worker.records import AttemptOutcome, DeliveryStatus
+from worker.testing.processes import Service, child_pids, pid_of_connection, run_outbox
 from worker.testing.redis_server import RedisServer
 from worker.testing.smtp_peer import SmtpPeer, smtp_peer
 
@@ -84,3 +90,83 @@ def test_killed_worker_process_job_is_redelivered_and_sent(
     received = slow_peer.wait_for_messages(1)
     message_ids = {m.data.split(b"Message-ID: ")[1].split(b"\r\n")[0] for m in received}
     assert len(message_ids) == 1  # any duplicate carries the same Message-ID
+
+
+POISON = "poison@example.com"
+INNOCENTS = 7  # with the poison, as many as one process has in flight
+MAX_ATTEMPTS = 3
+
+
+def context_of(env: dict[str, str]) -> OutboxContext:
+    """The context a process with ``env`` would build."""
+    fields = {name.removeprefix("OUTBOX_").lower(): value for name, value in env.items()}
+    return OutboxContext.from_settings(ProcessSettings.model_validate(fields))
+
+
+def test_a_message_that_kills_its_process_every_time_fails_alone(env: dict[str, str]) -> None:
+    env = {
+        **env,
+        "OUTBOX_CLAIM_LEASE_SECONDS": "3",
+        "OUTBOX_SWEEP_INTERVAL_SECONDS": "0.5",
+        "OUTBOX_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
+        # Every delivery of the chunk on its own connection: all of them transfer together.
+        "OUTBOX_SMTP_MAX_CONNECTIONS": str(INNOCENTS + 1),
+    }
+    context = context_of(env)
+    kills: list[int] = []
+
+    def kill_the_sender(recipients: tuple[str, ...], client_port: int) -> str | None:
+        # As a message whose sending crashes its process would (a segfault, os._exit).
+        if POISON not in recipients:
+            return None
+        pid = pid_of_connection(client_port)
+        if pid is not None:
+            kills.append(pid)
+            os.kill(pid, signal.SIGKILL)
+        return "451 the sender died"
+
+    with smtp_peer() as peer:
+        peer.data_delay_seconds = 0.5  # the whole chunk is in flight when the poison's ends
+        peer.on_data = kill_the_sender
+        context.settings_store.save(
+            SmtpSettings(
+                server=peer.host,
+                port=peer.port,
+                from_mailbox="robot@example.com",
+                tls=TlsMode.NONE,
+            )
+        )
+        worker = Service(["outbox", "worker", "--concurrency", "1"], env)
+        try:
+            worker.wait_for_output(" ready.")
+            from tasks.celery_app import producer_for
+
+            messages = [
+                MessageInput(to=[POISON], subject="poison", text="x"),
+                *(
+                    MessageInput(to=[f"reader{n}@example.com"], subject=f"innocent {n}", text="x")
+                    for n in range(INNOCENTS)
+                ),
+            ]
+            # One chunk, one task: the innocents share the poison's process.
+            poison, *innocents = [c.id for c in producer_for(context).enqueue_many(messages)]
+            started = time.monotonic()
+            deadline = started + 60
+            while not set(statuses := context.deliveries.statuses([poison, *innocents])) <= {
+                DeliveryStatus.SENT,
+                DeliveryStatus.FAILED,
+            }:
+                assert time.monotonic() < deadline, (statuses, worker.output[-3000:])
+                time.sleep(0.3)
+            seconds = time.monotonic() - started
+        finally:
+            worker.stop()
+    assert statuses == [DeliveryStatus.FAILED] + [DeliveryStatus.SENT] * INNOCENTS
+    assert len(kills) == MAX_ATTEMPTS
+    failed = context.deliveries.get(poison)
+    assert [a.outcome for a in failed.attempts] == [AttemptOutcome.LOST] * MAX_ATTEMPTS
+    outcomes = [[a.outcome.value for a in context.deliveries.get(i).attempts] for i in innocents]
+    print(f"poison failed, {INNOCENTS} sent in {seconds:.1f} s; innocents' attempts: {outcomes}")
+    # Lost once at most: beside the poison's first attempt, before anyone could know.
+    for attempts in outcomes:
+        assert attempts in ([AttemptOutcome.SENT], [AttemptOutcome.LOST, AttemptOutcome.SENT])

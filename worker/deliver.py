@@ -44,6 +44,8 @@ from worker.records import (
     RecipientState,
     Unreadable,
 )
+from worker.records.claims import ClaimTicket
+from worker.records.scripts import Lapsed
 from worker.sending_limits import RATE_PAUSE_SECONDS, MustWait, SendingGate
 from worker.transports.base import SendResult, Transport
 
@@ -60,6 +62,10 @@ log = logging.getLogger(__name__)
 # How long an attempt's outcome is held while Redis cannot take it, before the job gives up
 # (the claim then lapses, and the delivery is taken over and attempted again).
 RECORD_PATIENCE_SECONDS = 60.0
+# A send starts only while the claim's last confirmation (its claim, or a renewal) is more
+# recent than this share of a lease: a process stalled longer (its heartbeat could not run)
+# may have lost the claim without knowing it.
+_CONFIRMED_SHARE_OF_LEASE = 2 / 3
 
 NOT_CONFIGURED = "mail settings are not configured; run `outbox settings set ...`, then retry"
 
@@ -134,6 +140,12 @@ class Deliverer:
         not the wait before it; a lane records an attempt and claims its next delivery in one
         round trip. One failing does not stop the others: they all finish, then the first
         error is raised (the task is retried, and what was recorded meanwhile is skipped).
+
+        A delivery whose process died mid-attempt (its claim lapsed) may be what killed it:
+        it is set aside, then taken over and attempted once the others are done, one at a
+        time, alone in the process (a pool process runs one job at a time). Should it kill
+        the process again, only its own attempt is lost, not those of the deliveries that
+        would have been in flight beside it.
         """
         turns = _Turns(delivery_ids)
         results = await asyncio.gather(
@@ -142,6 +154,8 @@ class Deliverer:
         for result in results:
             if isinstance(result, BaseException):
                 raise result
+        for turn in turns.aside():
+            await self._alone(turn, turns)
         return turns.outcomes()
 
     async def _lane(self, turns: _Turns) -> None:
@@ -152,12 +166,26 @@ class Deliverer:
                     turn = turns.take()
                     if turn is None:
                         return
-                    claimed = _Claimed(
-                        turn, await self.claims.claim(turn.delivery_id, self.clock())
-                    )
+                    claimed = await self._claimed(turn)
+                if isinstance(claimed.claim, Lapsed):
+                    turns.set_aside(claimed.turn)
+                    claimed = None
+                    continue
                 outcome, claimed_next = await self._handle(claimed, turns)
                 turns.done(claimed.turn, outcome)
                 claimed = claimed_next
+
+    async def _alone(self, turn: _Turn, turns: _Turns) -> None:
+        """Take over a lapsed claim and attempt its delivery with nothing else in flight."""
+        async with self.in_flight:
+            claimed = await self._claimed(turn, take_over=True)
+            nothing_follows = _Turns(())  # its outcome is recorded without a next claim
+            outcome, _ = await self._handle(claimed, nothing_follows)
+            turns.done(turn, outcome)
+
+    async def _claimed(self, turn: _Turn, *, take_over: bool = False) -> _Claimed:
+        asked_at = time.monotonic()
+        return _Claimed(turn, await self.claims.claim(turn.ticket, take_over=take_over), asked_at)
 
     async def _handle(self, claimed: _Claimed, turns: _Turns) -> tuple[JobOutcome, _Claimed | None]:
         """The outcome of one turn, and the next turn when recording it claimed one."""
@@ -171,9 +199,10 @@ class Deliverer:
             case AlreadyFinal(status=status):
                 log.info("delivery %s is already %s; not sending again", delivery_id, status)
                 return JobOutcome.of(status), None
-            case Busy():
+            case Busy() | Lapsed():
                 # A duplicate job while a live process holds it; if that process dies, its
-                # lease lapses and the sweeper publishes the delivery again.
+                # lease lapses and the sweeper publishes the delivery again. (A lapsed claim
+                # never gets here: the lanes set it aside, and a take-over claims it.)
                 return JobOutcome.BUSY, None
             case Early():
                 return JobOutcome.EARLY, None
@@ -182,41 +211,38 @@ class Deliverer:
                 return JobOutcome.FAILED, None
             case Unreadable() as unreadable:
                 log.error("delivery %s: %s", delivery_id, unreadable.reason)
-                await self.claims.fail_unreadable(delivery_id, unreadable, self.clock())
+                await self.claims.fail_unreadable(delivery_id, unreadable)
                 return JobOutcome.FAILED, None
-            case Claimed(record=record, settings_version=version, pause=pause):
-                return await self._attempt(record, version, pause, turns)
+            case Claimed() as claim:
+                return await self._attempt(claim, claimed.asked_at, turns)
 
     async def _attempt(
-        self,
-        record: DeliveryRecord,
-        settings_version: int,
-        pause: AccountPause | None,
-        turns: _Turns,
+        self, claim: Claimed, claimed_at: float, turns: _Turns
     ) -> tuple[JobOutcome, _Claimed | None]:
+        record = claim.record
         started = self.clock()
         pending = [r.address for r in record.recipients if r.status.needs_sending]
         result: SendResult | None = None
         error: DeliveryError | None = None
         account: str | None = None
         try:
-            async with self._claim_kept(record):
-                stored = await self.settings.get(settings_version)
+            async with self._claim_kept(claim, claimed_at) as lease:
+                stored = await self.settings.get(claim.settings_version)
                 if stored is None:
                     raise ConfigurationError(NOT_CONFIGURED)
                 account = stored.settings.sending_account
-                admitted = await self._admission(record, stored, account, pause, pending)
+                admitted = await self._admission(record, stored, account, claim.pause, pending)
                 if isinstance(admitted, _Wait):
-                    return await self._wait(record, admitted)
+                    return await self._wait(claim, admitted)
                 pending = admitted
-                result = await self._send(record, stored, pending)
+                result = await self._send(record, stored, pending, lease)
         except DeliveryError as exc:
             error = exc
         except asyncio.CancelledError:
             # Abandoned (the task was cancelled): let another worker take over at once
             # rather than when the lease would have run out.
             with contextlib.suppress(redis.RedisError):
-                await self.claims.release(record, self.clock())
+                await self.claims.release(claim)
             raise
         except redis.RedisError:
             # The record store itself is unreachable: nothing can be recorded. The claim's
@@ -227,26 +253,33 @@ class Deliverer:
             log.exception("delivery %s: unexpected %s", record.id, type(exc).__name__)
             error = PermanentError(f"internal error: {type(exc).__name__}: {exc}")
         paused = await self._pause_for(account, result, error)
-        return await self._record(record, started, pending, result, error, paused, turns)
+        return await self._record(claim, started, pending, result, error, paused, turns)
 
     @contextlib.asynccontextmanager
-    async def _claim_kept(self, record: DeliveryRecord) -> AsyncIterator[None]:
+    async def _claim_kept(self, claim: Claimed, claimed_at: float) -> AsyncIterator[_Lease]:
         """Renew the claim's lease while the attempt runs, however long it takes (a large
-        Graph upload, a wait for a connection): only a dead process lets it lapse."""
+        Graph upload, a wait for a connection): only a dead process lets it lapse. The lease
+        yielded says whether the claim is surely still this process's."""
+        lease = _Lease(self.claims.lease_seconds, claimed_at)
 
         async def heartbeat() -> None:
             while True:
                 await asyncio.sleep(self.claims.lease_seconds / 3)
+                asked_at = time.monotonic()
                 try:
-                    if not await self.claims.renew(record, self.clock()):
-                        log.warning("delivery %s: claim lost during the attempt", record.id)
-                        return
-                except redis.RedisError:
-                    log.warning("delivery %s: could not renew the claim", record.id)
+                    if await self.claims.renew(claim):
+                        lease.renewed(asked_at)
+                        continue
+                    lease.failed("its claim was lost to another process")
+                    log.warning("delivery %s: claim lost during the attempt", claim.record.id)
+                    return
+                except redis.RedisError as exc:
+                    lease.failed(f"its claim could not be renewed ({type(exc).__name__})")
+                    log.warning("delivery %s: could not renew the claim", claim.record.id)
 
         beating = asyncio.create_task(heartbeat())
         try:
-            yield
+            yield lease
         finally:
             beating.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -283,19 +316,22 @@ class Deliverer:
             return _Wait(verdict.seconds, verdict.waiting_for)
         return pending
 
-    async def _wait(self, record: DeliveryRecord, wait: _Wait) -> tuple[JobOutcome, None]:
+    async def _wait(self, claim: Claimed, wait: _Wait) -> tuple[JobOutcome, None]:
         """Give the delivery back until it may go: no attempt, and no lane held meanwhile."""
-        now = self.clock()
-        until = now + wait.seconds
-        if not await self.claims.wait(record, now=now, until=until, waiting_for=wait.waiting_for):
-            log.warning("delivery %s: claim lost before its wait was recorded", record.id)
-        log.info("delivery %s waits %.1f s for the sending account", record.id, wait.seconds)
+        delivery_id = claim.record.id
+        if not await self.claims.wait(claim, seconds=wait.seconds, waiting_for=wait.waiting_for):
+            log.warning("delivery %s: claim lost before its wait was recorded", delivery_id)
+        log.info("delivery %s waits %.1f s for the sending account", delivery_id, wait.seconds)
         return JobOutcome.WAITING, None
 
     async def _send(
-        self, record: DeliveryRecord, stored: StoredSettings, pending: list[str]
+        self, record: DeliveryRecord, stored: StoredSettings, pending: list[str], lease: _Lease
     ) -> SendResult:
         transport = await self.transports.get(stored)
+        # The last moment this process decides: the Transport interface has no hook before
+        # DATA, so a claim lost while ``send`` waits for a connection, or names the
+        # recipients, is not noticed before the message goes.
+        lease.check()
         return await transport.send(record.message, pending, record.created_at)
 
     async def _pause_for(
@@ -326,7 +362,7 @@ class Deliverer:
 
     async def _record(
         self,
-        record: DeliveryRecord,
+        claim: Claimed,
         started: float,
         pending: list[str],
         result: SendResult | None,
@@ -334,6 +370,7 @@ class Deliverer:
         pause: _Wait | None,
         turns: _Turns,
     ) -> tuple[JobOutcome, _Claimed | None]:
+        record = claim.record
         recipients = _merge(record.recipients, pending, result, error)
         retry_delay: float | None = None
         waiting = False
@@ -354,12 +391,12 @@ class Deliverer:
             if waiting
             else _status_for(recipients, retrying=retry_delay is not None)
         )
-        now = self.clock()
+        ended = self.clock()
         reply = error.reply if error else (result.reply if result else None)
         attempt = Attempt(
             number=record.attempt_count,
             started_at=started,
-            duration_ms=round((now - started) * 1000, 3),
+            duration_ms=round((ended - started) * 1000, 3),
             outcome=AttemptOutcome.THROTTLED if waiting else _attempt_outcome(status, error),
             code=error.code if error else (result.code if result else None),
             reply=reply,
@@ -367,22 +404,22 @@ class Deliverer:
             enhanced_code=enhanced_status(reply),
         )
 
-        async def finish(claim_next: str | None) -> Finished:
+        async def finish(claim_next: ClaimTicket | None) -> Finished:
             return await self.claims.finish(
-                record,
-                now=now,
+                claim,
                 status=status,
                 attempt=attempt,
                 recipients=recipients,
                 last_error=attempt.error,
-                next_attempt_at=now + retry_delay if retry_delay is not None else None,
+                retry_in=retry_delay,
                 claim_next=claim_next,
                 waiting_for=pause.waiting_for if pause is not None and waiting else None,
             )
 
         # The next turn comes now: it is claimed in the same round trip.
         following = turns.take()
-        finished = await self._recorded(finish, following)
+        asked_at = time.monotonic()
+        finished = await self._recorded(finish, following.ticket if following else None)
         if not finished.applied:
             log.warning("delivery %s: claim lost before the attempt was recorded", record.id)
         log.info("delivery %s attempt %d: %s", record.id, record.attempt_count, status.value)
@@ -391,32 +428,32 @@ class Deliverer:
             if finished.next_claim is None:
                 turns.give_back(following)
             else:
-                claimed_next = _Claimed(following, finished.next_claim)
+                claimed_next = _Claimed(following, finished.next_claim, asked_at)
         return JobOutcome.of(status), claimed_next
 
     async def _recorded(
-        self, finish: Callable[[str | None], Awaitable[Finished]], following: _Turn | None
+        self,
+        finish: Callable[[ClaimTicket | None], Awaitable[Finished]],
+        following: ClaimTicket | None,
     ) -> Finished:
         """Record an attempt (claiming the following turn with it) and wait out a Redis outage.
 
         What was sent must be recorded, or it is sent again: while Redis is away (a restart),
-        keep trying for a while rather than leave the outcome to a take-over. The retries
-        claim nothing: whether the first try's claim went through is unknown, and a lane
-        claims the following turn on its own.
+        keep trying for a while rather than leave the outcome to a take-over. Trying again is
+        safe: the claim tokens make an outcome or a claim that went through before answer
+        the same again, and add nothing.
         """
         try:
-            return await finish(following.delivery_id if following else None)
+            return await finish(following)  # tenacity only when needed: it costs per call
         except redis.RedisError:
             log.warning("could not record an attempt; trying again while Redis is away")
-        async for trying in AsyncRetrying(
+        retrying = AsyncRetrying(
             retry=retry_if_exception_type(redis.RedisError),
             wait=wait_exponential(multiplier=0.1, max=2),
             stop=stop_after_delay(RECORD_PATIENCE_SECONDS),
             reraise=True,
-        ):
-            with trying:
-                finished = await finish(None)
-        return Finished(finished.applied)
+        )
+        return await retrying(finish, following)
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,34 +464,76 @@ class _Wait:
     waiting_for: str
 
 
+class _Lease:
+    """What the attempt knows of its claim: surely still its own while no renewal failed and
+    the last confirmation (by ``time.monotonic``, taken before asking) is recent enough."""
+
+    def __init__(self, lease_seconds: float, confirmed_at: float) -> None:
+        self._lease_seconds = lease_seconds
+        self._confirmed_at = confirmed_at
+        self._trouble: str | None = None
+
+    def renewed(self, asked_at: float) -> None:
+        self._confirmed_at = asked_at
+        self._trouble = None  # a renewal proves the claim is still ours
+
+    def failed(self, trouble: str) -> None:
+        self._trouble = trouble
+
+    def check(self) -> None:
+        """Raise ``TransientError`` unless the claim is surely still ours: the attempt stops
+        before sending, and is recorded if it still is (a retry follows)."""
+        trouble = self._trouble
+        if trouble is None:
+            held_for = time.monotonic() - self._confirmed_at
+            if held_for < self._lease_seconds * _CONFIRMED_SHARE_OF_LEASE:
+                return
+            trouble = f"its claim was last confirmed {held_for:.1f} s ago"
+        raise TransientError(f"not sent: {trouble}")
+
+
 @dataclass(frozen=True, slots=True)
 class _Turn:
-    """One id of a job, at its place in the job."""
+    """One id of a job, at its place in the job, and the ticket its claim is made with."""
 
     index: int
-    delivery_id: str
+    ticket: ClaimTicket
+
+    @property
+    def delivery_id(self) -> str:
+        return self.ticket.delivery_id
 
 
 @dataclass(frozen=True, slots=True)
 class _Claimed:
-    """A turn and what claiming its delivery gave."""
+    """A turn, what claiming its delivery gave, and when (``time.monotonic``) it was asked."""
 
     turn: _Turn
     claim: ClaimResult
+    asked_at: float
 
 
 class _Turns:
     """A job's delivery ids, handed to lanes one at a time in order, and each one's outcome."""
 
     def __init__(self, delivery_ids: Sequence[str]) -> None:
-        self._waiting = deque(_Turn(i, d) for i, d in enumerate(delivery_ids))
+        self._waiting = deque(_Turn(i, ClaimTicket(d)) for i, d in enumerate(delivery_ids))
         self._outcomes: list[JobOutcome | None] = [None] * len(delivery_ids)
+        self._set_aside: list[_Turn] = []
 
     def take(self) -> _Turn | None:
         return self._waiting.popleft() if self._waiting else None
 
     def give_back(self, turn: _Turn) -> None:
         self._waiting.appendleft(turn)
+
+    def set_aside(self, turn: _Turn) -> None:
+        """Keep ``turn`` for after the others (its claim lapsed)."""
+        self._set_aside.append(turn)
+
+    def aside(self) -> list[_Turn]:
+        """The turns set aside, in the job's order."""
+        return sorted(self._set_aside, key=lambda t: t.index)
 
     def done(self, turn: _Turn, outcome: JobOutcome) -> None:
         self._outcomes[turn.index] = outcome

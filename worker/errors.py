@@ -15,7 +15,9 @@
      │         └── SecretKeyError             OUTBOX_SECRET_KEY is not a Fernet key
      ├── AccessError                          the caller may not do this
      │    ├── NotAuthenticatedError           no valid API key or session
-     │    └── PermissionDeniedError           the key's role does not allow it
+     │    ├── PermissionDeniedError           the key's role does not allow it
+     │    └── RateLimitedError(retry_after)   over the key's own limit: try again later
+     ├── PayloadTooLargeError                 a request body over the API's limit
      ├── NotFoundError                        the thing asked for does not exist
      │    ├── DeliveryNotFoundError           never created, expired or purged
      │    ├── SettingsNotConfiguredError      no mail settings saved yet
@@ -58,9 +60,11 @@ __all__ = [
     "NotFoundError",
     "NotRetryableError",
     "OutboxError",
+    "PayloadTooLargeError",
     "PermanentError",
     "PermissionDeniedError",
     "QuotaError",
+    "RateLimitedError",
     "RedisUnavailableError",
     "ReportTemplateError",
     "ScheduleNotFoundError",
@@ -165,6 +169,18 @@ class NotAuthenticatedError(AccessError):
 
 class PermissionDeniedError(AccessError):
     """The caller's role does not allow this."""
+
+
+class RateLimitedError(AccessError):
+    """Over the per-minute or per-day limit of the caller's API key; nothing was stored."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PayloadTooLargeError(OutboxError):
+    """A request body over the API's size limit, refused before it is read."""
 
 
 class NotFoundError(OutboxError):

@@ -10,6 +10,8 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from config.process import ProcessSettings
 from config.redis_location import TIMEOUTS
@@ -30,6 +32,7 @@ __all__ = [
     "WorkerRuntime",
     "fastest_event_loop",
     "quiet_http_logs",
+    "worker_redis",
 ]
 
 T = TypeVar("T")
@@ -82,6 +85,19 @@ def quiet_http_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def worker_redis(redis_url: str, **timeouts: float) -> aioredis.Redis:
+    """The worker's Redis client: it gives up on a stalled Redis (``TIMEOUTS``, or
+    ``timeouts``) and never runs a command again by itself.
+
+    A command whose reply was lost (a timeout, a dropped connection) may have run: redis-py's
+    own retries would run a claim or an outcome a second time, unseen. Where that is safe,
+    the caller asks again itself (``worker.records.claims.rerun_on_lost_reply``).
+    """
+    return aioredis.Redis.from_url(
+        redis_url, retry=Retry(NoBackoff(), retries=0), **{**TIMEOUTS, **timeouts}
+    )
+
+
 class WorkerRuntime:
     """Owns one process's loop, Redis client, settings cache and transports."""
 
@@ -95,9 +111,9 @@ class WorkerRuntime:
     ) -> None:
         quiet_http_logs()
         self._loop = EventLoopThread()
-        # Timeouts, so a stalled Redis fails a job (the sweeper runs it again later) instead
-        # of hanging it; redis-py's own retries reconnect when Redis is back.
-        self._redis = aioredis.Redis.from_url(redis_url, **TIMEOUTS)
+        # A stalled Redis fails a job (the sweeper runs it again later) instead of hanging it;
+        # the next command reconnects when Redis is back.
+        self._redis = worker_redis(redis_url)
         options = transport_options(settings)
         self._http = HttpClients.build(options)
 

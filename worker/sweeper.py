@@ -3,7 +3,8 @@ deliveries whose task was lost) and keeps the status indexes bounded.
 
 One worker process sweeps each interval (a lock in Redis); the work of one sweep is bounded.
 Publishing is only ever a hint: the claim decides, so a delivery published twice is sent
-once.
+once. Leases and due times are read by Redis' clock, as the scripts that set them wrote
+them; only publication times (the stamps on tasks) are this host's.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from worker.records import (
     record_key,
     status_index_key,
 )
+from worker.records.claims import rerun_on_lost_reply
 from worker.records.codec import PRIORITY_FIELD, as_text
 from worker.records.scripts import SWEEP, decode_sweep, sweep_call
 
@@ -75,6 +77,7 @@ class Sweeper:
         interval_seconds: float,
         stranded_after_seconds: float,
         retention_seconds: int,
+        # This host's clock: the one its published tasks are stamped with.
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._redis = client
@@ -100,10 +103,13 @@ class Sweeper:
     async def _until_next_sweep(self) -> float:
         """An interval, or less when a delivery is due sooner: an e-mail waiting for its place
         in the sending limit goes out when the place comes, not up to an interval later."""
-        earliest = await self._redis.zrange(DUE_KEY, 0, 0, withscores=True)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zrange(DUE_KEY, 0, 0, withscores=True)
+        pipe.time()
+        earliest, now = await pipe.execute()
         if not earliest:
             return self._interval_seconds
-        due_in = float(earliest[0][1]) - self._clock()
+        due_in = float(earliest[0][1]) - _unix_seconds(now)
         return min(max(due_in, _SOONEST_SECONDS), self._interval_seconds)
 
     async def sweep(self) -> list[str]:
@@ -111,12 +117,15 @@ class Sweeper:
         lock_ms = max(int(self._interval_seconds * 900), 1)
         if not await self._lock(keys=[_LOCK_KEY], args=[self._token, lock_ms]):
             return []  # another worker process sweeps this interval
-        now = self._clock()
+        now = _unix_seconds(await self._redis.time())  # Redis' clock: leases, due times
+        published_at = self._clock()  # what the tasks this sweep publishes are stamped with
         oldest = await asyncio.to_thread(self._queue.oldest_published)
         # A delivery published before the oldest task still waiting has left the queue.
-        published_before = (now if oldest is None else oldest) - PUBLISH_MARGIN_SECONDS
-        candidates = await self._candidates(now, published_before)
-        verdicts = await self._judge(candidates, now, published_before)
+        published_before = (published_at if oldest is None else oldest) - PUBLISH_MARGIN_SECONDS
+        candidates = await self._candidates(now, published_at, published_before)
+        verdicts = await rerun_on_lost_reply(
+            lambda: self._judge(candidates, published_at, published_before)
+        )
         publish = [
             delivery_id
             for delivery_id, verdict in zip(candidates, verdicts, strict=True)
@@ -129,15 +138,18 @@ class Sweeper:
         await self._trim_indexes(now)
         return publish
 
-    async def _candidates(self, now: float, published_before: float) -> list[str]:
-        """Due retries and lapsed claims (the due set), and queued deliveries published long
-        enough ago that no worker took them and that their task has left the queue."""
+    async def _candidates(
+        self, now: float, published_at: float, published_before: float
+    ) -> list[str]:
+        """Due retries and lapsed claims (the due set, by Redis' clock), and queued deliveries
+        published long enough ago that no worker took them and that their task has left the
+        queue (by the publishers' clocks)."""
         pipe = self._redis.pipeline(transaction=False)
         pipe.zrangebyscore(DUE_KEY, "-inf", now, start=0, num=_MOST_PER_SWEEP)
         pipe.zrangebyscore(
             status_index_key(DeliveryStatus.QUEUED),
             "-inf",
-            min(now - self._stranded_after_seconds, published_before),
+            min(published_at - self._stranded_after_seconds, published_before),
             start=0,
             num=_MOST_PER_SWEEP,
         )
@@ -145,15 +157,16 @@ class Sweeper:
         return list(dict.fromkeys(as_text(raw) for raw in (*due, *stranded)))
 
     async def _judge(
-        self, candidates: list[str], now: float, published_before: float
+        self, candidates: list[str], published_at: float, published_before: float
     ) -> list[SweepVerdict]:
+        """Each candidate's verdict; run again after a lost reply, it answers the same."""
         if not candidates:
             return []
         pipe = self._redis.pipeline(transaction=False)
         for delivery_id in candidates:
             call = sweep_call(
                 delivery_id,
-                now=now,
+                published_at=published_at,
                 published_before=published_before,
                 look_again_after=self._stranded_after_seconds,
             )
@@ -177,3 +190,9 @@ class Sweeper:
         for status in FINAL_STATUSES:
             pipe.zremrangebyscore(status_index_key(status), "-inf", expired_before)
         await pipe.execute()
+
+
+def _unix_seconds(time_reply: tuple[int, int]) -> float:
+    """Redis' ``TIME`` reply as unix seconds."""
+    seconds, micros = time_reply
+    return seconds + micros / 1e6

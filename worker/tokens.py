@@ -13,6 +13,7 @@ from pydantic import SecretStr
 from config.mail_settings import OAuthSettings, SmtpSettings
 from worker.errors import ConfigurationError, DeliveryError, TransientError
 from worker.http_errors import transport_error
+from worker.scrubbing import scrub
 
 __all__ = ["ClientCredentials", "TokenSource"]
 
@@ -148,6 +149,4 @@ class TokenSource:
     def _scrub(self, text: str) -> str:
         # The identity platform does not echo secrets, but a proxy or a future message might.
         secret = self._settings.client_secret
-        if secret is not None and secret.get_secret_value():
-            text = text.replace(secret.get_secret_value(), "********")
-        return text
+        return scrub(text, [secret.get_secret_value()] if secret is not None else [])

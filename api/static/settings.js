@@ -232,6 +232,11 @@
     let shown = 0;
     for (const each of problem.errors || [{ field: problem.field, detail: problem.detail }]) {
       if (each.field && showFieldError(each.field, each.detail)) shown += 1;
+      // The saved secret was not kept (e.g. the server changed): the placeholder must no
+      // longer say that leaving it empty keeps it. Cancel or a save puts it back.
+      if (each.field === secretOf(protocolSelect.value)) {
+        input(fieldId(each.field)).placeholder = "";
+      }
     }
     const first = form.querySelector('[aria-invalid="true"]');
     if (first) first.focus();

@@ -156,7 +156,11 @@ def status(delivery_id: str, as_json: JsonFlag = False) -> None:
         typer.echo(json.dumps(summary, indent=2))
         return
     typer.echo(f"{record.id}  {record.status.value}  {record.message.subject!r}")
-    typer.echo(f"created {local_time(record.created_at)}  updated {local_time(record.updated_at)}")
+    typer.echo(
+        f"created {local_time(record.created_at)}"
+        + (f" by the key {record.created_by}" if record.created_by else "")
+        + f"  updated {local_time(record.updated_at)}"
+    )
     if record.waiting_for and record.next_attempt_at:
         typer.echo(f"waiting for {record.waiting_for}, until {local_time(record.next_attempt_at)}")
     elif record.next_attempt_at:

@@ -16,6 +16,7 @@ from worker.errors import KeyNameTakenError
 __all__ = ["CELERY_APP", "processes_app"]
 
 BOOTSTRAP_KEY_NAME = "admin"
+LOOPBACK = "127.0.0.1"
 
 CELERY_APP = "tasks.worker_app"
 _PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
@@ -35,9 +36,18 @@ def worker(ctx: typer.Context) -> None:
 
 @processes_app.command(context_settings=_PASSTHROUGH)
 def flower(ctx: typer.Context) -> None:
-    """Run Flower on the outbox broker (extra arguments go to `celery flower`)."""
+    """Run Flower on the outbox broker, on loopback unless given --address (extra arguments go
+    to `celery flower`)."""
     load_context()
-    _exec_celery(["flower", *ctx.args])
+    _exec_celery(["flower", *_on_loopback_by_default(ctx.args)])
+
+
+def _on_loopback_by_default(arguments: list[str]) -> list[str]:
+    # Flower listens on every interface by default, and without authentication unless it is
+    # configured: as `outbox api`, stay on loopback unless an address is asked for.
+    if "FLOWER_ADDRESS" in os.environ or any(arg.startswith("--address") for arg in arguments):
+        return arguments
+    return [f"--address={LOOPBACK}", *arguments]
 
 
 def _exec_celery(arguments: list[str]) -> NoReturn:
@@ -48,7 +58,7 @@ def _exec_celery(arguments: list[str]) -> NoReturn:
 
 @processes_app.command()
 def api(
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = LOOPBACK,
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
 ) -> None:
     """Serve the HTTP API and the Mail Settings page (uvicorn)."""
@@ -58,7 +68,18 @@ def api(
 
     context = load_context()
     _print_first_admin_key(ApiKeyStore(context.redis), f"http://{host}:{port}/")
-    uvicorn.run(create_app(context), host=host, port=port, log_level="info")
+    trusted = context.settings.forwarded_allow_ips
+    uvicorn.run(
+        create_app(context),
+        host=host,
+        port=port,
+        log_level="info",
+        # X-Forwarded-Proto and -For are believed only from OUTBOX_FORWARDED_ALLOW_IPS: left
+        # to itself uvicorn believes loopback (or $FORWARDED_ALLOW_IPS), so a local user
+        # could claim any client address.
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=trusted,
+    )
 
 
 def _print_first_admin_key(keys: ApiKeyStore, url: str) -> None:

@@ -120,7 +120,9 @@ def settings_set_smtp(
     max_recipients_per_message: MaxRecipientsPerMessage = None,
 ) -> None:
     """Send through an SMTP server. Without --password-stdin (or, with --auth oauth2,
-    --client-secret-stdin) the stored secret is kept."""
+    --client-secret-stdin) the stored secret is kept, as long as the server, port, TLS
+    settings and username (with oauth2: the instance, tenant, client ID and scope) are
+    unchanged; otherwise it must be given again."""
     context = load_context()
     if password_stdin and client_secret_stdin:
         fail("give --password-stdin or --client-secret-stdin, not both", EXIT_USAGE)
@@ -166,7 +168,8 @@ def settings_set_oauth(
     max_recipients_per_day: MaxRecipientsPerDay = None,
     max_recipients_per_message: MaxRecipientsPerMessage = None,
 ) -> None:
-    """Send through Microsoft Graph. Without --client-secret-stdin the stored secret is kept."""
+    """Send through Microsoft Graph. Without --client-secret-stdin the stored secret is kept,
+    as long as the instance, API URL, tenant and client ID are unchanged."""
     context = load_context()
     secret = _read_secret_from_stdin() if client_secret_stdin else None
     _save(

@@ -43,8 +43,9 @@ class ReportService:
         self._producer = producer
         self._renderer = renderer
 
-    def post(self, report: RunReport) -> RunResult:
-        """Send the run's e-mails, or, for a run posted before, say what was sent then."""
+    def post(self, report: RunReport, *, created_by: str | None = None) -> RunResult:
+        """Send the run's e-mails, or, for a run posted before, say what was sent then.
+        ``created_by`` is the API key that posted it: its e-mails are that key's to read."""
         recorded = self._schedules.recorded_run(report.schedule_id, report.run_id)
         if recorded is not None:
             return RunResult.model_validate({**recorded, "repeated": True})
@@ -71,7 +72,7 @@ class ReportService:
                 )
                 for index, recipients in matched
             ]
-            created = self._producer.enqueue_many(messages)
+            created = self._producer.enqueue_many(messages, created_by=created_by)
             delivery_ids = {index: c.id for (index, _), c in zip(matched, created, strict=True)}
         result = RunResult(
             schedule_id=report.schedule_id,

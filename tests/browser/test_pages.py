@@ -239,6 +239,38 @@ def test_save_persists_and_keeps_the_password_secret(admin_page: Page, peer: Smt
     expect(page.get_by_role("status")).to_have_class(re.compile(r"\bok\b"))
 
 
+def test_another_server_needs_the_password_again(
+    admin_page: Page, env: dict[str, str], peer: SmtpPeer
+) -> None:
+    login = ("--tls", "starttls", "--username", SMTP_USER)
+    save_smtp(env, "--server", peer.host, "--port", str(peer.port), *login, password=SMTP_PASSWORD)
+    client = redis.Redis.from_url(env["OUTBOX_REDIS_URL"])
+    saved = client.hgetall(SETTINGS_KEY)
+    page = admin_page
+    page.reload()
+    password = page.get_by_label("SMTP Password")
+    expect(password).to_have_attribute("placeholder", KEEP_SECRET)
+
+    # The password left empty, the server changed: the saved password would go elsewhere.
+    page.get_by_label("SMTP Server", exact=True).fill("mail.example.com")
+    page.get_by_role("button", name="Save").click()
+    expect(password).to_have_attribute("aria-invalid", "true")
+    expect(password).to_have_accessible_description(
+        "the server changed: enter the password again (a saved password is used only with "
+        "the settings it was saved for)"
+    )
+    expect(password).to_be_focused()
+    expect(password).to_have_attribute("placeholder", "")  # no longer "leave empty to keep"
+    expect(page.get_by_role("status")).to_have_text("Not saved: check the marked field.")
+    screenshot(page, "mail-settings-password-again")
+    assert client.hgetall(SETTINGS_KEY) == saved  # nothing was saved
+    client.close()
+
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.get_by_label("SMTP Server", exact=True)).to_have_value(peer.host)
+    expect(password).to_have_attribute("placeholder", KEEP_SECRET)
+
+
 def test_cancel_discards_edits(admin_page: Page, env: dict[str, str]) -> None:
     save_smtp(env, "--server", "mail.example.com", "--port", "2525", "--tls", "none")
     page = admin_page

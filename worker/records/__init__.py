@@ -9,7 +9,8 @@ Redis keys (``outbox:`` prefix; ids are 32 hex digits)::
                                             ``attempt_count``, ``recipients`` JSON,   retention
                                             ``lease_until``, ``next_attempt_at``,     once final
                                             ``last_error``, ``retry_base``,
-                                            ``idempotency_key``, ``updated_at``
+                                            ``idempotency_key``, ``updated_at``,
+                                            ``claim_token`` (the last claim's)
     outbox:msg:{id}:attempts         list   one JSON ``Attempt`` per try              as the record
     outbox:status:{status}           zset   ids in that status, scored by the time    none (the
                                             they entered it (queued: when their task  sweeper drops
@@ -45,8 +46,10 @@ Status transitions, and who makes each one::
     queued                         failed                 producer  mark_unqueued: not published
     queued, retrying, waiting      sending                worker    claim (CLAIM)
     (once due)
-    sending (lease lapsed)         sending                worker    claim: the holder died; its
-                                                                    attempt is recorded "lost"
+    sending (lease lapsed)         sending                worker    claim with take-over, alone
+                                                                    in its process: the holder
+                                                                    died; its attempt is
+                                                                    recorded "lost"
     sending (lease lapsed, the     failed                 worker    claim: a message that kills
     last attempt)                                                   its worker stops here
     sending                        sent, partially_sent,  worker    finish (TRANSITION)
@@ -62,11 +65,12 @@ Status transitions, and who makes each one::
                                                                     the retention TTL runs out
 
 A claim is a lease that its worker renews while the attempt runs (RENEW) and gives up when
-it finishes; a worker that dies lets it lapse within one lease. The sweeper (one worker
-process per interval) reads ``outbox:due`` and the queued index, and publishes again what
-nobody will otherwise run: due retries, lapsed claims, and queued deliveries whose task is no
-longer in the broker's queue (lost with a dead worker, or never published by a producer that
-died).
+it finishes; a worker that dies lets it lapse within one lease. Leases and due times are
+Redis' clock (``TIME`` in the scripts), and a random token names each claim, so a script run
+again after its reply was lost takes effect once. The sweeper (one worker process per
+interval) reads ``outbox:due`` and the queued index, and publishes again what nobody will
+otherwise run: due retries, lapsed claims, and queued deliveries whose task is no longer in
+the broker's queue (lost with a dead worker, or never published by a producer that died).
 Every change of status is one Lua script, so a record, its index entries and its due time
 never disagree.
 """

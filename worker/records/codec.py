@@ -48,6 +48,7 @@ def new_record_fields(
     created_at: float,
     idempotency_key: str | None,
     priority: Priority = Priority.NORMAL,
+    created_by: str | None = None,
 ) -> dict[str, str | bytes]:
     """The fields of a queued record: only what it needs. Counters start at their defaults
     and every recipient is pending until the first attempt: fewer fields, less memory."""
@@ -59,6 +60,8 @@ def new_record_fields(
         fields["idempotency_key"] = idempotency_key
     if priority is not Priority.NORMAL:
         fields[PRIORITY_FIELD] = priority.value  # absent means normal: no bytes for most
+    if created_by:
+        fields["created_by"] = created_by
     return fields
 
 
@@ -115,6 +118,7 @@ def decode_record(
         attempts=tuple(_decode_attempt(a) for a in attempts or ()),
         priority=Priority(text(PRIORITY_FIELD) or Priority.NORMAL.value),
         waiting_for=text("waiting_for"),
+        created_by=text("created_by"),
     )
 
 

@@ -13,7 +13,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from worker.records.scripts import ScriptCall
 
-__all__ = ["GroupCommit"]
+__all__ = ["GroupCommit", "ScriptRun"]
 
 ScriptRun = tuple[AsyncScript, ScriptCall]
 

@@ -8,11 +8,14 @@ __all__ = [
     "ATTEMPT_COUNTERS",
     "DUE_KEY",
     "IDEMPOTENCY_PREFIX",
+    "KEY_DELIVERIES_PREFIX",
     "KEY_PREFIX",
+    "OWNED_IDEMPOTENCY_PREFIX",
     "PAUSE_KEY",
     "STATUS_INDEX_PREFIX",
     "attempts_key",
     "idempotency_key",
+    "key_deliveries_key",
     "record_key",
     "status_index_key",
 ]
@@ -20,6 +23,11 @@ __all__ = [
 KEY_PREFIX = "outbox:"
 STATUS_INDEX_PREFIX = f"{KEY_PREFIX}status:"
 IDEMPOTENCY_PREFIX = f"{KEY_PREFIX}idempotency:"
+# An API key's idempotency keys are its own (two producers never share a delivery by
+# choosing the same key): "{prefix}{key name}:{idempotency key}". Key names hold no ':'.
+OWNED_IDEMPOTENCY_PREFIX = f"{KEY_PREFIX}key-idempotency:"
+# The deliveries each API key created, a zset id -> created at: what a producer may list.
+KEY_DELIVERIES_PREFIX = f"{KEY_PREFIX}key-deliveries:"
 # When the sweeper should look at each delivery that is not final (a zset id -> unix time):
 # a queued one's check, a retry's due time, a claim's lease end.
 DUE_KEY = f"{KEY_PREFIX}due"
@@ -43,5 +51,12 @@ def status_index_key(status: DeliveryStatus) -> str:
     return f"{STATUS_INDEX_PREFIX}{status.value}"
 
 
-def idempotency_key(key: str) -> str:
-    return f"{IDEMPOTENCY_PREFIX}{key}"
+def idempotency_key(key: str, owner: str | None = None) -> str:
+    """Where an idempotency key points to its delivery: per API key when one sent it."""
+    if owner is None:
+        return f"{IDEMPOTENCY_PREFIX}{key}"
+    return f"{OWNED_IDEMPOTENCY_PREFIX}{owner}:{key}"
+
+
+def key_deliveries_key(owner: str) -> str:
+    return f"{KEY_DELIVERIES_PREFIX}{owner}"

@@ -120,6 +120,8 @@ class DeliveryRecord:
     priority: Priority = Priority.NORMAL
     # While waiting: for what ("the sending limit, 30 per minute"); until next_attempt_at.
     waiting_for: str | None = None
+    # The name of the API key that created it; None when the CLI or Python code did.
+    created_by: str | None = None
 
     @property
     def attempts_this_round(self) -> int:
@@ -139,6 +141,7 @@ def record_summary(record: DeliveryRecord) -> dict[str, Any]:
         "next_attempt_at": record.next_attempt_at,
         "last_error": record.last_error,
         "idempotency_key": record.idempotency_key,
+        "created_by": record.created_by,
         "priority": record.priority.value,
         "waiting_for": record.waiting_for,
         "recipients": [asdict(r) for r in record.recipients],

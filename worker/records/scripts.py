@@ -18,16 +18,21 @@ from worker.records.keys import (
     ATTEMPT_COUNTERS,
     DUE_KEY,
     IDEMPOTENCY_PREFIX,
+    KEY_DELIVERIES_PREFIX,
+    OWNED_IDEMPOTENCY_PREFIX,
     PAUSE_KEY,
     STATUS_INDEX_PREFIX,
     attempts_key,
     idempotency_key,
+    key_deliveries_key,
     record_key,
     status_index_key,
 )
 from worker.records.model import Attempt, DeliveryRecord, DeliveryStatus
 
 __all__ = [
+    "ALREADY_DONE",
+    "APPLIED",
     "CLAIM",
     "CREATE",
     "PURGE",
@@ -42,6 +47,7 @@ __all__ = [
     "Created",
     "Early",
     "Exhausted",
+    "Lapsed",
     "Missing",
     "PurgeResult",
     "ScriptCall",
@@ -73,7 +79,8 @@ class ScriptCall:
 
 # --- CREATE: store a queued record, once per idempotency key -------------------------------
 # Its score in the queued index is when it was published (the sweeper's check of lost tasks).
-# KEYS: record, queued index, idempotency key ("" when none)
+# KEYS: record, queued index, idempotency key ("" when none), the API key's deliveries
+#       ("" when no API key sent it)
 # ARGV: id, now, idempotency ttl seconds, field, value, ...
 # -> {1, id} when created, {0, existing id} when the idempotency key was already used.
 CREATE = """
@@ -84,6 +91,7 @@ if KEYS[3] ~= '' then
 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+if KEYS[4] ~= '' then redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1]) end
 return {1, ARGV[1]}
 """
 
@@ -103,12 +111,14 @@ def create_call(
     fields: Mapping[str, str | bytes],
     idempotency: str | None,
     idempotency_ttl_seconds: int,
+    created_by: str | None = None,
 ) -> ScriptCall:
     return ScriptCall(
         keys=[
             record_key(delivery_id),
             status_index_key(DeliveryStatus.QUEUED),
-            idempotency_key(idempotency) if idempotency else "",
+            idempotency_key(idempotency, created_by) if idempotency else "",
+            key_deliveries_key(created_by) if created_by else "",
         ],
         args=[
             delivery_id,
@@ -124,35 +134,54 @@ def decode_create(reply: Sequence[Any]) -> Created:
 
 
 # --- CLAIM: take a delivery for one attempt, and read it with the settings version ---------
-# The claim is a lease, renewed while the attempt runs (RENEW). A claim whose lease ran out
-# belonged to a lost worker: its attempt is recorded as "lost" and counts; once the attempts
-# are used up that way (a message that kills its worker), the delivery fails instead.
-# The sending account's pause (``worker.sending_limits``) comes with the claim, measured by
-# Redis' clock: a paused account costs its workers no extra round trip to notice.
+# The claim is a lease, renewed while the attempt runs (RENEW) and measured by Redis' clock
+# (TIME), never a worker's: a host whose clock runs ahead cannot take over a live claim.
+# The worker names each claim with a random token, kept on the record: RENEW and TRANSITION
+# act only for the claim that holds it, and this script run again with the same token (its
+# reply was lost) answers "claimed" again instead of "busy".
+# A claim whose lease ran out belonged to a lost worker, perhaps killed by this very message:
+# it is taken over only by a claim that asks to (the worker then attempts it alone in its
+# process), its attempt recorded as "lost" and counted; once the attempts are used up that
+# way (a message that kills its worker), any claim fails the delivery instead.
+# The sending account's pause (``worker.sending_limits``) comes with the claim: a paused
+# account costs its workers no extra round trip to notice.
 # KEYS: record, settings hash, attempts list, attempt counters, due, account pause
-# ARGV: id, now, lease seconds, status index prefix, max attempts, retention seconds
-# -> {'missing'} | {'final', status} | {'busy', lease_until} | {'early', next_attempt_at}
-#    | {'exhausted', reason}
+# ARGV: id, claim token, lease seconds, status index prefix, max attempts, retention seconds,
+#       take over a lapsed claim ('1' | '0')
+# -> {'missing'} | {'final', status} | {'busy', lease_until} | {'lapsed'}
+#    | {'early', next_attempt_at} | {'exhausted', reason}
 #    | {'claimed', version, {field, value, ...}, paused for seconds, account, reason}
 CLAIM = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local function claimed()
+  local version = redis.call('HGET', KEYS[2], 'version') or '0'
+  local pause = redis.call('HMGET', KEYS[6], 'until', 'account', 'reason')
+  local paused_for = '0'
+  if pause[1] then paused_for = tostring(tonumber(pause[1]) - now) end
+  return {'claimed', version, redis.call('HGETALL', KEYS[1]), paused_for, pause[2] or '',
+    pause[3] or ''}
+end
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing'} end
 if status == 'sent' or status == 'partially_sent' or status == 'failed' then
   return {'final', status}
 end
-local now = tonumber(ARGV[2])
 if status == 'sending' then
+  if redis.call('HGET', KEYS[1], 'claim_token') == ARGV[2] then return claimed() end
   local lease = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
   if lease > now then return {'busy', tostring(lease)} end
   local number = tonumber(redis.call('HGET', KEYS[1], 'attempt_count') or '0')
+  local used = number - tonumber(redis.call('HGET', KEYS[1], 'retry_base') or '0')
+  local last = used >= tonumber(ARGV[5])
+  if not last and ARGV[7] ~= '1' then return {'lapsed'} end
   redis.call('RPUSH', KEYS[3], cjson.encode({
     number = number,
     started_at = tonumber(redis.call('HGET', KEYS[1], 'updated_at')),
     duration_ms = 0, outcome = 'lost',
     error = 'the worker was lost during this attempt; its claim expired'}))
   redis.call('HINCRBY', KEYS[4], 'lost', 1)
-  local used = number - tonumber(redis.call('HGET', KEYS[1], 'retry_base') or '0')
-  if used >= tonumber(ARGV[5]) then
+  if last then
     local reason = 'the worker was lost during attempt ' .. number .. ', the last of '
       .. ARGV[5] .. ' allowed; not tried again'
     local recipients = redis.call('HGET', KEYS[1], 'recipients')
@@ -166,8 +195,9 @@ if status == 'sending' then
       end
       redis.call('HSET', KEYS[1], 'recipients', cjson.encode(decoded))
     end
-    redis.call('HSET', KEYS[1], 'status', 'failed', 'updated_at', ARGV[2], 'lease_until', '0',
-      'last_error', reason, 'next_attempt_at', '')
+    redis.call('HSET', KEYS[1], 'status', 'failed', 'updated_at', tostring(now),
+      'lease_until', '0', 'last_error', reason, 'next_attempt_at', '')
+    redis.call('HDEL', KEYS[1], 'claim_token')
     redis.call('ZREM', ARGV[4] .. 'sending', ARGV[1])
     redis.call('ZADD', ARGV[4] .. 'failed', now, ARGV[1])
     redis.call('ZREM', KEYS[5], ARGV[1])
@@ -183,20 +213,12 @@ if status == 'retrying' or status == 'waiting' then
 end
 local lease_until = now + tonumber(ARGV[3])
 redis.call('HINCRBY', KEYS[1], 'attempt_count', 1)
-redis.call('HSET', KEYS[1], 'status', 'sending', 'updated_at', ARGV[2],
-  'lease_until', tostring(lease_until))
+redis.call('HSET', KEYS[1], 'status', 'sending', 'updated_at', tostring(now),
+  'lease_until', tostring(lease_until), 'claim_token', ARGV[2])
 redis.call('ZREM', ARGV[4] .. status, ARGV[1])
 redis.call('ZADD', ARGV[4] .. 'sending', now, ARGV[1])
 redis.call('ZADD', KEYS[5], lease_until, ARGV[1])
-local version = redis.call('HGET', KEYS[2], 'version') or '0'
-local pause = redis.call('HMGET', KEYS[6], 'until', 'account', 'reason')
-local paused_for = '0'
-if pause[1] then
-  local t = redis.call('TIME')
-  paused_for = tostring(tonumber(pause[1]) - tonumber(t[1]) - tonumber(t[2]) / 1000000)
-end
-return {'claimed', version, redis.call('HGETALL', KEYS[1]), paused_for, pause[2] or '',
-  pause[3] or ''}
+return claimed()
 """
 
 
@@ -211,10 +233,12 @@ class AccountPause:
 
 @dataclass(frozen=True, slots=True)
 class Claimed:
-    """This process now owns the delivery for one attempt (until the lease runs out)."""
+    """This process now owns the delivery for one attempt (until the lease runs out), under
+    the claim named ``token``."""
 
     record: DeliveryRecord
     settings_version: int
+    token: str
     pause: AccountPause | None = None
 
 
@@ -230,6 +254,12 @@ class Busy:
     """Another process holds the delivery; look again when its lease ends."""
 
     lease_until: float
+
+
+@dataclass(frozen=True, slots=True)
+class Lapsed:
+    """The process that held the delivery died mid-attempt (its lease ran out), perhaps killed
+    by this message: only a claim that takes over, made alone in its process, takes it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,23 +283,26 @@ class Exhausted:
 
 @dataclass(frozen=True, slots=True)
 class Unreadable:
-    """Claimed, but the record cannot be decoded: it fails instead of blocking its task."""
+    """Claimed (under ``token``), but the record cannot be decoded: it fails instead of
+    blocking its task."""
 
     attempt_count: int
     reason: str
+    token: str
 
 
-ClaimResult = Claimed | AlreadyFinal | Busy | Early | Exhausted | Missing | Unreadable
+ClaimResult = Claimed | AlreadyFinal | Busy | Lapsed | Early | Exhausted | Missing | Unreadable
 
 
 def claim_call(
     delivery_id: str,
     *,
-    now: float,
+    token: str,
     lease_seconds: float,
     settings_key: str,
     max_attempts: int,
     retention_seconds: int,
+    take_over: bool = False,
 ) -> ScriptCall:
     return ScriptCall(
         keys=[
@@ -282,16 +315,17 @@ def claim_call(
         ],
         args=[
             delivery_id,
-            repr(now),
+            token,
             repr(lease_seconds),
             STATUS_INDEX_PREFIX,
             max_attempts,
             retention_seconds,
+            "1" if take_over else "0",
         ],
     )
 
 
-def decode_claim(delivery_id: str, reply: Sequence[Any]) -> ClaimResult:
+def decode_claim(delivery_id: str, token: str, reply: Sequence[Any]) -> ClaimResult:
     match as_text(reply[0]):
         case "missing":
             return Missing()
@@ -299,6 +333,8 @@ def decode_claim(delivery_id: str, reply: Sequence[Any]) -> ClaimResult:
             return AlreadyFinal(DeliveryStatus(as_text(reply[1])))
         case "busy":
             return Busy(float(reply[1]))
+        case "lapsed":
+            return Lapsed()
         case "early":
             return Early(float(reply[1]))
         case "exhausted":
@@ -310,32 +346,50 @@ def decode_claim(delivery_id: str, reply: Sequence[Any]) -> ClaimResult:
         AccountPause(as_text(reply[4]), paused_for, as_text(reply[5])) if paused_for > 0 else None
     )
     try:
-        return Claimed(
-            decode_record(delivery_id, fields), settings_version=int(reply[1]), pause=pause
-        )
+        record = decode_record(delivery_id, fields)
     except (ValueError, KeyError, TypeError) as exc:
         return Unreadable(
             int(fields.get(b"attempt_count", b"0")),
             f"the stored record cannot be read ({type(exc).__name__}); it was not sent",
+            token,
         )
+    return Claimed(record, settings_version=int(reply[1]), token=token, pause=pause)
 
 
 # --- TRANSITION: move a record to a new status if it is still as the caller saw it ---------
-# The guard field must still hold the guard value; the attempt (if any) is appended and
-# counted, the expiry set (final statuses) or cleared, and the delivery's due time set (a
-# retry's) or dropped (final, or queued: the queued index holds those).
+# The guard field must still hold the guard value; a worker's transition also names its
+# claim, and changes nothing unless the record still holds that claim's token (none when the
+# claim was taken over, or the delivery reset by an operator). The same transition run again
+# (its reply was lost) finds the record moved on under its own token: it answers "already
+# done" and adds nothing, no second attempt.
+# The attempt (if any) is appended and counted, the expiry set (final statuses) or cleared,
+# and the delivery's due time set, so many seconds from now (a retry's or a wait's, also
+# written as next_attempt_at), or dropped (final, or queued: the queued index holds those).
+# "Now" is Redis' clock, unless the caller gives its own: an operator's transition to queued
+# is scored in the clock that stamps the task it publishes (the sweeper compares the two).
 # KEYS: record, attempts list, attempt counters, due
-# ARGV: id, now, guard field, guard value, new status, status index prefix,
-#       expire seconds (0 = keep forever), attempt json ("" = none), attempt outcome,
-#       due at ("" = not due), field, value, ...
-# -> 1 when applied, 0 when the guard no longer holds (or the record is gone).
+# ARGV: id, now ("" = Redis' clock), guard field, guard value, new status, status index
+#       prefix, expire seconds (0 = keep forever), attempt json ("" = none), attempt outcome,
+#       due in seconds ("" = not due), claim token ("" = not a claim's), field, value, ...
+# -> 1 when applied, 0 when the guard or the claim no longer holds (or the record is gone),
+#    2 when this claim's transition was applied before (a call run again).
 TRANSITION = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 0 end
-if redis.call('HGET', KEYS[1], ARGV[3]) ~= ARGV[4] then return 0 end
+local token = ARGV[11]
+if token ~= '' and redis.call('HGET', KEYS[1], 'claim_token') ~= token then return 0 end
+if redis.call('HGET', KEYS[1], ARGV[3]) ~= ARGV[4] then
+  if token ~= '' then return 2 end
+  return 0
+end
+local now = tonumber(ARGV[2])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
 redis.call('ZREM', ARGV[6] .. status, ARGV[1])
-redis.call('ZADD', ARGV[6] .. ARGV[5], ARGV[2], ARGV[1])
-redis.call('HSET', KEYS[1], 'status', ARGV[5], 'updated_at', ARGV[2], unpack(ARGV, 11))
+redis.call('ZADD', ARGV[6] .. ARGV[5], now, ARGV[1])
+redis.call('HSET', KEYS[1], 'status', ARGV[5], 'updated_at', tostring(now), unpack(ARGV, 12))
 if ARGV[8] ~= '' then
   redis.call('RPUSH', KEYS[2], ARGV[8])
   redis.call('HINCRBY', KEYS[3], ARGV[9], 1)
@@ -343,7 +397,9 @@ end
 if ARGV[10] == '' then
   redis.call('ZREM', KEYS[4], ARGV[1])
 else
-  redis.call('ZADD', KEYS[4], ARGV[10], ARGV[1])
+  local due = now + tonumber(ARGV[10])
+  redis.call('ZADD', KEYS[4], due, ARGV[1])
+  redis.call('HSET', KEYS[1], 'next_attempt_at', tostring(due))
 end
 local ttl = tonumber(ARGV[7])
 if ttl > 0 then
@@ -355,16 +411,19 @@ else
 end
 return 1
 """
+# TRANSITION's replies.
+APPLIED, ALREADY_DONE = 1, 2
 
 
 def transition_call(
     delivery_id: str,
     *,
-    now: float,
     guard: tuple[str, str],
     status: DeliveryStatus,
     expire_seconds: int,
-    due_at: float | None,
+    now: float | None = None,
+    due_in: float | None = None,
+    claim_token: str | None = None,
     attempt: Attempt | None = None,
     fields: Mapping[str, str] | None = None,
 ) -> ScriptCall:
@@ -372,7 +431,7 @@ def transition_call(
         keys=[record_key(delivery_id), attempts_key(delivery_id), ATTEMPT_COUNTERS, DUE_KEY],
         args=[
             delivery_id,
-            repr(now),
+            repr(now) if now is not None else "",
             guard[0],
             guard[1],
             status.value,
@@ -380,21 +439,24 @@ def transition_call(
             str(expire_seconds),
             encode_attempt(attempt) if attempt else "",
             attempt.outcome.value if attempt else "",
-            repr(due_at) if due_at is not None else "",
+            repr(due_in) if due_in is not None else "",
+            claim_token or "",
             *(item for pair in (fields or {}).items() for item in pair),
         ],
     )
 
 
 def decode_transition(reply: Any) -> bool:
-    """True when the transition was applied."""
-    return bool(reply)
+    """True when the transition took effect: now, or (a claim's, run again) before."""
+    return int(reply) in (APPLIED, ALREADY_DONE)
 
 
 # --- PURGE: delete a record that is still final and older than the cutoff ------------------
-# A retry between the purge's listing and this call keeps it. The attempts, the index entry
+# A retry between the purge's listing and this call keeps it. The attempts, the index entries
 # and the idempotency key go with it.
-# KEYS: record, attempts list, due; ARGV: id, cutoff, status index prefix, idempotency prefix
+# KEYS: record, attempts list, due
+# ARGV: id, cutoff, status index prefix, idempotency prefix, an API key's idempotency prefix,
+#       an API key's deliveries prefix
 # -> 1 when deleted, 0 when kept, -1 when the record was already gone (expired)
 PURGE = """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -404,7 +466,12 @@ if tonumber(redis.call('HGET', KEYS[1], 'updated_at') or '0') >= tonumber(ARGV[2
   return 0
 end
 local key = redis.call('HGET', KEYS[1], 'idempotency_key')
-if key then redis.call('DEL', ARGV[4] .. key) end
+local owner = redis.call('HGET', KEYS[1], 'created_by')
+if key then
+  if owner then redis.call('DEL', ARGV[5] .. owner .. ':' .. key)
+  else redis.call('DEL', ARGV[4] .. key) end
+end
+if owner then redis.call('ZREM', ARGV[6] .. owner, ARGV[1]) end
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('ZREM', ARGV[3] .. status, ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
@@ -421,7 +488,14 @@ class PurgeResult:
 def purge_call(delivery_id: str, *, cutoff: float) -> ScriptCall:
     return ScriptCall(
         keys=[record_key(delivery_id), attempts_key(delivery_id), DUE_KEY],
-        args=[delivery_id, repr(cutoff), STATUS_INDEX_PREFIX, IDEMPOTENCY_PREFIX],
+        args=[
+            delivery_id,
+            repr(cutoff),
+            STATUS_INDEX_PREFIX,
+            IDEMPOTENCY_PREFIX,
+            OWNED_IDEMPOTENCY_PREFIX,
+            KEY_DELIVERIES_PREFIX,
+        ],
     )
 
 
@@ -429,33 +503,41 @@ def decode_purge(reply: Any) -> PurgeResult:
     return PurgeResult(deleted=int(reply) > 0, already_gone=int(reply) < 0)
 
 
-# --- RENEW: extend (or, with lease_until = now, give up) the lease of a claim still ours ----
-# KEYS: record, due; ARGV: id, attempt count of the claim, lease until
+# --- RENEW: extend (or, with no seconds, give up) the lease of a claim still ours ----------
+# By Redis' clock; the claim is ours while the record is sending under its token. Run again,
+# it only sets the same lease again.
+# KEYS: record, due; ARGV: id, claim token, lease seconds (0: it ends now, to be taken over)
 # -> 1 when the claim is still ours and was renewed, 0 when it was lost meanwhile.
 RENEW = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'sending' then return 0 end
-if redis.call('HGET', KEYS[1], 'attempt_count') ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], 'lease_until', ARGV[3])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+if redis.call('HGET', KEYS[1], 'claim_token') ~= ARGV[2] then return 0 end
+local t = redis.call('TIME')
+local lease_until = tonumber(t[1]) + tonumber(t[2]) / 1000000 + tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], 'lease_until', tostring(lease_until))
+redis.call('ZADD', KEYS[2], lease_until, ARGV[1])
 return 1
 """
 
 
-def renew_call(delivery_id: str, *, attempt_count: int, lease_until: float) -> ScriptCall:
+def renew_call(delivery_id: str, *, token: str, lease_seconds: float) -> ScriptCall:
     return ScriptCall(
         keys=[record_key(delivery_id), DUE_KEY],
-        args=[delivery_id, str(attempt_count), repr(lease_until)],
+        args=[delivery_id, token, repr(lease_seconds)],
     )
 
 
 # --- SWEEP: decide, for one delivery the sweeper looks at, whether to publish it -----------
+# Leases are compared by Redis' clock. The queued index holds when each queued delivery's
+# task was published, in the clock that stamped the task (the publisher's): "published at"
+# (the sweeper's own, for the tasks it publishes) and "published before" are in those.
 # sending: a lease that ran out (the holder died): published, so a worker takes it over.
-# retrying: its retry is due: queued again, and published.
+# retrying, waiting: its due time came: queued again, and published.
 # queued: published again when its task can no longer be waiting in the broker's queue (it
 #   was published before the oldest task still waiting there).
-# A delivery published here is scored "published now" in the queued index.
-# KEYS: record, due; ARGV: id, now, status index prefix, published before (the oldest
-#   waiting task's publication time, less a margin), look again after (seconds)
+# Run again with the same arguments (its reply was lost), it answers the same: a delivery it
+# queued carries its own "published at".
+# KEYS: record, due; ARGV: id, published at, status index prefix, published before (the
+#   oldest waiting task's publication time, less a margin), look again after (seconds)
 # -> 'publish' | 'waiting' | 'held' | 'gone'
 SWEEP = """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -463,7 +545,8 @@ if not status or status == 'sent' or status == 'partially_sent' or status == 'fa
   redis.call('ZREM', KEYS[2], ARGV[1])
   return 'gone'
 end
-local now = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 if status == 'sending' then
   local lease = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
   if lease > now then
@@ -476,13 +559,14 @@ end
 local queued = ARGV[3] .. 'queued'
 if status == 'queued' then
   local published = tonumber(redis.call('ZSCORE', queued, ARGV[1]) or '0')
+  if published == tonumber(ARGV[2]) then return 'publish' end
   if published >= tonumber(ARGV[4]) then return 'waiting' end
 else
-  redis.call('HSET', KEYS[1], 'status', 'queued', 'updated_at', ARGV[2])
+  redis.call('HSET', KEYS[1], 'status', 'queued', 'updated_at', tostring(now))
   redis.call('ZREM', ARGV[3] .. status, ARGV[1])
   redis.call('ZREM', KEYS[2], ARGV[1])
 end
-redis.call('ZADD', queued, now, ARGV[1])
+redis.call('ZADD', queued, ARGV[2], ARGV[1])
 return 'publish'
 """
 
@@ -495,13 +579,13 @@ class SweepVerdict(StrEnum):
 
 
 def sweep_call(
-    delivery_id: str, *, now: float, published_before: float, look_again_after: float
+    delivery_id: str, *, published_at: float, published_before: float, look_again_after: float
 ) -> ScriptCall:
     return ScriptCall(
         keys=[record_key(delivery_id), DUE_KEY],
         args=[
             delivery_id,
-            repr(now),
+            repr(published_at),
             STATUS_INDEX_PREFIX,
             repr(published_before),
             repr(look_again_after),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import heapq
+import math
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -12,7 +14,12 @@ import redis
 from worker.errors import DeliveryNotFoundError, InvalidInputError, NotRetryableError
 from worker.message import OutgoingMessage
 from worker.records.codec import as_text, decode_record, encode_recipients, new_record_fields
-from worker.records.keys import attempts_key, record_key, status_index_key
+from worker.records.keys import (
+    attempts_key,
+    key_deliveries_key,
+    record_key,
+    status_index_key,
+)
 from worker.records.model import (
     FINAL_STATUSES,
     RETRYABLE_STATUSES,
@@ -44,6 +51,7 @@ class NewDelivery:
     message: OutgoingMessage
     idempotency_key: str | None = None
     priority: Priority = Priority.NORMAL
+    created_by: str | None = None  # the API key's name, when one sent it
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,23 +60,33 @@ class Page:
     next_cursor: str | None  # None on the last page
 
 
-@dataclass(frozen=True, slots=True)
-class _Cursor:
-    """Where a page ended: the last score, and how many records of that score were shown."""
+@dataclass(frozen=True, slots=True, order=True)
+class _Position:
+    """A place in newest-first order: the index score, then the id (ties of one score are
+    ordered by id, as Redis orders them). A cursor is the last position a page showed."""
 
     score: float
-    skip: int
+    id: str
 
     def __str__(self) -> str:
-        return f"{self.score!r}_{self.skip}"
+        return f"{self.score!r}_{self.id}"
 
     @classmethod
-    def parse(cls, text: str) -> _Cursor:
+    def parse(cls, text: str) -> _Position:
+        score, _, delivery_id = text.rpartition("_")
         try:
-            score, skip = text.split("_")
-            return cls(float(score), int(skip))
+            position = cls(float(score), delivery_id)
+            if not _ID.match(delivery_id) or not math.isfinite(position.score):
+                raise ValueError(text)
+            return position
         except ValueError:
             raise InvalidInputError("not a cursor this API gave out", field="cursor") from None
+
+
+_ID = re.compile(r"^[0-9a-f]{1,64}$")
+# Records a producer's filtered page reads at most, so that one request stays bounded even
+# when few of its deliveries match; the page then ends early with a cursor to go on.
+_MAX_SCANNED = 1000
 
 
 class DeliveryStore:
@@ -94,9 +112,11 @@ class DeliveryStore:
                     created_at=now,
                     idempotency_key=delivery.idempotency_key,
                     priority=delivery.priority,
+                    created_by=delivery.created_by,
                 ),
                 idempotency=delivery.idempotency_key,
                 idempotency_ttl_seconds=self._retention_seconds,
+                created_by=delivery.created_by,
             )
             self._create(keys=call.keys, args=call.args, client=pipe)
         return [decode_create(reply) for reply in pipe.execute()]
@@ -127,52 +147,80 @@ class DeliveryStore:
         return self.page(status, limit).records
 
     def page(
-        self, status: DeliveryStatus | None = None, limit: int = 50, after: str | None = None
+        self,
+        status: DeliveryStatus | None = None,
+        limit: int = 50,
+        after: str | None = None,
+        *,
+        created_by: str | None = None,
     ) -> Page:
-        """One page of records, newest status change first; ``after`` is the previous page's
-        ``next_cursor``. Ties (a batch enqueued at one instant) are ordered by id."""
-        cursor = _Cursor.parse(after) if after else None
-        skip = cursor.skip if cursor else 0
-        newest_first = self._newest(status, limit + skip, cursor.score if cursor else None)
-        if cursor is not None:
-            ties = [row for row in newest_first[:skip] if row[0] == cursor.score]
-            newest_first = newest_first[len(ties) :]
-        rows = newest_first[:limit]
-        pipe = self._redis.pipeline(transaction=False)
-        for _, delivery_id in rows:
-            pipe.hgetall(record_key(delivery_id))
-        records = []
-        for (_, delivery_id), fields in zip(rows, pipe.execute(), strict=True):
-            # Expired records leave their id in an index; this is where it is noticed.
-            if fields:
-                records.append(decode_record(delivery_id, fields))
-            else:
-                self.forget_ids([delivery_id])
-        next_cursor = None
-        if len(rows) == limit and rows:
-            last_score = rows[-1][0]
-            same = sum(1 for score, _ in rows if score == last_score)
-            carried = skip if cursor is not None and cursor.score == last_score else 0
-            next_cursor = str(_Cursor(last_score, same + carried))
-        return Page(records, next_cursor)
+        """One page of records, newest first; ``after`` is the previous page's ``next_cursor``.
 
-    def _newest(
-        self, status: DeliveryStatus | None, count: int, at_most: float | None
-    ) -> list[tuple[float, str]]:
-        statuses = [status] if status else list(DeliveryStatus)
+        Without ``created_by``, newest status change first. With it, only the deliveries
+        that API key created, newest first; a status filter is then applied to them.
+        """
+        position = _Position.parse(after) if after else None
+        if created_by is None:
+            statuses = [status] if status else list(DeliveryStatus)
+            indexes = [status_index_key(each) for each in statuses]
+            wanted = None
+        else:
+            indexes = [key_deliveries_key(created_by)]
+            wanted = status
+        records: list[DeliveryRecord] = []
+        scanned = 0
+        while len(records) < limit and scanned < _MAX_SCANNED:
+            rows = self._rows_after(indexes, position, limit - len(records))
+            if not rows:
+                return Page(records, None)
+            scanned += len(rows)
+            position = rows[-1]
+            records += self._read_matching([row.id for row in rows], wanted, indexes)
+        return Page(records, str(position) if position else None)
+
+    def _read_matching(
+        self, delivery_ids: list[str], status: DeliveryStatus | None, indexes: list[str]
+    ) -> list[DeliveryRecord]:
         pipe = self._redis.pipeline(transaction=False)
-        for each in statuses:
-            pipe.zrevrangebyscore(
-                status_index_key(each),
-                "+inf" if at_most is None else repr(at_most),
-                "-inf",
-                start=0,
-                num=count,
-                withscores=True,
-            )
-        return heapq.nlargest(
-            count, ((score, as_text(raw)) for rows in pipe.execute() for raw, score in rows)
-        )
+        for delivery_id in delivery_ids:
+            pipe.hgetall(record_key(delivery_id))
+        found = []
+        for delivery_id, fields in zip(delivery_ids, pipe.execute(), strict=True):
+            # Expired records leave their id in an index; this is where it is noticed.
+            if not fields:
+                self.forget_ids([delivery_id], also_in=indexes)
+                continue
+            record = decode_record(delivery_id, fields)
+            if status is None or record.status is status:
+                found.append(record)
+        return found
+
+    def _rows_after(
+        self, indexes: list[str], position: _Position | None, count: int
+    ) -> list[_Position]:
+        """The next ``count`` positions after ``position`` (newest first) over ``indexes``.
+
+        Only the ids sharing the cursor's exact score are read besides the ``count`` below
+        it, so a cursor costs what its page costs, whatever it says.
+        """
+        pipe = self._redis.pipeline(transaction=False)
+        for index in indexes:
+            if position is not None:
+                pipe.zrangebyscore(index, repr(position.score), repr(position.score))
+            below = "+inf" if position is None else f"({position.score!r}"
+            pipe.zrevrangebyscore(index, below, "-inf", start=0, num=count, withscores=True)
+        replies = pipe.execute()
+        rows: list[_Position] = []
+        step = 1 if position is None else 2
+        for at in range(0, len(replies), step):
+            if position is not None:
+                rows += (
+                    _Position(position.score, delivery_id)
+                    for raw in replies[at]
+                    if (delivery_id := as_text(raw)) < position.id
+                )
+            rows += (_Position(score, as_text(raw)) for raw, score in replies[at + step - 1])
+        return heapq.nlargest(count, rows)
 
     def reset_for_retry(self, delivery_id: str) -> DeliveryRecord:
         """Queue a failed (or partially sent) delivery again: its failed recipients become pending.
@@ -198,7 +246,6 @@ class DeliveryStore:
                 guard=("status", record.status.value),
                 status=DeliveryStatus.QUEUED,
                 expire_seconds=0,
-                due_at=None,
                 fields={
                     "recipients": encode_recipients(recipients),
                     "retry_base": str(record.attempt_count),
@@ -220,7 +267,6 @@ class DeliveryStore:
                 guard=("status", DeliveryStatus.QUEUED.value),
                 status=DeliveryStatus.FAILED,
                 expire_seconds=self._retention_seconds,
-                due_at=None,
                 fields={"last_error": reason},
             )
         )
@@ -246,13 +292,13 @@ class DeliveryStore:
         )
         return sum(result.deleted for result in results)
 
-    def forget_ids(self, delivery_ids: list[str]) -> None:
-        """Drop ids from every status index (their records are gone)."""
+    def forget_ids(self, delivery_ids: list[str], *, also_in: Sequence[str] = ()) -> None:
+        """Drop ids from every status index, and from ``also_in`` (their records are gone)."""
         if not delivery_ids:
             return
         pipe = self._redis.pipeline(transaction=False)
-        for status in DeliveryStatus:
-            pipe.zrem(status_index_key(status), *delivery_ids)
+        for index in {*map(status_index_key, DeliveryStatus), *also_in}:
+            pipe.zrem(index, *delivery_ids)
         pipe.execute()
 
     def _run_transition(self, call: ScriptCall) -> bool:

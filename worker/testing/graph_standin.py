@@ -258,6 +258,11 @@ class GraphStandIn:
             for token in self._tokens:
                 self._tokens[token] = float("-inf")
 
+    def issued_tokens(self) -> list[str]:
+        """Every access token the identity platform issued, oldest first."""
+        with self._lock:
+            return list(self._tokens)
+
     def token_scope(self, token: str) -> str | None:
         """The scope an access token was issued for; None if it is unknown or expired."""
         with self._lock:

@@ -17,6 +17,7 @@ from worker.graph_message import GraphMessage, build_graph_message
 from worker.http_errors import graph_error, transport_error
 from worker.message import Attachment, OutgoingMessage
 from worker.records import RecipientOutcome, RecipientState
+from worker.scrubbing import scrub_error
 from worker.tokens import TokenSource
 from worker.transports.base import SendResult
 
@@ -114,7 +115,8 @@ class GraphTransport:
             token = await self._tokens.refresh()
             response = await self._request_in_slot(method, url, token, **kwargs)
         if response.is_error:
-            raise graph_error(response, time.time())
+            # Graph, or a proxy before it, may quote the request; the token is kept out.
+            raise scrub_error(graph_error(response, time.time()), (token,))
         return response
 
     async def _request_in_slot(

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import socket
 import ssl
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import aiosmtplib
 from aiosmtplib import SMTPStatus
+from aiosmtplib.auth import auth_login_encode, auth_plain_encode, auth_xoauth2_encode
 
 from config.addresses import needs_smtputf8
 from config.mail_settings import SmtpAuth, SmtpSettings, TlsMode
@@ -37,6 +40,7 @@ from worker.errors import (
 from worker.message import OutgoingMessage
 from worker.mime import build_mime
 from worker.records import RecipientOutcome, RecipientState
+from worker.scrubbing import scrub, scrub_error
 from worker.tls import TlsContexts
 from worker.tokens import TokenSource
 from worker.transports.base import SendResult, refused_recipient
@@ -143,6 +147,59 @@ def _causes(exc: BaseException) -> list[BaseException]:
     return chain
 
 
+class _SentSecrets:
+    """What a transport sent that must never come back out of it in an error or a reply: the
+    password (plain, and base64 as AUTH PLAIN and LOGIN send it), the client secret, and the
+    latest access tokens (plain, and as AUTH XOAUTH2 sends them). A server may quote any of
+    them in a reply, and replies end up in delivery records, attempts and API answers."""
+
+    # Access tokens remembered: enough for a refresh or two while a send is in flight.
+    TOKENS_KEPT = 4
+
+    def __init__(self, settings: SmtpSettings) -> None:
+        fixed: list[str] = []
+        mailbox = settings.login_mailbox
+        if settings.password is not None:
+            password = settings.password.get_secret_value()
+            _, as_login = auth_login_encode(mailbox or "", password)
+            fixed.extend((password, as_login.decode()))
+            if mailbox:
+                fixed.append(auth_plain_encode(mailbox, password).decode())
+        if settings.client_secret is not None:
+            fixed.append(settings.client_secret.get_secret_value())
+        self._fixed = tuple(fixed)
+        self._tokens: deque[str] = deque(maxlen=2 * self.TOKENS_KEPT)
+
+    def token_sent(self, mailbox: str, token: str) -> None:
+        if token not in self._tokens:
+            self._tokens.extend((token, auth_xoauth2_encode(mailbox, token).decode()))
+
+    def _all(self) -> tuple[str, ...]:
+        return (*self._fixed, *self._tokens)
+
+    def scrub_in_place(self, error: DeliveryError) -> None:
+        """Scrub ``error`` in place: whoever catches it sees the same error, scrubbed."""
+        scrub_error(error, self._all())
+
+    def result(self, result: SendResult) -> SendResult:
+        """``result`` with the replies of its recipients, its own and its quota's scrubbed."""
+        secrets = self._all()
+        if not secrets:
+            return result
+
+        def text(reply: str | None) -> str | None:
+            return scrub(reply, secrets) if reply is not None else None
+
+        return dataclasses.replace(
+            result,
+            recipients=tuple(
+                dataclasses.replace(r, reply=text(r.reply)) for r in result.recipients
+            ),
+            reply=text(result.reply),
+            quota=scrub_error(result.quota, secrets) if result.quota is not None else None,
+        )
+
+
 class SmtpTransport:
     """Sends through one SMTP server with up to ``max_connections`` sessions kept open."""
 
@@ -160,6 +217,7 @@ class SmtpTransport:
             raise ValueError("SMTP with auth oauth2 needs a token source")
         self._settings = settings
         self._tokens = tokens
+        self._secrets = _SentSecrets(settings)
         self._tls_context = tls.for_settings(settings.accept_any_certificate)
         self._timeout = timeout
         self._local_hostname = local_hostname
@@ -172,6 +230,24 @@ class SmtpTransport:
         return f"{self._settings.server}:{self._settings.port}"
 
     async def send(
+        self, message: OutgoingMessage, recipients: Sequence[str], date: float
+    ) -> SendResult:
+        """Send ``message`` to ``recipients``; nothing it returns or raises quotes a secret."""
+        try:
+            result = await self._send(message, recipients, date)
+        except DeliveryError as error:
+            self._secrets.scrub_in_place(error)
+            raise
+        return self._secrets.result(result)
+
+    async def verify(self) -> None:
+        try:
+            await _quit(await self._connect())
+        except DeliveryError as error:
+            self._secrets.scrub_in_place(error)
+            raise
+
+    async def _send(
         self, message: OutgoingMessage, recipients: Sequence[str], date: float
     ) -> SendResult:
         # Built once per send, in the form the session negotiates (with or without SMTPUTF8).
@@ -188,9 +264,6 @@ class SmtpTransport:
                 if not reused or connection.is_connected:
                     raise
             return await self._attempt(await self._connect(), message, mime, recipients)
-
-    async def verify(self) -> None:
-        await _quit(await self._connect())
 
     async def aclose(self) -> None:
         self._closed = True
@@ -406,12 +479,17 @@ class SmtpTransport:
                 f"{', '.join(connection.server_auth_methods) or 'no login'}); set "
                 "Authentication to Password"
             )
+        token = await tokens.token()
         try:
-            await connection.auth_xoauth2(mailbox, await tokens.token())
+            await self._auth_xoauth2(connection, mailbox, token)
         except aiosmtplib.SMTPAuthenticationError:
             if not connection.is_connected:
                 raise
-            await connection.auth_xoauth2(mailbox, await tokens.refresh())
+            await self._auth_xoauth2(connection, mailbox, await tokens.refresh())
+
+    async def _auth_xoauth2(self, connection: aiosmtplib.SMTP, mailbox: str, token: str) -> None:
+        self._secrets.token_sent(mailbox, token)  # before the server can quote it
+        await connection.auth_xoauth2(mailbox, token)
 
 
 async def _transfer(

@@ -1,0 +1,98 @@
+"""``/readyz`` on a real uvicorn: a flood of calls costs one worker ping and starves no route."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import uvicorn
+from celery import Celery
+
+from api import health_routes
+from api.app import create_app
+from config.api_keys import ApiKeyStore, Role
+from tasks.context import OutboxContext
+from worker.testing.redis_server import free_port
+
+CALLS = 40  # as many as the thread pool that runs the API's routes has threads
+
+
+@pytest.fixture
+def api_url(outbox_context: OutboxContext) -> Iterator[str]:
+    """The API served by uvicorn in a thread, as `outbox api` serves it."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(outbox_context), host="127.0.0.1", port=port, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert thread.is_alive(), "uvicorn stopped"
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def pings(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """When each Celery ping of /readyz started; the real ping still runs (no worker answers)."""
+    started: list[float] = []
+    real_ping = health_routes.ping_workers
+
+    def counted(app: Celery, timeout: float = 1.0) -> list[str]:
+        started.append(time.monotonic())
+        return real_ping(app, timeout)
+
+    monkeypatch.setattr(health_routes, "ping_workers", counted)
+    return started
+
+
+def test_concurrent_readiness_calls_share_one_ping_and_other_routes_answer(
+    api_url: str, pings: list[float], outbox_context: OutboxContext
+) -> None:
+    key = ApiKeyStore(outbox_context.redis).create("scheduler", Role.PRODUCER)
+    with ThreadPoolExecutor(CALLS) as pool:
+        calls = [pool.submit(httpx.get, f"{api_url}/readyz", timeout=30) for _ in range(CALLS)]
+        time.sleep(0.3)  # they are all waiting for the ping now
+        began = time.monotonic()
+        listed = httpx.get(
+            f"{api_url}/api/emails", headers={"Authorization": f"Bearer {key}"}, timeout=30
+        )
+        healthy = httpx.get(f"{api_url}/healthz", timeout=30)
+        took = time.monotonic() - began
+        answers = [call.result() for call in calls]
+
+    assert (listed.status_code, healthy.status_code) == (200, 200)
+    assert took < 0.5, f"the other routes waited {took:.2f} s behind /readyz"
+    assert {(answer.status_code, answer.text) for answer in answers} == {
+        (503, '{"ready":false,"redis":true,"workers":0}')
+    }
+    assert len(pings) == 1
+    assert httpx.get(f"{api_url}/readyz", timeout=30).status_code == 503
+    assert len(pings) == 1  # still fresh: answered without a ping
+
+
+def test_the_answer_is_checked_again_once_it_is_stale(
+    api_url: str, pings: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(health_routes, "READINESS_FRESH_SECONDS", 0.5)
+    assert httpx.get(f"{api_url}/readyz", timeout=30).status_code == 503
+
+    def one_worker(app: Celery, timeout: float = 1.0) -> list[str]:
+        pings.append(time.monotonic())
+        return ["celery@host"]
+
+    monkeypatch.setattr(health_routes, "ping_workers", one_worker)
+    assert httpx.get(f"{api_url}/readyz", timeout=30).status_code == 503  # the cached answer
+    time.sleep(0.6)
+    ready = httpx.get(f"{api_url}/readyz", timeout=30)
+    assert (ready.status_code, ready.json()) == (200, {"ready": True, "redis": True, "workers": 1})
+    assert len(pings) == 2
