@@ -34,7 +34,7 @@ from worker.records import (
 )
 from worker.records.claims import ClaimTicket
 from worker.sending_limits import MemoryGate
-from worker.transports.base import SendResult
+from worker.transports.base import BeforeData, SendResult, go_ahead
 from worker.transports.memory import MemoryTransport, SendHandler
 
 RECIPIENTS = ("a@example.com", "b@example.com")
@@ -418,10 +418,14 @@ class SlowTransport(MemoryTransport):
         self.seconds = seconds
 
     async def send(
-        self, message: OutgoingMessage, recipients: Sequence[str], date: float
+        self,
+        message: OutgoingMessage,
+        recipients: Sequence[str],
+        date: float,
+        before_data: BeforeData = go_ahead,
     ) -> SendResult:
-        await asyncio.sleep(self.seconds)
-        return await super().send(message, recipients, date)
+        await asyncio.sleep(self.seconds)  # the claim is renewed meanwhile: DATA may go
+        return await super().send(message, recipients, date, before_data)
 
 
 def test_a_long_attempt_keeps_its_claim_and_an_abandoned_one_gives_it_up() -> None:
@@ -457,14 +461,18 @@ class CrowdTransport(MemoryTransport):
         self.crowd: dict[str, int] = {}
 
     async def send(
-        self, message: OutgoingMessage, recipients: Sequence[str], date: float
+        self,
+        message: OutgoingMessage,
+        recipients: Sequence[str],
+        date: float,
+        before_data: BeforeData = go_ahead,
     ) -> SendResult:
         self.in_flight += 1
         try:
             self.crowd[message.message_id] = self.in_flight
             await asyncio.sleep(0.02)
             self.crowd[message.message_id] = max(self.crowd[message.message_id], self.in_flight)
-            return await super().send(message, recipients, date)
+            return await super().send(message, recipients, date, before_data)
         finally:
             self.in_flight -= 1
 
@@ -556,3 +564,19 @@ def test_a_process_stalled_past_its_claim_does_not_send() -> None:
     [attempt] = harness.record().attempts
     assert attempt.error is not None
     assert attempt.error.startswith("not sent: its claim was last confirmed ")
+
+
+def test_a_renewal_that_fails_while_the_send_waits_stops_it_before_data() -> None:
+    """The send began with the claim surely its own, then waited (for a connection, for the
+    server's RCPT replies) while the renewal failed: the message itself never goes."""
+    harness = Harness(refusing({}))
+    harness.claims = RedisAwayForRenewals(
+        lease_seconds=0.9, max_attempts=MAX_ATTEMPTS, clock=harness.clock
+    )
+    harness.new_transport = lambda: SlowTransport(0.45)  # type: ignore[method-assign]
+    harness.add()
+
+    assert harness.deliver("d1") == [JobOutcome.RETRYING]
+    assert harness.sent_to() == []
+    [attempt] = harness.record().attempts
+    assert attempt.error == "not sent: its claim could not be renewed (ConnectionError)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 from collections.abc import Iterator
@@ -16,9 +17,12 @@ from tasks.context import OutboxContext
 from tasks.message_input import MessageInput
 from tasks.producer import Producer
 from tests.support.in_process_worker import InProcessWorker
+from worker.errors import TransientError
+from worker.message import OutgoingMessage
 from worker.records import DeliveryStatus, RecipientState
 from worker.testing.graph_standin import GraphStandIn, ScriptedResponse
 from worker.testing.smtp_peer import smtp_peer
+from worker.transports.factory import HttpClients, create_transport
 
 TENANT, CLIENT_ID, SECRET = "contoso-tenant", "app-client-id", "app-secret-value"
 MAILBOX = "robot@contoso.com"
@@ -365,3 +369,35 @@ def test_an_error_that_quotes_the_access_token_is_recorded_without_it(
     kept = [record.last_error or "", *(a.reply or "" for a in record.attempts)]
     assert all(token not in text for text in kept), kept
     assert "refused 'Authorization: Bearer ********'" in (record.last_error or "")
+
+
+def test_a_send_held_back_before_its_request_reaches_graph_sends_nothing(
+    outbox_context: OutboxContext, graph: GraphStandIn
+) -> None:
+    settings = OAuthSettings.model_validate(
+        {
+            "from_mailbox": MAILBOX,
+            "instance": graph.base_url,
+            "api_url": graph.base_url,
+            "tenant": TENANT,
+            "client_id": CLIENT_ID,
+            "client_secret": SecretStr(SECRET),
+        }
+    )
+    message = OutgoingMessage(message_id="<m1@outbox.test>", to=("alice@example.com",), subject="s")
+
+    def lost_claim() -> None:
+        raise TransientError("not sent: its claim was lost to another process")
+
+    async def run() -> None:
+        options = outbox_context.transport_options
+        http = HttpClients.build(options)
+        transport = create_transport(settings, options, http)
+        try:
+            with pytest.raises(TransientError, match="claim was lost"):
+                await transport.send(message, message.recipients, 0.0, lost_claim)
+        finally:
+            await http.aclose()
+
+    asyncio.run(run())
+    assert send_mail_requests(graph) == []

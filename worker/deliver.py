@@ -328,11 +328,13 @@ class Deliverer:
         self, record: DeliveryRecord, stored: StoredSettings, pending: list[str], lease: _Lease
     ) -> SendResult:
         transport = await self.transports.get(stored)
-        # The last moment this process decides: the Transport interface has no hook before
-        # DATA, so a claim lost while ``send`` waits for a connection, or names the
-        # recipients, is not noticed before the message goes.
+        # Checked before a connection is taken, and again right before the message itself
+        # goes (DATA, Graph's send): a claim lost while the send waited for a connection or
+        # named its recipients stops it there.
         lease.check()
-        return await transport.send(record.message, pending, record.created_at)
+        return await transport.send(
+            record.message, pending, record.created_at, before_data=lease.check
+        )
 
     async def _pause_for(
         self, account: str | None, result: SendResult | None, error: DeliveryError | None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -11,7 +11,15 @@ from worker.errors import QuotaError
 from worker.message import OutgoingMessage
 from worker.records import RecipientOutcome, RecipientState
 
-__all__ = ["SendResult", "Transport", "refused_recipient"]
+__all__ = ["BeforeData", "SendResult", "Transport", "go_ahead", "refused_recipient"]
+
+BeforeData = Callable[[], None]
+"""Called right before the message itself is handed over (SMTP's DATA, Graph's send request):
+raises a ``TransientError`` when the attempt must stop there (its claim may be lost)."""
+
+
+def go_ahead() -> None:
+    """The ``BeforeData`` of a send that nothing can stop (a test e-mail)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,11 +38,16 @@ class Transport(Protocol):
     """Sends messages with one version of the settings; reusable across many messages.
 
     ``send`` raises ``worker.errors.DeliveryError`` subclasses for whole-message failures and
-    reports per-recipient refusals in the ``SendResult``.
+    reports per-recipient refusals in the ``SendResult``. It calls ``before_data`` at the last
+    moment the message can still be held back, and stops there if it raises.
     """
 
     async def send(
-        self, message: OutgoingMessage, recipients: Sequence[str], date: float
+        self,
+        message: OutgoingMessage,
+        recipients: Sequence[str],
+        date: float,
+        before_data: BeforeData = go_ahead,
     ) -> SendResult: ...
 
     async def verify(self) -> None:

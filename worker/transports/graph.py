@@ -19,7 +19,7 @@ from worker.message import Attachment, OutgoingMessage
 from worker.records import RecipientOutcome, RecipientState
 from worker.scrubbing import scrub_error
 from worker.tokens import TokenSource
-from worker.transports.base import SendResult
+from worker.transports.base import BeforeData, SendResult, go_ahead
 
 __all__ = ["UPLOAD_CHUNK_BYTES", "GraphTransport"]
 
@@ -49,13 +49,18 @@ class GraphTransport:
         self._user_url = f"{settings.api_url}v1.0/users/{quote(settings.from_mailbox, safe='@')}"
 
     async def send(
-        self, message: OutgoingMessage, recipients: Sequence[str], date: float
+        self,
+        message: OutgoingMessage,
+        recipients: Sequence[str],
+        date: float,
+        before_data: BeforeData = go_ahead,
     ) -> SendResult:
         graph = build_graph_message(message, recipients)
         if graph.large_attachments:
-            await self._send_draft(graph)
+            await self._send_draft(graph, before_data)
         else:
             payload = {"message": graph.json, "saveToSentItems": self._save_to_sent_items}
+            before_data()
             await self._call("POST", f"{self._user_url}/sendMail", json=payload)
         return SendResult(
             tuple(RecipientOutcome(r, RecipientState.SENT, 202, "Accepted") for r in recipients),
@@ -69,12 +74,13 @@ class GraphTransport:
     async def aclose(self) -> None:
         """Nothing of its own to close: the HTTP clients belong to the process."""
 
-    async def _send_draft(self, graph: GraphMessage) -> None:
+    async def _send_draft(self, graph: GraphMessage, before_data: BeforeData) -> None:
         draft = await self._call("POST", f"{self._user_url}/messages", json=graph.json)
         draft_url = f"{self._user_url}/messages/{quote(str(draft.json()['id']), safe='')}"
         try:
             for attachment in graph.large_attachments:
                 await self._upload(draft_url, attachment)
+            before_data()  # a stopped attempt's draft is deleted below, never sent
             await self._call("POST", f"{draft_url}/send")
         except Exception:
             # Leave no half-built draft behind; the next attempt builds a new one.

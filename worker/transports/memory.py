@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from worker.message import OutgoingMessage
 from worker.records import RecipientOutcome, RecipientState
-from worker.transports.base import SendResult, refused_recipient
+from worker.transports.base import BeforeData, SendResult, go_ahead, refused_recipient
 
 __all__ = ["MemoryTransport", "SendHandler", "SentMessage", "accept_all"]
 
@@ -44,9 +44,14 @@ class MemoryTransport:
         self.closed = False
 
     async def send(
-        self, message: OutgoingMessage, recipients: Sequence[str], date: float
+        self,
+        message: OutgoingMessage,
+        recipients: Sequence[str],
+        date: float,
+        before_data: BeforeData = go_ahead,
     ) -> SendResult:
         self.calls += 1
+        before_data()
         refused = self.handler(message, recipients)
         accepted = tuple(r for r in recipients if r not in refused)
         if accepted:

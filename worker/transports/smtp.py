@@ -43,7 +43,7 @@ from worker.records import RecipientOutcome, RecipientState
 from worker.scrubbing import scrub, scrub_error
 from worker.tls import TlsContexts
 from worker.tokens import TokenSource
-from worker.transports.base import SendResult, refused_recipient
+from worker.transports.base import BeforeData, SendResult, go_ahead, refused_recipient
 
 __all__ = ["SmtpTransport", "smtp_error"]
 
@@ -230,11 +230,15 @@ class SmtpTransport:
         return f"{self._settings.server}:{self._settings.port}"
 
     async def send(
-        self, message: OutgoingMessage, recipients: Sequence[str], date: float
+        self,
+        message: OutgoingMessage,
+        recipients: Sequence[str],
+        date: float,
+        before_data: BeforeData = go_ahead,
     ) -> SendResult:
         """Send ``message`` to ``recipients``; nothing it returns or raises quotes a secret."""
         try:
-            result = await self._send(message, recipients, date)
+            result = await self._send(message, recipients, date, before_data)
         except DeliveryError as error:
             self._secrets.scrub_in_place(error)
             raise
@@ -248,7 +252,11 @@ class SmtpTransport:
             raise
 
     async def _send(
-        self, message: OutgoingMessage, recipients: Sequence[str], date: float
+        self,
+        message: OutgoingMessage,
+        recipients: Sequence[str],
+        date: float,
+        before_data: BeforeData,
     ) -> SendResult:
         # Built once per send, in the form the session negotiates (with or without SMTPUTF8).
         mime = functools.cache(
@@ -257,13 +265,15 @@ class SmtpTransport:
         async with self._slots:
             connection, reused = await self._checkout()
             try:
-                return await self._attempt(connection, message, mime, recipients)
+                return await self._attempt(connection, message, mime, recipients, before_data)
             except TransientError:
                 # A kept-open session that the server closed is no reason to wait a backoff:
                 # reconnect once. The fixed Message-ID makes a rare duplicate detectable.
                 if not reused or connection.is_connected:
                     raise
-            return await self._attempt(await self._connect(), message, mime, recipients)
+            return await self._attempt(
+                await self._connect(), message, mime, recipients, before_data
+            )
 
     async def aclose(self) -> None:
         self._closed = True
@@ -284,10 +294,11 @@ class SmtpTransport:
         message: OutgoingMessage,
         mime: _Mime,
         recipients: Sequence[str],
+        before_data: BeforeData,
     ) -> SendResult:
         """Send on ``connection`` and give it back to the pool while it is still usable."""
         try:
-            result = await self._send_on(connection, message, mime, recipients)
+            result = await self._send_on(connection, message, mime, recipients, before_data)
         except DeliveryError:
             # A refused command leaves the session usable (its envelope was reset); a lost one
             # was closed where it was lost.
@@ -313,6 +324,7 @@ class SmtpTransport:
         message: OutgoingMessage,
         mime: _Mime,
         recipients: Sequence[str],
+        before_data: BeforeData,
     ) -> SendResult:
         sender = self._settings.from_mailbox
         try:
@@ -324,7 +336,7 @@ class SmtpTransport:
                 )
             sendable = [a for a in recipients if utf8 or not needs_smtputf8(a)]
             done = (
-                await self._transactions(connection, sendable, mime(utf8=utf8), utf8)
+                await self._transactions(connection, sendable, mime(utf8=utf8), utf8, before_data)
                 if sendable
                 else _Transferred()
             )
@@ -341,7 +353,12 @@ class SmtpTransport:
         )
 
     async def _transactions(
-        self, connection: aiosmtplib.SMTP, recipients: Sequence[str], data: bytes, utf8: bool
+        self,
+        connection: aiosmtplib.SMTP,
+        recipients: Sequence[str],
+        data: bytes,
+        utf8: bool,
+        before_data: BeforeData,
     ) -> _Transferred:
         """The message to ``recipients`` in as many transactions as it takes: at most
         ``max_recipients_per_message`` each, and those a server refused as too many for one
@@ -359,8 +376,14 @@ class SmtpTransport:
             batch, waiting = waiting[:per_transaction], waiting[per_transaction:]
             try:
                 batch_refused, batch_reply = await _transfer(
-                    connection, self._settings.from_mailbox, batch, data, utf8
+                    connection, self._settings.from_mailbox, batch, data, utf8, before_data
                 )
+            except TransientError as held_back:
+                # ``before_data`` stopped this transaction (its envelope was reset): those
+                # already sent stay sent, the rest are deferred.
+                if not done.reply:
+                    raise
+                return done.stopped(held_back, [*batch, *waiting])
             except SMTP_FAILURES as exc:
                 if not done.reply:
                     raise
@@ -493,9 +516,15 @@ class SmtpTransport:
 
 
 async def _transfer(
-    connection: aiosmtplib.SMTP, sender: str, recipients: Sequence[str], data: bytes, utf8: bool
+    connection: aiosmtplib.SMTP,
+    sender: str,
+    recipients: Sequence[str],
+    data: bytes,
+    utf8: bool,
+    before_data: BeforeData,
 ) -> tuple[dict[str, aiosmtplib.SMTPResponse], str]:
     """One envelope: MAIL, RCPT for each recipient, DATA; the refused recipients and the reply.
+    ``before_data`` may stop it before DATA: the envelope is then reset and the session kept.
 
     aiosmtplib's ``sendmail`` does the same, but normalizes the line endings of the whole
     message once more to compute SIZE and parses every address twice; ``data`` is already
@@ -521,6 +550,11 @@ async def _transfer(
         if len(refused) == len(recipients):
             await _reset(connection)  # nobody to send to: end the envelope, keep the session
             return refused, ""
+        try:
+            before_data()
+        except DeliveryError:
+            await _reset(connection)
+            raise
         response = await connection.data(data)
     except aiosmtplib.SMTPResponseException:
         await _reset(connection)
