@@ -211,7 +211,8 @@
       fact(facts, "Waiting for", element("span", "wrap", record.waiting_for));
     }
     fact(facts, "Created", Outbox.timeElement(record.created_at, "exact"));
-    fact(facts, "Created by", element("span", "", record.created_by ? `the key ${record.created_by}` : "outbox (CLI or Python)"));
+    const creator = record.created_by ? `the key ${record.created_by}` : "outbox (CLI or Python)";
+    fact(facts, "Created by", element("span", "", creator));
     fact(facts, "Updated", Outbox.timeElement(record.updated_at, "exact"));
     if (record.next_attempt_at) {
       fact(facts, "Next attempt", Outbox.timeElement(record.next_attempt_at, "exact"));

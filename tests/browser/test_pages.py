@@ -476,6 +476,7 @@ def test_deliveries_show_a_failure_and_retry_it(
     page.keyboard.press("Enter")
     detail = page.get_by_role("region", name="Quarterly report")
     expect(detail).to_be_visible()
+    expect(detail).to_contain_text("outbox (CLI or Python)")  # no API key created it
     expect(detail.get_by_role("row").filter(has_text="alice@example.com")).to_contain_text("sent")
     attempts = detail.get_by_role("table").nth(1)
     expect(attempts.get_by_role("row")).to_have_count(3)  # the header, then two attempts
