@@ -76,7 +76,7 @@ def send_email(
             message_text = str(problem["msg"]).removeprefix("Value error, ")
             raise InvalidInputError(message_text, field="Idempotency-Key") from None
     refuse_other_domains(message, key.limits)
-    found.producer.check_limits(message)
+    found.producer.check_limits(message)  # a message refused anyway uses up no quota
     found.key_quota.admit(key, 1)
     created = found.producer.enqueue(message, created_by=key.name)
     return _accepted(request, created, _current(found, [created])[0])

@@ -51,11 +51,11 @@ def test_schemathesis_finds_no_undocumented_answer(
                 "--header",
                 f"Authorization: Bearer {key}",
                 "--max-examples",
-                "40",
+                os.environ.get("OUTBOX_FUZZ_EXAMPLES", "40"),
                 "--phases",
                 "examples,coverage,fuzzing",
                 "--seed",
-                "20",
+                os.environ.get("OUTBOX_FUZZ_SEED", "20"),
                 # One: Python 3.11's ast.parse, which Hypothesis calls, is not thread-safe.
                 "--workers",
                 "1",
