@@ -51,7 +51,7 @@ def delete_notification(schedule_id: ScheduleId, _: Admin, found: Services) -> N
 @router.post(
     "/{schedule_id}/runs",
     status_code=status.HTTP_202_ACCEPTED,
-    responses={**WITH_BODY, **answers(404)},
+    responses={**WITH_BODY, **answers(404, 429)},
 )
 def post_run(schedule_id: ScheduleId, run: RunReport, key: Caller, found: Services) -> RunResult:
     """E-mail a finished run's results to each list whose rule matches; a run posted again
@@ -61,4 +61,6 @@ def post_run(schedule_id: ScheduleId, run: RunReport, key: Caller, found: Servic
             f"the run is of schedule {run.schedule_id!r}, posted to {schedule_id!r}",
             field="schedule_id",
         )
-    return found.reports.post(run, created_by=key.name)
+    return found.reports.post(
+        run, created_by=key.name, admit=lambda count: found.key_quota.admit(key, count)
+    )

@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from config.api_keys import ApiKeyStore, Role
+from config.api_keys import ApiKeyStore, KeyLimits, Role
 from tasks.context import OutboxContext
 from tasks.producer import Producer
 from tasks.reports.model import RunReport
@@ -275,3 +275,26 @@ def test_a_broken_operator_template_is_one_clear_error(tmp_path: Path) -> None:
     (tmp_path / "report.html").write_text("<p>{{ report.no_such_field }}</p>")
     with pytest.raises(ReportTemplateError, match="no_such_field"):
         ReportRenderer(tmp_path).render(RunReport.model_validate(run()))
+
+
+def test_a_producers_limit_counts_the_e_mails_its_runs_send(
+    outbox_context: OutboxContext, api: tuple[TestClient, dict[str, str], dict[str, str]]
+) -> None:
+    client, admin, _ = api
+    keys = ApiKeyStore(outbox_context.redis)
+    limited = {
+        "Authorization": "Bearer "
+        + keys.create("ci", Role.PRODUCER, KeyLimits.of(max_per_minute=4))
+    }
+    client.put("/api/schedules/nightly/notification", headers=admin, json=NOTIFICATION)
+    first = client.post("/api/schedules/nightly/runs", headers=limited, json=run("r-1"))
+    assert first.status_code == 202  # three lists matched: three of its four
+    again = client.post("/api/schedules/nightly/runs", headers=limited, json=run("r-1"))
+    assert again.json()["repeated"] is True  # a run posted again sends and counts nothing
+    refused = client.post("/api/schedules/nightly/runs", headers=limited, json=run("r-2"))
+    assert refused.status_code == 429  # 'always' and 'on_failure' would make five
+    assert int(refused.headers["Retry-After"]) >= 1
+    stored = outbox_context.deliveries.page(created_by="ci").records
+    assert len(stored) == 3
+    retried = client.post("/api/schedules/nightly/runs", headers=limited, json=run("r-2"))
+    assert retried.status_code == 429  # nothing was recorded of r-2: it can be posted later

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pydantic import BaseModel
 
 from tasks.context import OutboxContext
@@ -35,6 +37,10 @@ class RunResult(BaseModel):
     lists: list[ListResult]
 
 
+def _no_limit(count: int) -> None:
+    """The ``admit`` of a caller without limits (the CLI, Python code)."""
+
+
 class ReportService:
     def __init__(
         self, schedules: ScheduleStore, producer: Producer, renderer: ReportRenderer
@@ -43,9 +49,20 @@ class ReportService:
         self._producer = producer
         self._renderer = renderer
 
-    def post(self, report: RunReport, *, created_by: str | None = None) -> RunResult:
+    def post(
+        self,
+        report: RunReport,
+        *,
+        created_by: str | None = None,
+        admit: Callable[[int], None] = _no_limit,
+    ) -> RunResult:
         """Send the run's e-mails, or, for a run posted before, say what was sent then.
-        ``created_by`` is the API key that posted it: its e-mails are that key's to read."""
+
+        ``created_by`` is the API key that posted it: its e-mails are that key's to read.
+        ``admit`` is told how many e-mails the run sends before any is stored, and raises to
+        refuse them (the key's own limits); a run posted again sends nothing and is not
+        counted.
+        """
         recorded = self._schedules.recorded_run(report.schedule_id, report.run_id)
         if recorded is not None:
             return RunResult.model_validate({**recorded, "repeated": True})
@@ -72,6 +89,7 @@ class ReportService:
                 )
                 for index, recipients in matched
             ]
+            admit(len(messages))
             created = self._producer.enqueue_many(messages, created_by=created_by)
             delivery_ids = {index: c.id for (index, _), c in zip(matched, created, strict=True)}
         result = RunResult(

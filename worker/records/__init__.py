@@ -10,12 +10,16 @@ Redis keys (``outbox:`` prefix; ids are 32 hex digits)::
                                             ``lease_until``, ``next_attempt_at``,     once final
                                             ``last_error``, ``retry_base``,
                                             ``idempotency_key``, ``updated_at``,
-                                            ``claim_token`` (the last claim's)
+                                            ``claim_token`` (the last claim's),
+                                            ``created_by`` (the API key's name)
     outbox:msg:{id}:attempts         list   one JSON ``Attempt`` per try              as the record
     outbox:status:{status}           zset   ids in that status, scored by the time    none (the
                                             they entered it (queued: when their task  sweeper drops
                                             was last published)                       expired ids)
     outbox:idempotency:{key}         string the id the key first created              retention
+    outbox:key-idempotency:{name}:{key} string the same, for an API key's own keys    retention
+    outbox:key-deliveries:{name}     zset   the ids an API key created, scored by     none (purge
+                                            creation: what a producer may list        drops ids)
     outbox:settings                  hash   ``version``, ``document`` (mail settings, none
                                             secret encrypted), ``saved_at``
                                             (``config.settings_store``)
@@ -32,9 +36,13 @@ Redis keys (``outbox:`` prefix; ids are 32 hex digits)::
     outbox:limit:{account}:*         zset,  the account's sending windows (minute,    a window
                                      string day, day-total)
     outbox:waits-by-reason           hash   waits and pauses by reason (/metrics)     none
-    outbox:apikeys, outbox:apikey:*  hash,  API keys, stored hashed                   none
-                                     string (``config.api_keys``)
-    outbox:session:{hash}            string a signed-in page's session (``api``)       8 h
+    outbox:apikeys, outbox:apikey:*  hash,  API keys, stored hashed, with their       none
+                                     string limits (``config.api_keys``)
+    outbox:key-quota:{name}:*        string an API key's rate (minute, day) as GCRA's  its period
+                                            next arrival time (``api.key_limits``)
+    outbox:session:{hash}            string a signed-in page's session, bound to the   idle time,
+                                            key that signed in (``config.sessions``)  12 h at most
+    outbox:sessions-of:{name}        set    that key's sessions, ended on revoke      12 h
 
 The Celery broker (kombu) keeps its own keys beside these (the ``outbox`` queue list,
 ``unacked`` and ``unacked_index``); they carry delivery ids only.
