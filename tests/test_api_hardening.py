@@ -231,6 +231,23 @@ def test_over_its_limit_a_key_gets_429_with_retry_after_and_nothing_is_stored(
     assert too_big.json()["field"] == "messages"
 
 
+def test_a_retry_with_the_same_idempotency_key_is_not_charged(
+    client: TestClient, keys: ApiKeyStore
+) -> None:
+    """A producer that lost the answer sends again with the same key: it gets its delivery
+    back, not a 429, and the retry uses up nothing."""
+    ci = bearer(keys.create("ci", Role.PRODUCER, KeyLimits.of(max_per_minute=2)))
+    once = {**ci, "Idempotency-Key": "run-42"}
+    first = client.post("/api/emails", headers=once, json=MESSAGE)
+    for _ in range(3):
+        again = client.post("/api/emails", headers=once, json=MESSAGE)
+        assert again.status_code == 202
+        assert again.json()["id"] == first.json()["id"]
+    batch = [{**MESSAGE, "idempotency_key": "run-42"}, {**MESSAGE, "idempotency_key": "run-43"}]
+    assert client.post("/api/emails/batch", headers=ci, json=batch).status_code == 200
+    assert client.post("/api/emails", headers=ci, json=MESSAGE).status_code == 429
+
+
 def test_a_day_limit_holds_across_requests_and_other_keys_are_not_charged(
     client: TestClient, keys: ApiKeyStore
 ) -> None:

@@ -16,6 +16,7 @@ from worker.message import OutgoingMessage
 from worker.records.codec import as_text, decode_record, encode_recipients, new_record_fields
 from worker.records.keys import (
     attempts_key,
+    idempotency_key,
     key_deliveries_key,
     record_key,
     status_index_key,
@@ -129,6 +130,18 @@ class DeliveryStore:
         if not fields:
             raise DeliveryNotFoundError(f"no delivery with id {delivery_id!r}")
         return decode_record(delivery_id, fields, attempts)
+
+    def used_idempotency_keys(
+        self, keys: Sequence[str | None], *, created_by: str | None = None
+    ) -> list[bool]:
+        """Whether each idempotency key (of ``created_by``'s, when given) already names a
+        delivery, in one round trip; None is never used."""
+        pipe = self._redis.pipeline(transaction=False)
+        asked = [key for key in keys if key is not None]
+        for key in asked:
+            pipe.exists(idempotency_key(key, created_by))
+        found = iter(pipe.execute() if asked else [])
+        return [bool(next(found)) if key is not None else False for key in keys]
 
     def statuses(self, delivery_ids: Sequence[str]) -> list[DeliveryStatus | None]:
         """Each delivery's status (None for an unknown id), in one round trip."""
