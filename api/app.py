@@ -48,7 +48,7 @@ def create_app(context: OutboxContext) -> FastAPI:
     install_error_handlers(app)
     body_limit = BodyLimit(context.settings.request_bytes_limit, "OUTBOX_MAX_REQUEST_BYTES")
     batch_limit = BodyLimit(
-        context.settings.max_batch_request_bytes, "OUTBOX_MAX_BATCH_REQUEST_BYTES"
+        context.settings.batch_request_bytes_limit, "OUTBOX_MAX_BATCH_REQUEST_BYTES"
     )
     app.add_middleware(
         RequestGuard,

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from api.auth import Admin, Caller
 from api.errors import answers, error_body, field_of
-from api.key_limits import refuse_other_domains
+from api.key_limits import new_deliveries, refuse_other_domains
 from api.services import ApiServices, services
 from config.api_keys import ApiKey, Role
 from tasks.message_input import MessageInput
@@ -51,18 +51,6 @@ def _current(found: ApiServices, created: list[Created]) -> list[DeliveryStatus 
     return [statuses.get(c.id) for c in created]
 
 
-def _new(found: ApiServices, key: ApiKey, messages: list[MessageInput]) -> int:
-    """How many of ``messages`` would be new deliveries: a repeated idempotency key (a
-    producer's retry after a lost answer) gives back its delivery and counts against no
-    limit."""
-    if not key.limits.max_per_minute and not key.limits.max_per_day:
-        return len(messages)  # no limit to count against: skip the round trip
-    used = found.context.deliveries.used_idempotency_keys(
-        [m.idempotency_key for m in messages], created_by=key.name
-    )
-    return used.count(False)
-
-
 def _owned(key: ApiKey) -> str | None:
     """Whose deliveries ``key`` may see: its own, or (None) everyone's for an admin."""
     return None if key.role is Role.ADMIN else key.name
@@ -89,7 +77,7 @@ def send_email(
             raise InvalidInputError(message_text, field="Idempotency-Key") from None
     refuse_other_domains(message, key.limits)
     found.producer.check_limits(message)  # a message refused anyway uses up no quota
-    found.key_quota.admit(key, _new(found, key, [message]))
+    found.key_quota.admit(key, new_deliveries(found.context.deliveries, key, [message]))
     created = found.producer.enqueue(message, created_by=key.name)
     return _accepted(request, created, _current(found, [created])[0])
 
@@ -125,7 +113,7 @@ def send_batch(
         else:
             valid.append((index, message))
     # The whole batch is within the key's limits or none of it is stored.
-    found.key_quota.admit(key, _new(found, key, [m for _, m in valid]))
+    found.key_quota.admit(key, new_deliveries(found.context.deliveries, key, [m for _, m in valid]))
     created = found.producer.enqueue_many([m for _, m in valid], created_by=key.name)
     for (index, _m), each, current in zip(valid, created, _current(found, created), strict=True):
         results[index] = {"index": index, **_accepted(request, each, current)}

@@ -23,8 +23,9 @@ import redis
 from config.api_keys import ApiKey, KeyLimits
 from tasks.message_input import MessageInput
 from worker.errors import InvalidInputError, RateLimitedError
+from worker.records import DeliveryStore
 
-__all__ = ["KeyQuota", "refuse_other_domains"]
+__all__ = ["KeyQuota", "new_deliveries", "refuse_other_domains"]
 
 _PERIODS = {"minute": 60, "day": 86_400}
 
@@ -125,3 +126,17 @@ def _ascii_domain(domain: str) -> str:
         return domain.encode("idna").decode().lower()
     except UnicodeError:
         return domain.lower()  # never on the allow-list, which holds ASCII names only
+
+
+def new_deliveries(
+    deliveries: DeliveryStore, key: ApiKey, messages: list[MessageInput], *, shared: bool = False
+) -> int:
+    """How many of ``messages`` would be new deliveries: a repeated idempotency key (a
+    producer's retry after a lost answer) gives back its delivery and counts against no
+    limit. ``shared``: the keys are the shared ones (a schedule run's), not ``key``'s own."""
+    if not key.limits.max_per_minute and not key.limits.max_per_day:
+        return len(messages)  # no limit to count against: skip the round trip
+    used = deliveries.used_idempotency_keys(
+        [m.idempotency_key for m in messages], owner=None if shared else key.name
+    )
+    return used.count(False)

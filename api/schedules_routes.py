@@ -9,7 +9,9 @@ from fastapi import APIRouter, Depends, Path, status
 
 from api.auth import Admin, Caller
 from api.errors import answers
+from api.key_limits import new_deliveries
 from api.services import ApiServices, services
+from tasks.message_input import MessageInput
 from tasks.reports.model import SCHEDULE_ID_PATTERN, RunReport
 from tasks.reports.rules import Notification
 from tasks.reports.service import RunResult
@@ -61,6 +63,10 @@ def post_run(schedule_id: ScheduleId, run: RunReport, key: Caller, found: Servic
             f"the run is of schedule {run.schedule_id!r}, posted to {schedule_id!r}",
             field="schedule_id",
         )
-    return found.reports.post(
-        run, created_by=key.name, admit=lambda count: found.key_quota.admit(key, count)
-    )
+
+    def admit(messages: list[MessageInput]) -> None:
+        found.key_quota.admit(
+            key, new_deliveries(found.context.deliveries, key, messages, shared=True)
+        )
+
+    return found.reports.post(run, created_by=key.name, admit=admit)

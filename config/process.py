@@ -120,13 +120,14 @@ class ProcessSettings(BaseSettings):
         default=None,
         gt=0,
         description="Largest HTTP request body, refused with 413 before it is read; unset is "
-        "OUTBOX_MAX_MESSAGE_BYTES plus 1 MiB (JSON, base64 and headers around the largest "
-        "message).",
+        "three times OUTBOX_MAX_MESSAGE_BYTES plus 1 MiB: JSON may spell each non-ASCII "
+        "character of the largest message as a six-byte \\u escape.",
     )
-    max_batch_request_bytes: int = Field(
-        default=64 * 1024 * 1024,
+    max_batch_request_bytes: int | None = Field(
+        default=None,
         gt=0,
-        description="Largest body of POST /api/emails/batch, which holds many messages.",
+        description="Largest body of POST /api/emails/batch, which holds many messages; "
+        "unset is 128 MiB, or the single request's limit when that is larger.",
     )
     max_recipients: int = Field(
         default=DEFAULT_MAX_RECIPIENTS,
@@ -212,7 +213,11 @@ class ProcessSettings(BaseSettings):
 
     @property
     def request_bytes_limit(self) -> int:
-        return self.max_request_bytes or self.max_message_bytes + 1024 * 1024
+        return self.max_request_bytes or 3 * self.max_message_bytes + 1024 * 1024
+
+    @property
+    def batch_request_bytes_limit(self) -> int:
+        return self.max_batch_request_bytes or max(128 * 1024 * 1024, self.request_bytes_limit)
 
     @property
     def retention_seconds(self) -> int:

@@ -63,7 +63,11 @@ class Producer:
         return self.enqueue_many([message], created_by=created_by)[0]
 
     def enqueue_many(
-        self, messages: Sequence[MessageInput], *, created_by: str | None = None
+        self,
+        messages: Sequence[MessageInput],
+        *,
+        created_by: str | None = None,
+        shared_idempotency: bool = False,
     ) -> list[Created]:
         """Store the messages and queue them a chunk (one task) at a time, so workers send the
         first while the rest are still being stored.
@@ -71,19 +75,28 @@ class Producer:
         Every message's limits are checked first: one refused message stores none. A chunk
         the broker does not take is recorded failed, nothing after it is stored, and the
         broker's error is raised. ``created_by`` is the API key that sent them: their idempotency
-        keys are its own, and it may read them.
+        keys are its own (unless ``shared_idempotency``: keys that name a shared thing, such as a
+        schedule's run), and it may read them.
         """
         for message in messages:
             self.check_limits(message)
         created: list[Created] = []
         for start in range(0, len(messages), CHUNK_SIZE):
-            stored, to_queue = self._store(messages[start : start + CHUNK_SIZE], created_by)
+            stored, to_queue = self._store(
+                messages[start : start + CHUNK_SIZE],
+                created_by,
+                idempotency_owner=None if shared_idempotency else created_by,
+            )
             self._queue(to_queue)
             created += stored
         return created
 
     def _store(
-        self, messages: Sequence[MessageInput], created_by: str | None
+        self,
+        messages: Sequence[MessageInput],
+        created_by: str | None,
+        *,
+        idempotency_owner: str | None,
     ) -> tuple[list[Created], list[tuple[str, Priority]]]:
         """Store the messages; what was created, and the ``(id, priority)`` pairs to queue."""
         new = []
@@ -98,6 +111,7 @@ class Producer:
                     message.idempotency_key,
                     message.priority,
                     created_by,
+                    idempotency_owner,
                 )
             )
         created = self._deliveries.create_many(new)

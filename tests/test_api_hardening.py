@@ -419,3 +419,20 @@ def test_keys_get_their_limits_from_the_command_line(
             client.post("/api/emails", headers=ci, json=MESSAGE).status_code for _ in range(3)
         ]
     assert statuses == [202, 202, 429]
+
+
+def test_the_largest_message_fits_in_a_body_whatever_its_json_encoder(
+    outbox_context: OutboxContext, keys: ApiKeyStore
+) -> None:
+    """Python's json (and so httpx's and requests' json=) spells é as the six bytes \\u00e9:
+    a message just under OUTBOX_MAX_MESSAGE_BYTES in UTF-8 is three times that in JSON."""
+    settings = outbox_context.settings.model_copy(update={"max_message_bytes": 4 * 1024 * 1024})
+    context = OutboxContext(settings, outbox_context.redis_location)
+    ci = bearer(keys.create("ci", Role.PRODUCER))
+    text = "é" * (2 * 1024 * 1024 - 100)  # 4 MiB in UTF-8, less the subject's share
+    with TestClient(create_app(context)) as client:
+        answer = client.post("/api/emails", headers=ci, json={**MESSAGE, "text": text})
+        assert answer.status_code == 202, answer.text[:200]
+        over = client.post("/api/emails", headers=ci, json={**MESSAGE, "text": text + "é" * 100})
+        assert over.status_code == 422  # over the message limit: refused by field, not by size
+        assert over.json()["field"] == "text"

@@ -107,6 +107,30 @@ def test_a_claim_made_again_with_its_token_is_claimed_not_busy(
     assert outbox_context.deliveries.get(delivery_id).attempts == ()  # nothing "lost"
 
 
+def test_a_claim_made_again_after_its_lease_lapsed_starts_its_lease_again(
+    outbox_context: OutboxContext, producer: Producer, redis_client: redis.Redis
+) -> None:
+    """The first reply was lost and asking again took longer than a lease (Redis was away):
+    the claim answered again comes with a live lease, not one another worker may take."""
+    delivery_id = enqueue(producer)
+
+    async def scenario() -> tuple[object, object]:
+        async with worker_claims(outbox_context.redis_location.url) as claims:
+            ticket = ClaimTicket(delivery_id)
+            await claims.claim(ticket)
+            redis_client.hset(record_key(delivery_id), "lease_until", "0")  # it lapsed meanwhile
+            again = await claims.claim(ticket)
+            someone_else = await claims.claim(ClaimTicket(delivery_id), take_over=True)
+            return again, someone_else
+
+    again, someone_else = asyncio.run(scenario())
+    assert isinstance(again, Claimed)
+    assert isinstance(someone_else, Busy)
+    lease_until = float(redis_client.hget(record_key(delivery_id), "lease_until") or 0)
+    assert lease_until > redis_client.time()[0]
+    assert redis_client.zscore("outbox:due", delivery_id) == pytest.approx(lease_until, abs=0.01)
+
+
 def test_a_lapsed_claim_is_taken_over_only_by_a_claim_that_asks_to(
     outbox_context: OutboxContext, producer: Producer, redis_client: redis.Redis
 ) -> None:

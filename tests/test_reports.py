@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from fastapi.testclient import TestClient
 
 from api.app import create_app
@@ -298,3 +299,24 @@ def test_a_producers_limit_counts_the_e_mails_its_runs_send(
     assert len(stored) == 3
     retried = client.post("/api/schedules/nightly/runs", headers=limited, json=run("r-2"))
     assert retried.status_code == 429  # nothing was recorded of r-2: it can be posted later
+
+
+def test_a_run_posted_again_by_another_key_after_a_crash_sends_nothing_twice(
+    outbox_context: OutboxContext,
+    redis_client: redis.Redis,
+    api: tuple[TestClient, dict[str, str], dict[str, str]],
+) -> None:
+    """The e-mails of a run are the run's, whoever posts it: a second producer posting the
+    same run, after the first died before recording it, gets the same deliveries back."""
+    client, admin, scheduler = api
+    other = {
+        "Authorization": "Bearer " + ApiKeyStore(outbox_context.redis).create("ci", Role.PRODUCER)
+    }
+    client.put("/api/schedules/nightly/notification", headers=admin, json=NOTIFICATION)
+    first = client.post("/api/schedules/nightly/runs", headers=scheduler, json=run("r-7")).json()
+    # As if its poster died after queueing the e-mails, before recording the run:
+    redis_client.delete("outbox:schedule:nightly:run:r-7", "outbox:schedule:nightly:last")
+    second = client.post("/api/schedules/nightly/runs", headers=other, json=run("r-7")).json()
+    ids = [entry["delivery_id"] for entry in first["lists"]]
+    assert [entry["delivery_id"] for entry in second["lists"]] == ids
+    assert len(outbox_context.deliveries.recent(limit=50)) == 3

@@ -406,7 +406,11 @@ class Deliverer:
             enhanced_code=enhanced_status(reply),
         )
 
+        asked_at = time.monotonic()
+
         async def finish(claim_next: ClaimTicket | None) -> Finished:
+            nonlocal asked_at
+            asked_at = time.monotonic()  # of the try that goes through: the next claim's age
             return await self.claims.finish(
                 claim,
                 status=status,
@@ -420,7 +424,6 @@ class Deliverer:
 
         # The next turn comes now: it is claimed in the same round trip.
         following = turns.take()
-        asked_at = time.monotonic()
         finished = await self._recorded(finish, following.ticket if following else None)
         if not finished.applied:
             log.warning("delivery %s: claim lost before the attempt was recorded", record.id)

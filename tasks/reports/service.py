@@ -37,7 +37,7 @@ class RunResult(BaseModel):
     lists: list[ListResult]
 
 
-def _no_limit(count: int) -> None:
+def _no_limit(messages: list[MessageInput]) -> None:
     """The ``admit`` of a caller without limits (the CLI, Python code)."""
 
 
@@ -54,12 +54,12 @@ class ReportService:
         report: RunReport,
         *,
         created_by: str | None = None,
-        admit: Callable[[int], None] = _no_limit,
+        admit: Callable[[list[MessageInput]], None] = _no_limit,
     ) -> RunResult:
         """Send the run's e-mails, or, for a run posted before, say what was sent then.
 
         ``created_by`` is the API key that posted it: its e-mails are that key's to read.
-        ``admit`` is told how many e-mails the run sends before any is stored, and raises to
+        ``admit`` is shown the e-mails the run sends before any is stored, and raises to
         refuse them (the key's own limits); a run posted again sends nothing and is not
         counted.
         """
@@ -89,8 +89,11 @@ class ReportService:
                 )
                 for index, recipients in matched
             ]
-            admit(len(messages))
-            created = self._producer.enqueue_many(messages, created_by=created_by)
+            admit(messages)
+            # Their idempotency keys name the run, whoever posts it: shared, not the key's own.
+            created = self._producer.enqueue_many(
+                messages, created_by=created_by, shared_idempotency=True
+            )
             delivery_ids = {index: c.id for (index, _), c in zip(matched, created, strict=True)}
         result = RunResult(
             schedule_id=report.schedule_id,

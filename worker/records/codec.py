@@ -49,6 +49,7 @@ def new_record_fields(
     idempotency_key: str | None,
     priority: Priority = Priority.NORMAL,
     created_by: str | None = None,
+    idempotency_owner: str | None = None,
 ) -> dict[str, str | bytes]:
     """The fields of a queued record: only what it needs. Counters start at their defaults
     and every recipient is pending until the first attempt: fewer fields, less memory."""
@@ -62,6 +63,8 @@ def new_record_fields(
         fields[PRIORITY_FIELD] = priority.value  # absent means normal: no bytes for most
     if created_by:
         fields["created_by"] = created_by
+    if idempotency_owner and idempotency_key:
+        fields["idempotency_owner"] = idempotency_owner  # whose namespace the key is in
     return fields
 
 

@@ -79,8 +79,8 @@ class ScriptCall:
 
 # --- CREATE: store a queued record, once per idempotency key -------------------------------
 # Its score in the queued index is when it was published (the sweeper's check of lost tasks).
-# KEYS: record, queued index, idempotency key ("" when none), the API key's deliveries
-#       ("" when no API key sent it)
+# KEYS: record, queued index, idempotency key ("" when none; an API key's own, or shared),
+#       the API key's deliveries ("" when no API key sent it)
 # ARGV: id, now, idempotency ttl seconds, field, value, ...
 # -> {1, id} when created, {0, existing id} when the idempotency key was already used.
 CREATE = """
@@ -91,7 +91,12 @@ if KEYS[3] ~= '' then
 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-if KEYS[4] ~= '' then redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1]) end
+if KEYS[4] ~= '' then
+  redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+  -- Ids older than twice the retention belong to records expired long ago: each write
+  -- drops them, so the index of a key that never lists stays bounded.
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', tonumber(ARGV[2]) - 2 * tonumber(ARGV[3]))
+end
 return {1, ARGV[1]}
 """
 
@@ -112,12 +117,13 @@ def create_call(
     idempotency: str | None,
     idempotency_ttl_seconds: int,
     created_by: str | None = None,
+    idempotency_owner: str | None = None,
 ) -> ScriptCall:
     return ScriptCall(
         keys=[
             record_key(delivery_id),
             status_index_key(DeliveryStatus.QUEUED),
-            idempotency_key(idempotency, created_by) if idempotency else "",
+            idempotency_key(idempotency, idempotency_owner) if idempotency else "",
             key_deliveries_key(created_by) if created_by else "",
         ],
         args=[
@@ -168,7 +174,14 @@ if status == 'sent' or status == 'partially_sent' or status == 'failed' then
   return {'final', status}
 end
 if status == 'sending' then
-  if redis.call('HGET', KEYS[1], 'claim_token') == ARGV[2] then return claimed() end
+  if redis.call('HGET', KEYS[1], 'claim_token') == ARGV[2] then
+    -- Asked again (the first reply was lost): the claim is still this one, and its lease
+    -- starts again from now, as the first claim's did.
+    local lease_until = now + tonumber(ARGV[3])
+    redis.call('HSET', KEYS[1], 'lease_until', tostring(lease_until))
+    redis.call('ZADD', KEYS[5], lease_until, ARGV[1])
+    return claimed()
+  end
   local lease = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
   if lease > now then return {'busy', tostring(lease)} end
   local number = tonumber(redis.call('HGET', KEYS[1], 'attempt_count') or '0')
@@ -466,11 +479,12 @@ if tonumber(redis.call('HGET', KEYS[1], 'updated_at') or '0') >= tonumber(ARGV[2
   return 0
 end
 local key = redis.call('HGET', KEYS[1], 'idempotency_key')
-local owner = redis.call('HGET', KEYS[1], 'created_by')
+local scope = redis.call('HGET', KEYS[1], 'idempotency_owner')
 if key then
-  if owner then redis.call('DEL', ARGV[5] .. owner .. ':' .. key)
+  if scope then redis.call('DEL', ARGV[5] .. scope .. ':' .. key)
   else redis.call('DEL', ARGV[4] .. key) end
 end
+local owner = redis.call('HGET', KEYS[1], 'created_by')
 if owner then redis.call('ZREM', ARGV[6] .. owner, ARGV[1]) end
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('ZREM', ARGV[3] .. status, ARGV[1])

@@ -53,6 +53,9 @@ class NewDelivery:
     idempotency_key: str | None = None
     priority: Priority = Priority.NORMAL
     created_by: str | None = None  # the API key's name, when one sent it
+    # Whose idempotency keys ``idempotency_key`` is among: an API key's own (its name), or
+    # None for the shared ones (the CLI, Python code, a schedule run's e-mails).
+    idempotency_owner: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,10 +117,12 @@ class DeliveryStore:
                     idempotency_key=delivery.idempotency_key,
                     priority=delivery.priority,
                     created_by=delivery.created_by,
+                    idempotency_owner=delivery.idempotency_owner,
                 ),
                 idempotency=delivery.idempotency_key,
                 idempotency_ttl_seconds=self._retention_seconds,
                 created_by=delivery.created_by,
+                idempotency_owner=delivery.idempotency_owner,
             )
             self._create(keys=call.keys, args=call.args, client=pipe)
         return [decode_create(reply) for reply in pipe.execute()]
@@ -132,14 +137,14 @@ class DeliveryStore:
         return decode_record(delivery_id, fields, attempts)
 
     def used_idempotency_keys(
-        self, keys: Sequence[str | None], *, created_by: str | None = None
+        self, keys: Sequence[str | None], *, owner: str | None = None
     ) -> list[bool]:
-        """Whether each idempotency key (of ``created_by``'s, when given) already names a
-        delivery, in one round trip; None is never used."""
+        """Whether each idempotency key (among ``owner``'s, or the shared ones) already names
+        a delivery, in one round trip; None is never used."""
         pipe = self._redis.pipeline(transaction=False)
         asked = [key for key in keys if key is not None]
         for key in asked:
-            pipe.exists(idempotency_key(key, created_by))
+            pipe.exists(idempotency_key(key, owner))
         found = iter(pipe.execute() if asked else [])
         return [bool(next(found)) if key is not None else False for key in keys]
 
