@@ -11,6 +11,7 @@ import anyio.to_thread
 import redis
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
+from kombu.exceptions import OperationalError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 from pydantic import BaseModel, Field
@@ -100,7 +101,15 @@ def _check_readiness(found: ApiServices) -> dict[str, Any]:
     except redis.RedisError as exc:
         checks["redis"] = False
         checks["redis_error"] = type(exc).__name__
-    workers = ping_workers(found.celery) if checks["redis"] else []
+    workers: list[str] = []
+    if checks["redis"]:
+        try:
+            workers = ping_workers(found.celery)
+        except (redis.RedisError, OperationalError) as exc:
+            # The broker failed between the ping of Redis and this one: not ready, said in
+            # the documented body rather than as an error.
+            checks["redis"] = False
+            checks["redis_error"] = type(exc).__name__
     checks["workers"] = len(workers)
     return checks
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pytest
 import redis
+from pydantic import SecretStr
 
 from config.mail_settings import SmtpSettings
 from config.settings_store import StoredSettings
@@ -580,3 +582,24 @@ def test_a_renewal_that_fails_while_the_send_waits_stops_it_before_data() -> Non
     assert harness.sent_to() == []
     [attempt] = harness.record().attempts
     assert attempt.error == "not sent: its claim could not be renewed (ConnectionError)"
+
+
+def test_an_unexpected_error_quoting_the_password_is_recorded_and_logged_without_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def quoting(message: OutgoingMessage, recipients: Sequence[str]) -> dict[str, int]:
+        raise RuntimeError("library bug while sending AUTH with s3cret-Pa55")
+
+    harness = Harness(quoting)
+    harness.settings.save(1, username="robot", password=SecretStr("s3cret-Pa55"))
+    harness.add()
+    with caplog.at_level(logging.DEBUG, logger="worker.deliver"):
+        assert harness.deliver("d1") == [JobOutcome.FAILED]
+    record = harness.record()
+    assert (
+        record.last_error
+        == "internal error: RuntimeError: library bug while sending AUTH with ********"
+    )
+    assert "s3cret-Pa55" not in caplog.text
+    assert "Traceback (most recent call last)" in caplog.text  # still there to debug with
+    assert "unexpected RuntimeError: library bug while sending AUTH with ********" in caplog.text

@@ -11,6 +11,8 @@ import httpx
 import pytest
 import uvicorn
 from celery import Celery
+from fastapi.testclient import TestClient
+from kombu.exceptions import OperationalError
 
 from api import health_routes
 from api.app import create_app
@@ -96,3 +98,21 @@ def test_the_answer_is_checked_again_once_it_is_stale(
     ready = httpx.get(f"{api_url}/readyz", timeout=30)
     assert (ready.status_code, ready.json()) == (200, {"ready": True, "redis": True, "workers": 1})
     assert len(pings) == 2
+
+
+def test_a_broker_that_fails_the_ping_is_not_ready_in_the_documented_body(
+    outbox_context: OutboxContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(app: Celery, timeout: float = 1.0) -> list[str]:
+        raise OperationalError("Error 111 connecting to the broker")
+
+    monkeypatch.setattr(health_routes, "ping_workers", broken)
+    with TestClient(create_app(outbox_context)) as client:
+        answer = client.get("/readyz")
+    assert answer.status_code == 503
+    assert answer.json() == {
+        "ready": False,
+        "redis": False,
+        "workers": 0,
+        "redis_error": "OperationalError",
+    }

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import traceback
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -46,6 +47,7 @@ from worker.records import (
 )
 from worker.records.claims import ClaimTicket
 from worker.records.scripts import Lapsed
+from worker.scrubbing import scrub
 from worker.sending_limits import RATE_PAUSE_SECONDS, MustWait, SendingGate
 from worker.transports.base import SendResult, Transport
 
@@ -223,6 +225,7 @@ class Deliverer:
         started = self.clock()
         pending = [r.address for r in record.recipients if r.status.needs_sending]
         result: SendResult | None = None
+        stored: StoredSettings | None = None
         error: DeliveryError | None = None
         account: str | None = None
         try:
@@ -249,9 +252,14 @@ class Deliverer:
             # lease lapses, and the sweeper publishes the delivery again.
             raise
         except Exception as exc:
-            # A bug or an unexpected library error fails this delivery, not the worker.
-            log.exception("delivery %s: unexpected %s", record.id, type(exc).__name__)
-            error = PermanentError(f"internal error: {type(exc).__name__}: {exc}")
+            # A bug or an unexpected library error fails this delivery, not the worker. Its
+            # text (and its traceback's) may quote what was sent: the stored secret is kept
+            # out of both the record and the log.
+            secrets = _secrets_of(stored)
+            text = scrub(f"{type(exc).__name__}: {exc}", secrets)
+            trace = scrub("".join(traceback.format_exception(exc)), secrets)
+            log.error("delivery %s: unexpected %s\n%s", record.id, text, trace)
+            error = PermanentError(f"internal error: {text}")
         paused = await self._pause_for(account, result, error)
         return await self._record(claim, started, pending, result, error, paused, turns)
 
@@ -459,6 +467,11 @@ class Deliverer:
             reraise=True,
         )
         return await retrying(finish, following)
+
+
+def _secrets_of(stored: StoredSettings | None) -> tuple[str, ...]:
+    secret = stored.settings.secret() if stored is not None else None
+    return (secret.get_secret_value(),) if secret is not None else ()
 
 
 @dataclass(frozen=True, slots=True)

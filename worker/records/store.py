@@ -91,6 +91,8 @@ _ID = re.compile(r"^[0-9a-f]{1,64}$")
 # Records a producer's filtered page reads at most, so that one request stays bounded even
 # when few of its deliveries match; the page then ends early with a cursor to go on.
 _MAX_SCANNED = 1000
+# Ids of the cursor's exact score read from an index that no longer holds the cursor's id.
+_MAX_TIES = 10_000
 
 
 class DeliveryStore:
@@ -218,26 +220,45 @@ class DeliveryStore:
     ) -> list[_Position]:
         """The next ``count`` positions after ``position`` (newest first) over ``indexes``.
 
-        Only the ids sharing the cursor's exact score are read besides the ``count`` below
-        it, so a cursor costs what its page costs, whatever it says.
+        In the index that still holds the cursor's id at its score, the page goes on from its
+        rank: ``count`` ids read, however many share that score (the sweeper stamps up to
+        10,000 at once). Elsewhere the ids of exactly that score are read too, at most
+        ``_MAX_TIES``: a cursor costs about what its page costs, whatever it says.
         """
+        if position is None:
+            pipe = self._redis.pipeline(transaction=False)
+            for index in indexes:
+                pipe.zrevrangebyscore(index, "+inf", "-inf", start=0, num=count, withscores=True)
+            newest = pipe.execute()
+            return heapq.nlargest(
+                count, (_Position(score, as_text(raw)) for rows in newest for raw, score in rows)
+            )
         pipe = self._redis.pipeline(transaction=False)
         for index in indexes:
-            if position is not None:
-                pipe.zrangebyscore(index, repr(position.score), repr(position.score))
-            below = "+inf" if position is None else f"({position.score!r}"
-            pipe.zrevrangebyscore(index, below, "-inf", start=0, num=count, withscores=True)
-        replies = pipe.execute()
+            pipe.zscore(index, position.id)
+            pipe.zrevrank(index, position.id)
+        found = pipe.execute()
+        pipe = self._redis.pipeline(transaction=False)
+        for at, index in enumerate(indexes):
+            score, rank = found[2 * at], found[2 * at + 1]
+            if score == position.score and rank is not None:
+                pipe.zrevrange(index, rank + 1, rank + count, withscores=True)
+            else:
+                tied = repr(position.score)
+                pipe.zrangebyscore(index, tied, tied, start=0, num=_MAX_TIES)
+                below = f"({position.score!r}"
+                pipe.zrevrangebyscore(index, below, "-inf", start=0, num=count, withscores=True)
+        replies = iter(pipe.execute())
         rows: list[_Position] = []
-        step = 1 if position is None else 2
-        for at in range(0, len(replies), step):
-            if position is not None:
+        for at in range(len(indexes)):
+            score, rank = found[2 * at], found[2 * at + 1]
+            if not (score == position.score and rank is not None):
                 rows += (
                     _Position(position.score, delivery_id)
-                    for raw in replies[at]
+                    for raw in next(replies)
                     if (delivery_id := as_text(raw)) < position.id
                 )
-            rows += (_Position(score, as_text(raw)) for raw, score in replies[at + step - 1])
+            rows += (_Position(score, as_text(raw)) for raw, score in next(replies))
         return heapq.nlargest(count, rows)
 
     def reset_for_retry(self, delivery_id: str) -> DeliveryRecord:
