@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
-from config.api_keys import ApiKeyStore, Role
+from config.api_keys import ApiKeyStore, KeyLimits, Role
 from tasks.context import OutboxContext
 from tests.support.served_api import served_api
 
@@ -22,14 +23,22 @@ CONFIG = Path(__file__).with_name("schemathesis.toml")
 EXCLUDED = r"/api/settings/mail/(test-connection|test-email)"
 
 
+@pytest.mark.parametrize("role", [Role.ADMIN, Role.PRODUCER])
 def test_schemathesis_finds_no_undocumented_answer(
-    outbox_context: OutboxContext, tmp_path: Path
+    outbox_context: OutboxContext, tmp_path: Path, role: Role
 ) -> None:
+    """As an admin, every operation; as a producer with limits, the answers only producers
+    get (403 on admin routes, 404 for a delivery that is not its own, 429 over its limit)."""
     keys = ApiKeyStore(outbox_context.redis)
-    key = keys.create("fuzzer", Role.ADMIN)
+    admin_key = keys.create("admin", Role.ADMIN)
     keys.create("fuzzed-producer", Role.PRODUCER)
+    key = (
+        admin_key
+        if role is Role.ADMIN
+        else keys.create("fuzzer", Role.PRODUCER, KeyLimits.of(max_per_minute=20))
+    )
     with served_api(outbox_context) as (host, port):
-        delivery_id = _store_what_the_operations_read(f"http://{host}:{port}", key)
+        delivery_id = _store_what_the_operations_read(f"http://{host}:{port}", admin_key)
         run = subprocess.run(
             [
                 str(SCHEMATHESIS),
