@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import uvicorn
 from celery import Celery
 from fastapi.testclient import TestClient
 from kombu.exceptions import OperationalError
@@ -18,7 +16,7 @@ from api import health_routes
 from api.app import create_app
 from config.api_keys import ApiKeyStore, Role
 from tasks.context import OutboxContext
-from worker.testing.redis_server import free_port
+from tests.support.served_api import served_api
 
 CALLS = 40  # as many as the thread pool that runs the API's routes has threads
 
@@ -26,21 +24,8 @@ CALLS = 40  # as many as the thread pool that runs the API's routes has threads
 @pytest.fixture
 def api_url(outbox_context: OutboxContext) -> Iterator[str]:
     """The API served by uvicorn in a thread, as `outbox api` serves it."""
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(outbox_context), host="127.0.0.1", port=port, log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive(), "uvicorn stopped"
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with served_api(outbox_context) as (host, port):
+        yield f"http://{host}:{port}"
 
 
 @pytest.fixture

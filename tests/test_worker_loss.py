@@ -18,7 +18,7 @@ from config.process import ProcessSettings
 from tasks.context import OutboxContext
 from tasks.message_input import MessageInput
 from worker.records import AttemptOutcome, DeliveryStatus
-from worker.testing.processes import Service, child_pids, pid_of_connection, run_outbox
+from worker.testing.processes import SenderKiller, Service, child_pids, run_outbox
 from worker.testing.redis_server import RedisServer
 from worker.testing.smtp_peer import SmtpPeer, smtp_peer
 
@@ -113,17 +113,7 @@ def test_a_message_that_kills_its_process_every_time_fails_alone(env: dict[str, 
         "OUTBOX_SMTP_MAX_CONNECTIONS": str(INNOCENTS + 1),
     }
     context = context_of(env)
-    kills: list[int] = []
-
-    def kill_the_sender(recipients: tuple[str, ...], client_port: int) -> str | None:
-        # As a message whose sending crashes its process would (a segfault, os._exit).
-        if POISON not in recipients:
-            return None
-        pid = pid_of_connection(client_port)
-        if pid is not None:
-            kills.append(pid)
-            os.kill(pid, signal.SIGKILL)
-        return "451 the sender died"
+    kill_the_sender = SenderKiller(POISON)
 
     with smtp_peer() as peer:
         peer.data_delay_seconds = 0.5  # the whole chunk is in flight when the poison's ends
@@ -162,7 +152,7 @@ def test_a_message_that_kills_its_process_every_time_fails_alone(env: dict[str, 
         finally:
             worker.stop()
     assert statuses == [DeliveryStatus.FAILED] + [DeliveryStatus.SENT] * INNOCENTS
-    assert len(kills) == MAX_ATTEMPTS
+    assert len(kill_the_sender.kills) == MAX_ATTEMPTS
     failed = context.deliveries.get(poison)
     assert [a.outcome for a in failed.attempts] == [AttemptOutcome.LOST] * MAX_ATTEMPTS
     outcomes = [[a.outcome.value for a in context.deliveries.get(i).attempts] for i in innocents]

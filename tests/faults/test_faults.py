@@ -26,7 +26,7 @@ from tasks.producer import CHUNK_SIZE
 from tests.faults.harness import FaultRun, Report
 from worker.records import AttemptOutcome, DeliveryStatus, status_index_key
 from worker.testing.graph_standin import GraphStandIn
-from worker.testing.processes import ROOT, pid_of_connection, run_outbox
+from worker.testing.processes import ROOT, SenderKiller, run_outbox
 
 FULL = os.environ.get("OUTBOX_FAULTS") == "full"
 LOAD = 1000
@@ -219,16 +219,7 @@ producer.enqueue_many([MessageInput(to=["reader@example.com"], subject=f"stored 
 @pytest.mark.parametrize("fault_run", [{"OUTBOX_MAX_ATTEMPTS": "3"}], indirect=True)
 def test_7_a_poison_message_that_kills_its_worker_every_time(fault_run: FaultRun) -> None:
     run = fault_run
-    kills = []
-
-    def kill_the_sender(recipients: tuple[str, ...], client_port: int) -> str | None:
-        if POISON not in recipients:
-            return None
-        pid = pid_of_connection(client_port)
-        if pid is not None:
-            kills.append(pid)
-            os.kill(pid, signal.SIGKILL)
-        return "451 the sender died"
+    kill_the_sender = SenderKiller(POISON)
 
     run.peer.on_data = kill_the_sender
     run.start_worker()
@@ -245,7 +236,7 @@ def test_7_a_poison_message_that_kills_its_worker_every_time(fault_run: FaultRun
     assert failed.status is DeliveryStatus.FAILED
     assert "worker was lost" in (failed.last_error or "")
     assert [a.outcome for a in failed.attempts] == [AttemptOutcome.LOST] * 3
-    assert len(kills) == 3
+    assert len(kill_the_sender.kills) == 3
 
 
 @pytest.mark.parametrize("fault_run", [{"OUTBOX_CLAIM_LEASE_SECONDS": "3"}], indirect=True)

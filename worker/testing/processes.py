@@ -14,6 +14,7 @@ __all__ = [
     "BIN",
     "OUTBOX",
     "ROOT",
+    "SenderKiller",
     "Service",
     "child_pids",
     "pid_of_connection",
@@ -144,3 +145,22 @@ def pid_of_connection(local_port: int) -> int | None:
         except OSError:
             continue  # it exited, or is not ours to read
     return None
+
+
+class SenderKiller:
+    """An SMTP peer's ``on_data`` that SIGKILLs the process sending to ``poison``, as a
+    message whose sending crashes its process would (a segfault, ``os._exit``); ``kills``
+    lists the processes killed."""
+
+    def __init__(self, poison: str) -> None:
+        self.poison = poison
+        self.kills: list[int] = []
+
+    def __call__(self, recipients: tuple[str, ...], client_port: int) -> str | None:
+        if self.poison not in recipients:
+            return None
+        pid = pid_of_connection(client_port)
+        if pid is not None:
+            self.kills.append(pid)
+            os.kill(pid, signal.SIGKILL)
+        return "451 the sender died"
