@@ -32,7 +32,9 @@ from worker.errors import (
     PayloadTooLargeError,
     PermissionDeniedError,
     RateLimitedError,
+    RedisUnavailableError,
     ServiceError,
+    TooFewReplicasError,
 )
 
 __all__ = [
@@ -83,7 +85,9 @@ _MEANINGS = {
     422: "A value is refused; `field` names it.",
     429: "Over the key's own limit; nothing was stored. Try again after `Retry-After`.",
     502: "The mail server or Microsoft Graph failed.",
-    503: "Redis (the records and the queue) is unreachable.",
+    503: "Redis (the records and the queue) is unreachable, knows no primary (a Sentinel "
+    "failover), or has fewer replicas than OUTBOX_REDIS_MIN_REPLICAS. Try again after "
+    "`Retry-After`.",
 }
 _HEADERS = {
     401: {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer"}},
@@ -91,6 +95,12 @@ _HEADERS = {
         "Retry-After": {
             "schema": {"type": "integer"},
             "description": "Seconds until the key may send again.",
+        }
+    },
+    503: {
+        "Retry-After": {
+            "schema": {"type": "integer"},
+            "description": "Seconds worth waiting before trying again.",
         }
     },
 }
@@ -148,7 +158,7 @@ def error_response(error: Exception, location: RedisLocation) -> JSONResponse:
     headers: dict[str, str] = {}
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(error, RateLimitedError):
+    if isinstance(error, RateLimitedError | RedisUnavailableError | TooFewReplicasError):
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     return JSONResponse(error_body(detail, field), status_code=status, headers=headers)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from config.sentinel_url import SENTINEL_SCHEME, SentinelTarget
 from config.sessions import DEFAULT_IDLE_SECONDS, DEFAULT_LIFETIME_SECONDS
 from worker.errors import InvalidEnvironmentError
 
@@ -91,7 +92,27 @@ class ProcessSettings(BaseSettings):
 
     redis_url: str | None = Field(
         default=None,
-        description="redis://, rediss:// or unix:// URL; unset starts an embedded Redis.",
+        description="redis://, rediss:// or unix:// URL, or redis+sentinel://HOST:PORT[,...]/"
+        "MASTER_NAME[/DB] for a Redis Sentinel deployment; unset starts an embedded Redis.",
+    )
+    sentinel_password: SecretStr | None = Field(
+        default=None,
+        description="The sentinels' password (requirepass of redis-sentinel), if they have one; "
+        "Redis' own goes in the redis+sentinel:// URL.",
+    )
+    redis_min_replicas: int | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        description="Replicas that must hold an enqueue (and a delivery's outcome) before it "
+        "is acknowledged (Redis WAIT); unset is 1 with Sentinel, 0 otherwise.",
+    )
+    redis_replica_timeout_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=1.5,
+        description="How long an enqueue waits for the replicas (WAIT) before it is refused; "
+        "below the Redis clients' 2-second read timeout.",
     )
     secret_key: SecretStr | None = Field(
         default=None,
@@ -187,6 +208,13 @@ class ProcessSettings(BaseSettings):
             raise ValueError(f"{value} is not a directory")
         return value
 
+    @field_validator("redis_url")
+    @classmethod
+    def _a_readable_sentinel_url(cls, value: str | None) -> str | None:
+        if value and value.startswith(f"{SENTINEL_SCHEME}://"):
+            SentinelTarget.parse(value)  # its ValueError names the part, never the password
+        return value
+
     @field_validator("data_dir", mode="before")
     @classmethod
     def _unset_data_dir_is_the_default(cls, value: object) -> object:
@@ -218,6 +246,14 @@ class ProcessSettings(BaseSettings):
     @property
     def batch_request_bytes_limit(self) -> int:
         return self.max_batch_request_bytes or max(128 * 1024 * 1024, self.request_bytes_limit)
+
+    @property
+    def min_replicas(self) -> int:
+        """OUTBOX_REDIS_MIN_REPLICAS, or its default: 1 with Sentinel (a failover promotes a
+        replica, which must hold what was acknowledged), 0 for a single server."""
+        if self.redis_min_replicas is not None:
+            return self.redis_min_replicas
+        return 1 if (self.redis_url or "").startswith(f"{SENTINEL_SCHEME}://") else 0
 
     @property
     def retention_seconds(self) -> int:

@@ -1,4 +1,5 @@
-"""Where Redis is: the configured URL, or an embedded private server on a unix socket."""
+"""Where Redis is: the configured URL (a server or a Sentinel deployment), or an embedded
+private server on a unix socket."""
 
 from __future__ import annotations
 
@@ -10,16 +11,21 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import redis
-from redis.backoff import ExponentialBackoff
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
+from redis.sentinel import MasterNotFoundError, Sentinel
 
 from config.process import private_data_dir
+from config.sentinel_url import SENTINEL_SCHEME, SentinelTarget
 from worker.errors import EmbeddedRedisError, RedisUnavailableError
 
 __all__ = [
@@ -45,20 +51,53 @@ SERVER_UMASK = 0o077
 
 @dataclass(frozen=True, slots=True)
 class RedisLocation:
-    """One Redis server, spelled for redis-py (``url``) and for Celery/kombu (``broker_url``)."""
+    """One Redis, spelled for redis-py (``client``, ``async_client``) and for Celery/kombu
+    (``broker_url``, ``broker_transport_options``): a server (``redis://``, ``rediss://``,
+    ``unix://``) or a master that Redis Sentinel watches (``redis+sentinel://``), whose
+    clients ask the sentinels where the primary is on every new connection and so follow a
+    promotion by themselves."""
 
     url: str
+    sentinel_password: str | None = field(default=None, repr=False)
+
+    @property
+    def sentinel(self) -> SentinelTarget | None:
+        """The Sentinel deployment the URL names, or None for a single server."""
+        if self.url.startswith(f"{SENTINEL_SCHEME}://"):
+            return SentinelTarget.parse(self.url)
+        return None
 
     @property
     def broker_url(self) -> str:
+        target = self.sentinel
+        if target is not None:
+            # kombu's Sentinel transport: one sentinel:// URL per sentinel, joined by ";"
+            # (the master's name goes in the transport options).
+            return ";".join(
+                f"sentinel://{target.userinfo()}{_url_host(host)}:{port}/{target.db}"
+                for host, port in target.sentinels
+            )
         # kombu spells a unix socket "redis+socket://"; redis-py spells it "unix://".
         if self.url.startswith("unix://"):
             return "redis+socket://" + self.url.removeprefix("unix://")
         return self.url
 
     @property
+    def broker_transport_options(self) -> dict[str, Any]:
+        """What kombu needs beyond the URL: for Sentinel, the master's name and how to talk to
+        the sentinels (with timeouts: kombu gives them none of their own)."""
+        target = self.sentinel
+        if target is None:
+            return {}
+        return {"master_name": target.master_name, "sentinel_kwargs": self._sentinel_kwargs()}
+
+    @property
     def display(self) -> str:
-        """Where it is, for messages: host and port (or the socket path), never a password."""
+        """Where it is, for messages: host and port (or the socket path, or the sentinels and
+        the master's name), never a password."""
+        target = self.sentinel
+        if target is not None:
+            return target.display
         parsed = urlsplit(self.url)
         if parsed.scheme == "unix":
             return f"unix socket {parsed.path}"
@@ -68,18 +107,78 @@ class RedisLocation:
         """A client for producers, the CLI and the API: two tries of two seconds each with a
         short pause, so an unreachable or stalled Redis is reported within about five
         seconds instead of hanging."""
-        return redis.Redis.from_url(
-            self.url, retry=Retry(ExponentialBackoff(cap=0.5, base=0.1), retries=1), **TIMEOUTS
+        retry = Retry(ExponentialBackoff(cap=0.5, base=0.1), retries=1)
+        target = self.sentinel
+        if target is None:
+            return redis.Redis.from_url(self.url, retry=retry, **TIMEOUTS)
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            list(target.sentinels), sentinel_kwargs=self._sentinel_kwargs(), **TIMEOUTS
         )
+        client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+            target.master_name, retry=retry, **_master_options(target)
+        )
+        return client
+
+    def async_client(self, **timeouts: float) -> aioredis.Redis:
+        """The workers' client: it gives up on a stalled Redis (``TIMEOUTS``, or ``timeouts``)
+        and never runs a command again by itself (see ``worker.runtime.worker_redis``)."""
+        options = {**TIMEOUTS, **timeouts}
+        retry = AsyncRetry(NoBackoff(), retries=0)
+        target = self.sentinel
+        if target is None:
+            return aioredis.Redis.from_url(self.url, retry=retry, **options)
+        sentinel = AsyncSentinel(  # type: ignore[no-untyped-call]
+            list(target.sentinels), sentinel_kwargs=self._sentinel_kwargs(), **options
+        )
+        client: aioredis.Redis = sentinel.master_for(
+            target.master_name, retry=retry, **_master_options(target)
+        )
+        return client
 
     def unavailable(self, error: Exception) -> RedisUnavailableError:
         """Our error for a failure of the Redis client or of the broker, naming where Redis
         is (and never the URL, which may hold a password)."""
+        error = _redis_cause(error)
+        target = self.sentinel
+        if target is not None and isinstance(error, MasterNotFoundError):
+            # redis-py lists each sentinel it could not reach (by its connection's host=).
+            if str(error).count("host=") >= len(target.sentinels):
+                what = "is unreachable: no sentinel answered"
+            else:
+                what = "knows no reachable primary (a failover may be under way)"
+            return RedisUnavailableError(f"{target.display} {what} ({type(error).__name__})")
         if isinstance(error, redis.ConnectionError | redis.TimeoutError | OSError):
             what = "is unreachable or not answering"
         else:
             what = f"refused a command ({str(error).split(chr(10))[0][:200]})"
         return RedisUnavailableError(f"Redis at {self.display} {what} ({type(error).__name__})")
+
+    def _sentinel_kwargs(self) -> dict[str, Any]:
+        return {
+            **TIMEOUTS,
+            **({"password": self.sentinel_password} if self.sentinel_password else {}),
+        }
+
+
+def _redis_cause(error: Exception) -> Exception:
+    """The Redis error under kombu's ``OperationalError``, which says less about it."""
+    cause: BaseException | None = error
+    while cause is not None and not isinstance(cause, redis.RedisError):
+        cause = cause.__cause__ or cause.__context__
+    return cause if isinstance(cause, Exception) else error
+
+
+def _master_options(target: SentinelTarget) -> dict[str, Any]:
+    options: dict[str, Any] = {"db": target.db}
+    if target.username is not None:
+        options["username"] = target.username
+    if target.password is not None:
+        options["password"] = target.password
+    return options
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 # Every Redis client of outbox (CLI, producers, API, workers, sweeper) gives up on a connection
@@ -90,17 +189,21 @@ TIMEOUTS: dict[str, Any] = {
 }
 
 
-def configured_location(redis_url: str | None, data_dir: Path) -> RedisLocation:
+def configured_location(
+    redis_url: str | None, data_dir: Path, *, sentinel_password: str | None = None
+) -> RedisLocation:
     """Where Redis is meant to be, without starting the embedded one (for messages)."""
     if redis_url:
-        return RedisLocation(redis_url)
+        return RedisLocation(redis_url, sentinel_password)
     return RedisLocation(f"unix://{data_dir.resolve() / SOCKET_NAME}")
 
 
-def resolve_redis(redis_url: str | None, data_dir: Path) -> RedisLocation:
+def resolve_redis(
+    redis_url: str | None, data_dir: Path, *, sentinel_password: str | None = None
+) -> RedisLocation:
     """Return the configured Redis, or start (or reuse) the embedded one under ``data_dir``."""
     if redis_url:
-        return RedisLocation(redis_url)
+        return RedisLocation(redis_url, sentinel_password)
     return RedisLocation(f"unix://{ensure_embedded_redis(data_dir)}")
 
 

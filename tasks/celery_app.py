@@ -62,6 +62,7 @@ def create_celery_app(context: OutboxContext) -> Celery:
             "visibility_timeout": context.settings.visibility_timeout_seconds,
             "socket_timeout": REDIS_TIMEOUT_SECONDS,
             "socket_connect_timeout": REDIS_TIMEOUT_SECONDS,
+            **context.redis_location.broker_transport_options,
         },
         broker_connection_timeout=REDIS_TIMEOUT_SECONDS,
         # A worker whose broker went away (a Redis restart) reconnects by itself, forever.
@@ -85,7 +86,7 @@ class _ProcessRuntime:
         if self._runtime is None or self._pid != os.getpid():
             self._runtime = WorkerRuntime(
                 self._context.settings,
-                redis_url=self._context.redis_location.url,
+                location=self._context.redis_location,
                 box=self._context.secret_box,
                 task_queue=CeleryTaskQueue(self._app, self._context.redis),
             )
@@ -192,6 +193,7 @@ def producer_for(context: OutboxContext, app: Celery | None = None) -> Producer:
         message_id_domain=context.settings.message_id_domain,
         max_message_bytes=context.settings.max_message_bytes,
         max_recipients=context.settings.max_recipients,
+        replicas=context.replicas,
     )
 
 

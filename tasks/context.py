@@ -16,6 +16,7 @@ from tasks.message_input import describe_validation_error
 from tasks.reports.store import ScheduleStore
 from worker.errors import InvalidEnvironmentError
 from worker.records import DeliveryStore
+from worker.records.replication import ReplicaWait
 
 __all__ = ["OutboxContext"]
 from worker.transports.factory import TransportOptions, transport_options
@@ -42,7 +43,15 @@ class OutboxContext:
     @classmethod
     def from_settings(cls, settings: ProcessSettings) -> OutboxContext:
         """The context of ``settings`` (starting the embedded Redis if no URL is set)."""
-        return cls(settings, resolve_redis(settings.redis_url, settings.data_dir))
+        password = settings.sentinel_password
+        return cls(
+            settings,
+            resolve_redis(
+                settings.redis_url,
+                settings.data_dir,
+                sentinel_password=password.get_secret_value() if password else None,
+            ),
+        )
 
     @cached_property
     def secret_box(self) -> SecretBox:
@@ -56,6 +65,16 @@ class OutboxContext:
     @cached_property
     def redis(self) -> redis.Redis:
         return self.redis_location.client()
+
+    @cached_property
+    def replicas(self) -> ReplicaWait:
+        """How producers make sure an enqueue survives a failover (OUTBOX_REDIS_MIN_REPLICAS)."""
+        return ReplicaWait(
+            self.redis,
+            min_replicas=self.settings.min_replicas,
+            timeout_seconds=self.settings.redis_replica_timeout_seconds,
+            where=self.redis_location.display,
+        )
 
     @cached_property
     def settings_store(self) -> SettingsStore:

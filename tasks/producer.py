@@ -22,6 +22,7 @@ from worker.records import (
     NewDelivery,
     Priority,
 )
+from worker.records.replication import ReplicaWait
 
 __all__ = ["CHUNK_SIZE", "Producer", "Publisher", "chunked"]
 
@@ -52,8 +53,10 @@ class Producer:
         message_id_domain: str,
         max_message_bytes: int,
         max_recipients: int = DEFAULT_MAX_RECIPIENTS,
+        replicas: ReplicaWait | None = None,
     ) -> None:
         self._deliveries = deliveries
+        self._replicas = replicas
         self._publish = publish
         self._domain = message_id_domain
         self._max_message_bytes = max_message_bytes
@@ -80,6 +83,7 @@ class Producer:
         """
         for message in messages:
             self.check_limits(message)
+        self._require_replicas()
         created: list[Created] = []
         for start in range(0, len(messages), CHUNK_SIZE):
             stored, to_queue = self._store(
@@ -89,6 +93,7 @@ class Producer:
             )
             self._queue(to_queue)
             created += stored
+        self._confirm_replicated()
         return created
 
     def _store(
@@ -154,15 +159,18 @@ class Producer:
     def retry(self, delivery_ids: Iterable[str]) -> list[DeliveryRecord]:
         """Queue failed deliveries again; raises for an unknown or unretryable id, after
         queueing every one reset before it (a reset record must never wait unqueued)."""
+        self._require_replicas()
         records: list[DeliveryRecord] = []
         try:
             for delivery_id in delivery_ids:
                 records.append(self._deliveries.reset_for_retry(delivery_id))
         finally:
             self._queue([(r.id, r.priority) for r in records])
+        self._confirm_replicated()
         return records
 
     def retry_all_failed(self) -> list[DeliveryRecord]:
+        self._require_replicas()
         records = []
         for delivery_id in self._deliveries.ids_with_status(DeliveryStatus.FAILED):
             try:
@@ -173,7 +181,19 @@ class Producer:
             except NotRetryableError:
                 continue  # changed meanwhile, e.g. retried by someone else
         self._queue([(r.id, r.priority) for r in records])
+        self._confirm_replicated()
         return records
+
+    def _require_replicas(self) -> None:
+        """Refuse before storing anything while fewer replicas than the minimum are in sync."""
+        if self._replicas is not None:
+            self._replicas.require()
+
+    def _confirm_replicated(self) -> None:
+        """Answer only once enough replicas hold the records and their tasks: a failover
+        now promotes a replica that has them."""
+        if self._replicas is not None:
+            self._replicas.confirm()
 
     def _queue(self, deliveries: list[tuple[str, Priority]]) -> None:
         """Publish ``(id, priority)`` pairs, the high ones first."""

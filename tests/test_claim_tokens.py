@@ -15,6 +15,7 @@ import redis
 import redis.asyncio as aioredis
 
 from config.mail_settings import SmtpSettings
+from config.redis_location import RedisLocation
 from config.settings_store import SETTINGS_KEY, StoredSettings
 from tasks.context import OutboxContext
 from tasks.producer import Producer
@@ -79,7 +80,7 @@ async def record_attempt(claims: RedisClaims, claim: Claimed, *, sent: bool = Tr
 
 @contextlib.asynccontextmanager
 async def worker_claims(url: str, **timeouts: float) -> AsyncIterator[RedisClaims]:
-    client = worker_redis(url, **timeouts)
+    client = worker_redis(RedisLocation(url), **timeouts)
     try:
         yield claims_on(client)
     finally:
@@ -296,7 +297,7 @@ def test_the_workers_client_never_runs_a_command_again_by_itself(
 
     async def scenario() -> tuple[BaseException | None, int]:
         async with LossyProxy(port_of(url)) as proxy:
-            client = worker_redis(proxy.url, socket_timeout=REPLY_TIMEOUT_SECONDS)
+            client = worker_redis(RedisLocation(proxy.url), socket_timeout=REPLY_TIMEOUT_SECONDS)
             direct = aioredis.Redis.from_url(url)
             try:
                 await direct.delete("runs")

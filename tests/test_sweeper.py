@@ -144,7 +144,7 @@ def sweep_once(outbox_context: OutboxContext, clock: Callable[[], float]) -> lis
     """What one sweep by a process whose clock is ``clock`` publishes."""
 
     async def sweep() -> list[str]:
-        client = worker_redis(outbox_context.redis_location.url)
+        client = worker_redis(outbox_context.redis_location)
         try:
             sweeper = Sweeper(
                 client,

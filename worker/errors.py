@@ -28,6 +28,7 @@
      │    └── KeyNameTakenError               an API key of that name exists
      └── ServiceError                         outbox's own infrastructure cannot serve
           ├── RedisUnavailableError           Redis (the records and the broker) unreachable
+          ├── TooFewReplicasError             fewer replicas than OUTBOX_REDIS_MIN_REPLICAS
           ├── EmbeddedRedisError              the embedded Redis cannot be found or started
           ├── SecretMismatchError             a stored secret does not decrypt with this key
           └── ReportTemplateError             a report template cannot be read or rendered
@@ -72,6 +73,7 @@ __all__ = [
     "SecretMismatchError",
     "ServiceError",
     "SettingsNotConfiguredError",
+    "TooFewReplicasError",
     "TooManyRecipientsError",
     "TransientError",
     "delivery_error",
@@ -220,7 +222,20 @@ class ServiceError(OutboxError):
 
 
 class RedisUnavailableError(ServiceError):
-    """Redis, which holds the records and is the broker, cannot be reached or does not answer."""
+    """Redis, which holds the records and is the broker, cannot be reached or does not answer
+    (with Sentinel: no primary is known, as during a failover)."""
+
+    # Seconds worth waiting before trying again: a Sentinel failover takes a few.
+    retry_after: float = 5.0
+
+
+class TooFewReplicasError(ServiceError):
+    """Fewer Redis replicas than OUTBOX_REDIS_MIN_REPLICAS are in sync or acknowledged a
+    write: an enqueue cannot be acknowledged as safe from a failover."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class EmbeddedRedisError(ServiceError):

@@ -10,16 +10,15 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from config.process import ProcessSettings
-from config.redis_location import TIMEOUTS
+from config.redis_location import RedisLocation
 from config.secret_box import SecretBox
 from config.settings_store import SETTINGS_KEY, StoredSettings
 from worker.backoff import RetryPolicy
 from worker.deliver import Deliverer, JobOutcome, TransportCache
 from worker.records import RedisClaims
+from worker.records.replication import AsyncReplicaWait
 from worker.sending_limits import RedisGate
 from worker.settings_cache import SettingsCache
 from worker.sweeper import Sweeper, TaskQueue
@@ -85,17 +84,17 @@ def quiet_http_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def worker_redis(redis_url: str, **timeouts: float) -> aioredis.Redis:
+def worker_redis(location: RedisLocation, **timeouts: float) -> aioredis.Redis:
     """The worker's Redis client: it gives up on a stalled Redis (``TIMEOUTS``, or
     ``timeouts``) and never runs a command again by itself.
 
     A command whose reply was lost (a timeout, a dropped connection) may have run: redis-py's
     own retries would run a claim or an outcome a second time, unseen. Where that is safe,
-    the caller asks again itself (``worker.records.claims.rerun_on_lost_reply``).
+    the caller asks again itself (``worker.records.claims.rerun_on_lost_reply``). With
+    Sentinel, each new connection asks the sentinels where the primary is, so the next
+    command after a failover goes to the promoted replica.
     """
-    return aioredis.Redis.from_url(
-        redis_url, retry=Retry(NoBackoff(), retries=0), **{**TIMEOUTS, **timeouts}
-    )
+    return location.async_client(**timeouts)
 
 
 class WorkerRuntime:
@@ -105,7 +104,7 @@ class WorkerRuntime:
         self,
         settings: ProcessSettings,
         *,
-        redis_url: str,
+        location: RedisLocation,
         box: SecretBox,
         task_queue: TaskQueue,
     ) -> None:
@@ -113,7 +112,7 @@ class WorkerRuntime:
         self._loop = EventLoopThread()
         # A stalled Redis fails a job (the sweeper runs it again later) instead of hanging it;
         # the next command reconnects when Redis is back.
-        self._redis = worker_redis(redis_url)
+        self._redis = worker_redis(location)
         options = transport_options(settings)
         self._http = HttpClients.build(options)
 
@@ -147,6 +146,11 @@ class WorkerRuntime:
             ),
         )
 
+        self._replicas = AsyncReplicaWait(
+            self._redis,
+            min_replicas=settings.min_replicas,
+            timeout_seconds=settings.redis_replica_timeout_seconds,
+        )
         self._sweeper = Sweeper(
             self._redis,
             task_queue,
@@ -165,7 +169,11 @@ class WorkerRuntime:
         return self._loop.run(self._deliver_all(delivery_ids))
 
     async def _deliver_all(self, delivery_ids: Sequence[str]) -> list[JobOutcome]:
-        return await self._deliverer.deliver_many(delivery_ids)
+        outcomes = await self._deliverer.deliver_many(delivery_ids)
+        # Before Celery acknowledges the job: a failover after the acknowledgement must find
+        # its outcomes on the promoted replica, or it would send them again.
+        await self._replicas.confirm()
+        return outcomes
 
     def close(self) -> None:
         self._sweeping.cancel()

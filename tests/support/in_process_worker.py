@@ -47,7 +47,7 @@ class InProcessWorker:
         self.queue = CollectingQueue()
         self.runtime = WorkerRuntime(
             context.settings,
-            redis_url=context.redis_location.url,
+            location=context.redis_location,
             box=context.secret_box,
             task_queue=self.queue,
         )
