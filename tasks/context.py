@@ -12,7 +12,6 @@ from config.process import ProcessSettings
 from config.redis_location import RedisLocation, resolve_redis
 from config.secret_box import SecretBox, load_secret_keys
 from config.settings_store import SettingsStore
-from tasks.message_input import describe_validation_error
 from tasks.reports.store import ScheduleStore
 from worker.errors import InvalidEnvironmentError
 from worker.records import DeliveryStore
@@ -35,9 +34,7 @@ class OutboxContext:
         try:
             settings = ProcessSettings()
         except ValidationError as exc:
-            raise InvalidEnvironmentError(
-                f"invalid environment: {describe_validation_error(exc)}"
-            ) from None
+            raise InvalidEnvironmentError(f"invalid environment: {_by_variable(exc)}") from None
         return cls.from_settings(settings)
 
     @classmethod
@@ -91,3 +88,14 @@ class OutboxContext:
     @cached_property
     def transport_options(self) -> TransportOptions:
         return transport_options(self.settings)
+
+
+def _by_variable(error: ValidationError) -> str:
+    """One problem per variable, named as it is set: ``OUTBOX_REDIS_URL: ...``."""
+    problems = []
+    for problem in error.errors(include_url=False, include_input=False):
+        message = problem["msg"].removeprefix("Value error, ")
+        name = "_".join(str(part) for part in problem["loc"]).upper()
+        # A check of several variables together names them in its own message.
+        problems.append(f"OUTBOX_{name}: {message}" if name else message)
+    return "; ".join(problems)

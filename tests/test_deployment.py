@@ -12,12 +12,15 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+import yaml
 
 from config.process import default_data_dir
 from config.redis_location import SOCKET_NAME
+from config.sentinel_url import SentinelTarget
 from worker.testing.processes import ROOT, Service, run_outbox
 from worker.testing.redis_server import free_port
 
@@ -148,10 +151,11 @@ def docker_compose() -> str:
     return found
 
 
-def test_docker_compose_file_is_valid() -> None:
+@pytest.mark.parametrize("profiles", [[], ["--profile", "sentinel"]], ids=["plain", "sentinel"])
+def test_docker_compose_file_is_valid(profiles: list[str]) -> None:
     env = {**os.environ, "OUTBOX_SECRET_KEY": "k", "FLOWER_BASIC_AUTH": "admin:pw"}
     result = subprocess.run(
-        [docker_compose(), "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+        [docker_compose(), "-f", str(ROOT / "docker-compose.yml"), *profiles, "config", "-q"],
         env=env,
         capture_output=True,
         text=True,
@@ -183,6 +187,156 @@ def test_docker_compose_uses_the_procfile_commands() -> None:
     assert "- --address=0.0.0.0" in rendered
     assert "127.0.0.1:5555:5555" in rendered
     assert "FLOWER_BASIC_AUTH: admin:pw" in rendered
+
+
+def compose_services(*profiles: str) -> dict[str, dict[str, Any]]:
+    """The services ``docker compose [--profile P]... up`` starts, as ``config`` resolves them.
+    Debian's docker-compose (1.29) prints every service whatever the profiles, so they are
+    applied here as Compose applies them: a service without profiles always starts, one with
+    profiles only when one of them is on."""
+    env = {**os.environ, "OUTBOX_SECRET_KEY": "k", "FLOWER_BASIC_AUTH": "admin:pw"}
+    options = [option for profile in profiles for option in ("--profile", profile)]
+    rendered = subprocess.run(
+        [docker_compose(), "-f", str(ROOT / "docker-compose.yml"), *options, "config"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    services: dict[str, dict[str, Any]] = yaml.safe_load(rendered)["services"]
+    return {
+        name: service
+        for name, service in services.items()
+        if not service.get("profiles") or set(service["profiles"]) & set(profiles)
+    }
+
+
+def command_text(service: dict[str, Any]) -> str:
+    """The service's command as one string, with its environment's variables put in."""
+    command = service.get("command", [])
+    text = " ".join(command) if isinstance(command, list) else str(command)
+    for name, value in (service.get("environment") or {}).items():
+        text = text.replace(f"$${name}", str(value)).replace(f"${name}", str(value))
+    return text
+
+
+def published_ports(services: dict[str, dict[str, Any]]) -> list[str]:
+    """Every host port published, as ``PORT/PROTOCOL`` (1.29 prints short syntax, Compose v2
+    the long one)."""
+    found = []
+    for service in services.values():
+        for port in service.get("ports", []):
+            if isinstance(port, dict):
+                found.append(f"{port['published']}/{port.get('protocol', 'tcp')}")
+            else:
+                mapping, _, protocol = str(port).partition("/")
+                parts = mapping.split(":")
+                if len(parts) > 1:  # a bare container port publishes none of the host's
+                    found.append(f"{parts[-2]}/{protocol or 'tcp'}")
+    return found
+
+
+def mounts(service: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """The service's volumes as (source, target, read-only), from short or long syntax."""
+    found = []
+    for volume in service.get("volumes", []):
+        if isinstance(volume, dict):
+            found.append((volume["source"], volume["target"], bool(volume.get("read_only"))))
+        else:
+            source, target, *mode = str(volume).split(":")
+            found.append((source, target, "ro" in mode))
+    return found
+
+
+def dependencies(services: dict[str, dict[str, Any]], name: str) -> set[str]:
+    """What ``up NAME`` starts besides NAME: its depends_on, followed through."""
+    found: set[str] = set()
+    todo = [name]
+    while todo:
+        for dependency in services.get(todo.pop(), {}).get("depends_on", {}):
+            if dependency not in found:
+                found.add(dependency)
+                todo.append(dependency)
+    return found
+
+
+def outbox_service(services: dict[str, dict[str, Any]], command: str, url: str) -> str:
+    """The one service running ``outbox COMMAND`` with an OUTBOX_REDIS_URL starting ``url``."""
+    (name,) = [
+        name
+        for name, service in services.items()
+        if service.get("command", [])[:2] == ["outbox", command]
+        and service["environment"]["OUTBOX_REDIS_URL"].startswith(url)
+    ]
+    return name
+
+
+def test_docker_compose_without_a_profile_starts_the_single_redis_deployment() -> None:
+    services = compose_services()
+    assert set(services) == {"redis", "worker", "flower", "web"}
+    assert "--appendonly" in services["redis"]["command"]
+    for name in ("worker", "flower", "web"):
+        assert services[name]["environment"]["OUTBOX_REDIS_URL"] == "redis://redis:6379/0"
+        assert services[name]["depends_on"] == {"redis": {"condition": "service_healthy"}}
+    assert sorted(published_ports(services)) == ["5555/tcp", "8000/tcp"]
+
+
+def test_docker_compose_sentinel_profile_runs_outbox_on_sentinel_watched_redis() -> None:
+    services = compose_services("sentinel")
+    sentinels = {name for name, s in services.items() if "--sentinel" in command_text(s)}
+    replicas = {name for name, s in services.items() if "replicaof " in command_text(s)}
+    assert len(sentinels) == 3
+    assert len(replicas) == 2
+    (primary,) = {
+        command_text(services[name]).split("replicaof ")[1].split()[0] for name in replicas
+    }
+    assert primary in services
+    assert primary not in replicas | sentinels
+
+    for name in (primary, *replicas):
+        command = command_text(services[name])
+        # As durable as the single Redis, and announced by the name the network resolves.
+        assert "--appendonly yes --appendfsync everysec" in command
+        assert f"--replica-announce-ip {name}" in command
+        assert mounts(services[name]) == [(f"{name}-data", "/data", False)]
+    for name in sentinels:
+        config = command_text(services[name])
+        assert f"sentinel monitor outbox {primary} 6379 2" in config
+        assert "sentinel down-after-milliseconds outbox 5000" in config
+        assert "sentinel failover-timeout outbox 60000" in config
+        assert "sentinel resolve-hostnames yes" in config
+        assert "sentinel announce-hostnames yes" in config
+        assert f"sentinel announce-ip {name}" in config
+        # Sentinel rewrites its config: written at start on its own volume, not mounted in.
+        assert "> /data/sentinel.conf" in config
+        assert mounts(services[name]) == [(f"{name}-data", "/data", False)]
+
+    for command in ("worker", "flower", "api"):
+        name = outbox_service(services, command, "redis+sentinel://")
+        target = SentinelTarget.parse(services[name]["environment"]["OUTBOX_REDIS_URL"])
+        assert target.master_name == "outbox"
+        assert set(target.sentinels) == {(sentinel, 26379) for sentinel in sentinels}
+        # Starting it alone (up -d worker-ha flower-ha web-ha) starts the whole Sentinel stack.
+        assert dependencies(services, name) >= {primary, *replicas, *sentinels}
+        # The same process as its single-Redis twin, only pointed elsewhere.
+        twin = services[outbox_service(services, command, "redis://")]
+        assert services[name]["command"] == twin["command"]
+        assert {**services[name]["environment"], "OUTBOX_REDIS_URL": ""} == {
+            **twin["environment"],
+            "OUTBOX_REDIS_URL": "",
+        }
+
+    ports = published_ports(services)
+    assert len(ports) == len(set(ports)), ports
+
+
+@pytest.mark.parametrize("profiles", [(), ("sentinel",)], ids=["plain", "sentinel"])
+def test_docker_compose_services_only_depend_on_services_that_start(
+    profiles: tuple[str, ...],
+) -> None:
+    services = compose_services(*profiles)
+    for name in services:
+        assert dependencies(services, name) <= set(services), name
 
 
 def test_a_data_directory_left_by_an_earlier_version_is_kept(
