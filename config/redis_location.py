@@ -41,6 +41,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 REDIS_TIMEOUT_SECONDS = 2.0
+# Asking a sentinel about a failover, before a reply that waits on it.
+SENTINEL_ASK_TIMEOUT_SECONDS = 0.5
 
 SOCKET_NAME = "redis.sock"
 STARTUP_TIMEOUT_SECONDS = 10.0
@@ -135,6 +137,35 @@ class RedisLocation:
         )
         return client
 
+    def sentinel_clients(self) -> list[redis.Redis]:
+        """One client per sentinel (none without Sentinel), quick to give up: for asking
+        whether a failover is under way, where a silent sentinel must not hold up a reply."""
+        target = self.sentinel
+        if target is None:
+            return []
+        return [
+            redis.Redis(host=host, port=port, retry=Retry(NoBackoff(), 0), **self._quick())
+            for host, port in target.sentinels
+        ]
+
+    def async_sentinel_clients(self) -> list[aioredis.Redis]:
+        """``sentinel_clients`` for the workers' event loop."""
+        target = self.sentinel
+        if target is None:
+            return []
+        return [
+            aioredis.Redis(host=host, port=port, retry=AsyncRetry(NoBackoff(), 0), **self._quick())
+            for host, port in target.sentinels
+        ]
+
+    def _quick(self) -> dict[str, Any]:
+        password = {"password": self.sentinel_password} if self.sentinel_password else {}
+        return {
+            "socket_timeout": SENTINEL_ASK_TIMEOUT_SECONDS,
+            "socket_connect_timeout": SENTINEL_ASK_TIMEOUT_SECONDS,
+            **password,
+        }
+
     def unavailable(self, error: Exception) -> RedisUnavailableError:
         """Our error for a failure of the Redis client or of the broker, naming where Redis
         is (and never the URL, which may hold a password)."""
@@ -151,7 +182,8 @@ class RedisLocation:
             what = "is unreachable or not answering"
         else:
             what = f"refused a command ({str(error).split(chr(10))[0][:200]})"
-        return RedisUnavailableError(f"Redis at {self.display} {what} ({type(error).__name__})")
+        where = target.display if target is not None else f"Redis at {self.display}"
+        return RedisUnavailableError(f"{where} {what} ({type(error).__name__})")
 
     def _sentinel_kwargs(self) -> dict[str, Any]:
         return {

@@ -15,7 +15,7 @@ from config.settings_store import SettingsStore
 from tasks.reports.store import ScheduleStore
 from worker.errors import InvalidEnvironmentError
 from worker.records import DeliveryStore
-from worker.records.replication import ReplicaWait
+from worker.records.replication import FailoverWatch, ReplicaWait
 
 __all__ = ["OutboxContext"]
 from worker.transports.factory import TransportOptions, transport_options
@@ -66,11 +66,16 @@ class OutboxContext:
     @cached_property
     def replicas(self) -> ReplicaWait:
         """How producers make sure an enqueue survives a failover (OUTBOX_REDIS_MIN_REPLICAS)."""
+        location = self.redis_location
+        target = location.sentinel
         return ReplicaWait(
             self.redis,
             min_replicas=self.settings.min_replicas,
             timeout_seconds=self.settings.redis_replica_timeout_seconds,
-            where=self.redis_location.display,
+            where=location.display,
+            failovers=FailoverWatch(location.sentinel_clients(), target.master_name)
+            if target is not None
+            else None,
         )
 
     @cached_property

@@ -18,7 +18,7 @@ from config.settings_store import SETTINGS_KEY, StoredSettings
 from worker.backoff import RetryPolicy
 from worker.deliver import Deliverer, JobOutcome, TransportCache
 from worker.records import RedisClaims
-from worker.records.replication import AsyncReplicaWait
+from worker.records.replication import AsyncFailoverWatch, AsyncReplicaWait
 from worker.sending_limits import RedisGate
 from worker.settings_cache import SettingsCache
 from worker.sweeper import Sweeper, TaskQueue
@@ -146,10 +146,17 @@ class WorkerRuntime:
             ),
         )
 
+        target = location.sentinel
+        self._failovers = (
+            AsyncFailoverWatch(location.async_sentinel_clients(), target.master_name)
+            if target is not None
+            else None
+        )
         self._replicas = AsyncReplicaWait(
             self._redis,
             min_replicas=settings.min_replicas,
             timeout_seconds=settings.redis_replica_timeout_seconds,
+            failovers=self._failovers,
         )
         self._sweeper = Sweeper(
             self._redis,
@@ -169,6 +176,8 @@ class WorkerRuntime:
         return self._loop.run(self._deliver_all(delivery_ids))
 
     async def _deliver_all(self, delivery_ids: Sequence[str]) -> list[JobOutcome]:
+        if self._failovers is not None:
+            await self._failovers.wait_out(self._redis)
         outcomes = await self._deliverer.deliver_many(delivery_ids)
         # Before Celery acknowledges the job: a failover after the acknowledgement must find
         # its outcomes on the promoted replica, or it would send them again.
@@ -184,3 +193,5 @@ class WorkerRuntime:
         await self._transports.aclose()
         await self._http.aclose()
         await self._redis.aclose()
+        if self._failovers is not None:
+            await self._failovers.aclose()

@@ -72,17 +72,8 @@ class FaultRun:
             certificate_authority,
             **{"OUTBOX_MAX_ATTEMPTS": "8", **overrides},  # outbox's default attempt limit
         )
-        self.context = _context(self.env)
-        self.context.settings_store.save(
-            SmtpSettings(
-                server=self.peer.host,
-                port=self.peer.port,
-                from_mailbox="robot@example.com",
-                username=USER,
-                password=SecretStr(PASSWORD),
-                tls=TlsMode.STARTTLS,
-            )
-        )
+        self.context = context_of(self.env)
+        self.context.settings_store.save(smtp_settings(self.peer))
         self.workers: list[Service] = []
         self._peak_rss = 0.0
         self._sampling = True
@@ -155,10 +146,7 @@ class FaultRun:
         )
 
     def accepted_message_ids(self) -> Iterable[bytes]:
-        for message in list(self.peer.messages):
-            found = _MESSAGE_ID.search(message.data)
-            if found:
-                yield found.group(1)
+        return accepted_message_ids(self.peer)
 
     def pool_pids(self, worker: Service) -> list[int]:
         return child_pids(worker.pid)
@@ -178,7 +166,27 @@ class FaultRun:
             time.sleep(0.5)
 
 
-def _context(env: dict[str, str]) -> OutboxContext:
+def smtp_settings(peer: SmtpPeer) -> SmtpSettings:
+    """Mail settings for the fault suite's peer: STARTTLS with AUTH."""
+    return SmtpSettings(
+        server=peer.host,
+        port=peer.port,
+        from_mailbox="robot@example.com",
+        username=USER,
+        password=SecretStr(PASSWORD),
+        tls=TlsMode.STARTTLS,
+    )
+
+
+def accepted_message_ids(peer: SmtpPeer) -> Iterable[bytes]:
+    """The Message-ID of every message the peer accepted, once per time it accepted it."""
+    for message in list(peer.messages):
+        found = _MESSAGE_ID.search(message.data)
+        if found:
+            yield found.group(1)
+
+
+def context_of(env: dict[str, str]) -> OutboxContext:
     """The context a process with ``env`` would build."""
     fields = {name.removeprefix("OUTBOX_").lower(): value for name, value in env.items()}
     return OutboxContext.from_settings(ProcessSettings.model_validate(fields))

@@ -10,6 +10,14 @@ job only once they hold the job's outcomes.
 after everything else and ``WAIT`` on the marker's connection (one pipeline, so one
 connection) cover every write that finished before it.
 
+``WAIT`` alone is not enough in one case: a promotion of a replica while the primary still
+runs (``SENTINEL FAILOVER``, or a primary the sentinels believe down that is not). Until the
+sentinels have moved the other replicas to the promoted one, they still acknowledge the old
+primary's writes, which are thrown away when it becomes a replica. So with Sentinel, a write
+is acknowledged only if, after its ``WAIT``, no sentinel reports a failover of the master
+under way (``FailoverWatch``); once the sentinels have finished one, the old primary has no
+replicas left and its ``WAIT`` fails by itself.
+
 Before an enqueue stores anything, the primary's own view of its replicas (``INFO
 replication``, at most a second old) refuses it when too few are in sync, so nothing is stored
 that could not be acknowledged. A worker goes on without replicas (an outcome unrecorded would
@@ -18,21 +26,28 @@ be worse than one unreplicated), skips the ``WAIT`` that could not succeed, and 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelConnectionPool
+from redis.sentinel import SentinelConnectionPool
 
 from worker.errors import TooFewReplicasError
 
 __all__ = [
     "HEALTHY_LAG_SECONDS",
     "MARKER_KEY",
+    "AsyncFailoverWatch",
     "AsyncReplicaWait",
+    "FailoverWatch",
     "ReplicaWait",
+    "failing_over",
     "in_sync_replicas",
 ]
 
@@ -49,6 +64,116 @@ VIEW_SECONDS = 1.0
 LOG_EVERY_SECONDS = 30.0
 # An enqueue refused for want of replicas is worth trying again after about this long.
 RETRY_AFTER_SECONDS = 5.0
+# A sentinel that did not answer is not asked again for this long (each ask would wait for
+# its timeout).
+SENTINEL_QUIET_SECONDS = 5.0
+# A job waits at most this long for a failover to end (a sentinel's failover-timeout is
+# longer, but one that runs this long has stalled), asking every so often.
+LONGEST_FAILOVER_WAIT_SECONDS = 30.0
+FAILOVER_POLL_SECONDS = 0.25
+
+
+def failing_over(state: Mapping[str, Any]) -> bool:
+    """Whether a sentinel's view of a master (``SENTINEL MASTER``, as redis-py parses it)
+    says that this sentinel is running a failover of it."""
+    flags = state.get("flags", "")
+    names = flags if isinstance(flags, set) else set(str(flags).split(","))
+    return "failover_in_progress" in names
+
+
+class _SentinelsToAsk:
+    """The sentinels in turn, leaving out for a while those that did not answer."""
+
+    def __init__(self, count: int, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._quiet_until = [float("-inf")] * count
+
+    def askable(self) -> list[int]:
+        now = self._clock()
+        return [i for i, until in enumerate(self._quiet_until) if now >= until]
+
+    def failed(self, index: int) -> None:
+        self._quiet_until[index] = self._clock() + SENTINEL_QUIET_SECONDS
+
+
+class FailoverWatch:
+    """Asks every sentinel whether it is running a failover of the master."""
+
+    def __init__(
+        self,
+        sentinels: Sequence[redis.Redis],
+        master_name: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._sentinels = list(sentinels)
+        self._master_name = master_name
+        self._ask = _SentinelsToAsk(len(self._sentinels), clock)
+
+    def under_way(self) -> bool:
+        for index in self._ask.askable():
+            try:
+                state = self._sentinels[index].sentinel_master(self._master_name)
+            except redis.RedisError:
+                self._ask.failed(index)
+                continue
+            if isinstance(state, Mapping) and failing_over(state):
+                return True
+        return False
+
+    def follow(self, client: redis.Redis) -> None:
+        """Point ``client``'s idle connections at the primary the sentinels name now: after
+        a promotion, the old primary answers as one until the sentinels demote it."""
+        pool = client.connection_pool
+        if isinstance(pool, SentinelConnectionPool):
+            with contextlib.suppress(redis.RedisError):  # the next command will say it
+                pool.get_master_address()  # type: ignore[no-untyped-call]
+
+    def close(self) -> None:
+        for sentinel in self._sentinels:
+            sentinel.close()
+
+
+class AsyncFailoverWatch:
+    """``FailoverWatch`` for asynchronous clients (the workers)."""
+
+    def __init__(
+        self,
+        sentinels: Sequence[aioredis.Redis],
+        master_name: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._sentinels = list(sentinels)
+        self._master_name = master_name
+        self._clock = clock
+        self._ask = _SentinelsToAsk(len(self._sentinels), clock)
+
+    async def under_way(self) -> bool:
+        for index in self._ask.askable():
+            try:
+                state = await self._sentinels[index].sentinel_master(self._master_name)
+            except redis.RedisError:
+                self._ask.failed(index)
+                continue
+            if isinstance(state, Mapping) and failing_over(state):
+                return True
+        return False
+
+    async def wait_out(self, client: aioredis.Redis) -> None:
+        """Before a job: while a sentinel runs a failover, wait (up to
+        ``LONGEST_FAILOVER_WAIT_SECONDS``) instead of sending on a primary about to be
+        replaced, whose records of it would be lost; then point ``client``'s idle
+        connections at the primary the sentinels name."""
+        deadline = self._clock() + LONGEST_FAILOVER_WAIT_SECONDS
+        while await self.under_way() and self._clock() < deadline:
+            await asyncio.sleep(FAILOVER_POLL_SECONDS)
+        pool = client.connection_pool
+        if isinstance(pool, AsyncSentinelConnectionPool):
+            with contextlib.suppress(redis.RedisError):  # the job's own commands will say it
+                await pool.get_master_address()  # type: ignore[no-untyped-call]
+
+    async def aclose(self) -> None:
+        for sentinel in self._sentinels:
+            await sentinel.aclose()
 
 
 def in_sync_replicas(info: Mapping[str, Any]) -> int:
@@ -92,9 +217,11 @@ class ReplicaWait:
         min_replicas: int,
         timeout_seconds: float,
         where: str,
+        failovers: FailoverWatch | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
+        self._failovers = failovers
         self.min_replicas = min_replicas
         self._timeout_ms = max(1, int(timeout_seconds * 1000))
         self._where = where
@@ -105,6 +232,8 @@ class ReplicaWait:
         replicas in sync than the minimum."""
         if not self.min_replicas:
             return
+        if self._failovers is not None:
+            self._failovers.follow(self._client)
         count = self._view.fresh()
         if count is None:
             count = self._view.remember(in_sync_replicas(self._client.info("replication")))
@@ -134,6 +263,13 @@ class ReplicaWait:
                 "so try again with the same idempotency key",
                 retry_after=RETRY_AFTER_SECONDS,
             )
+        if self._failovers is not None and self._failovers.under_way():
+            raise TooFewReplicasError(
+                f"a failover of {self._where} is under way, so the replicas that acknowledged "
+                "the write may not keep it; it is stored and may be sent, so try again with "
+                "the same idempotency key",
+                retry_after=RETRY_AFTER_SECONDS,
+            )
 
 
 class AsyncReplicaWait:
@@ -146,9 +282,11 @@ class AsyncReplicaWait:
         *,
         min_replicas: int,
         timeout_seconds: float,
+        failovers: AsyncFailoverWatch | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
+        self._failovers = failovers
         self.min_replicas = min_replicas
         self._timeout_ms = max(1, int(timeout_seconds * 1000))
         self._clock = clock
@@ -170,13 +308,17 @@ class AsyncReplicaWait:
             _, acknowledged = await pipe.execute()
             count = int(acknowledged)
             if count >= self.min_replicas:
-                return True
-            self._view.remember(count)
+                if self._failovers is None or not await self._failovers.under_way():
+                    return True
+                count = 0  # the replicas that acknowledged are about to start over
+            else:
+                self._view.remember(count)
         if self._clock() - self._logged_at >= LOG_EVERY_SECONDS:
             self._logged_at = self._clock()
             log.warning(
-                "outcomes recorded but held by %d of the %d Redis replica(s) that "
-                "OUTBOX_REDIS_MIN_REPLICAS asks for: a failover now could send them again",
+                "outcomes recorded but acknowledged by %d of the %d Redis replica(s) that "
+                "OUTBOX_REDIS_MIN_REPLICAS asks for (or during a failover): a failover now "
+                "could send them again",
                 count,
                 self.min_replicas,
             )
