@@ -14,6 +14,7 @@ import httpx
 import pytest
 import trustme
 
+from tests.support.cli_settings import configure_smtp
 from tests.support.environment import fresh_environment
 from worker.testing.graph_standin import GraphStandIn
 from worker.testing.processes import ROOT, Service, run_outbox
@@ -61,25 +62,7 @@ def services(env: dict[str, str]) -> Iterator[Service]:
 
 
 def configure(env: dict[str, str], peer: SmtpPeer, password: str) -> None:
-    result = run_outbox(
-        env,
-        "settings",
-        "set",
-        "smtp",
-        "--server",
-        peer.host,
-        "--port",
-        str(peer.port),
-        "--from-mailbox",
-        "robot@example.com",
-        "--username",
-        USER,
-        "--password-stdin",
-        "--tls",
-        "starttls",
-        stdin=password + "\n",
-    )
-    assert result.returncode == 0, result.stderr
+    configure_smtp(env, peer, USER, password)
 
 
 def status_of(env: dict[str, str], delivery_id: str) -> dict[str, object]:

@@ -15,6 +15,7 @@ import pytest
 import trustme
 
 from tests.faults.harness import PASSWORD, USER
+from tests.support.cli_settings import configure_smtp
 from tests.support.environment import outbox_environment
 from worker.testing.processes import ROOT, Service, run_outbox
 from worker.testing.redis_server import free_port
@@ -64,25 +65,7 @@ def env(
 
 @pytest.fixture(scope="module")
 def services(env: dict[str, str], peer: SmtpPeer) -> Iterator[Service]:
-    configured = run_outbox(
-        env,
-        "settings",
-        "set",
-        "smtp",
-        "--server",
-        peer.host,
-        "--port",
-        str(peer.port),
-        "--from-mailbox",
-        "robot@example.com",
-        "--username",
-        USER,
-        "--password-stdin",
-        "--tls",
-        "starttls",
-        stdin=PASSWORD + "\n",
-    )
-    assert configured.returncode == 0, configured.stderr
+    configure_smtp(env, peer, USER, PASSWORD)
     service = Service(["honcho", "start", "-f", str(ROOT / "Procfile")], env)
     try:
         service.wait_for_output(" ready.", "Visit me at", "Uvicorn running on")

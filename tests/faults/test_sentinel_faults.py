@@ -74,6 +74,7 @@ def test_sigkill_of_the_primary_then_it_returns_as_a_replica(
     record(report, run)
     assert report.load == LOAD
     assert report.lost == 0
+    assert report.failed == 0  # nothing is marked failed for a failover
     assert report.duplicates <= MOST_IN_FLIGHT
     assert report.seconds_to_final <= 60
     assert run.one_delivery_per_key(keys)
@@ -95,6 +96,7 @@ def test_sigkill_of_the_primary_then_it_returns_as_a_replica(
     )
     record(rejoined, run)
     assert rejoined.lost == 0
+    assert rejoined.failed == 0
     assert rejoined.refused == 0
     assert len(run.peer.messages) - sent_before == LOAD  # no duplicates either
     assert run.one_delivery_per_key(more)
@@ -122,6 +124,7 @@ def test_sigstop_of_the_primary_for_10_seconds(sentinel_run: SentinelFaultRun) -
     )
     record(report, run)
     assert report.lost == 0
+    assert report.failed == 0  # nothing is marked failed for a failover
     assert report.duplicates <= MOST_IN_FLIGHT
     assert report.seconds_to_final <= 60
     assert run.one_delivery_per_key(keys)
@@ -146,6 +149,7 @@ def test_a_promotion_while_producers_enqueue_and_retry(sentinel_run: SentinelFau
     )
     record(report, run)
     assert report.lost == 0
+    assert report.failed == 0  # nothing is marked failed for a failover
     assert report.duplicates <= MOST_IN_FLIGHT
     assert run.one_delivery_per_key(keys)
 
@@ -174,5 +178,6 @@ def test_every_sentinel_unreachable_then_back(sentinel_run: SentinelFaultRun) ->
     assert f"Redis Sentinel at {sentinels} (master 'outbox') is unreachable" in listed.stderr
     assert "no sentinel answered" in listed.stderr
     assert report.lost == 0
+    assert report.failed == 0  # nothing is marked failed for a failover
     assert report.duplicates == 0
     assert run.one_delivery_per_key(keys)
