@@ -49,6 +49,7 @@ __all__ = [
     "ReplicaWait",
     "failing_over",
     "in_sync_replicas",
+    "primary_named",
 ]
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,11 @@ def failing_over(state: Mapping[str, Any]) -> bool:
     return "failover_in_progress" in names
 
 
+def primary_named(state: Mapping[str, Any]) -> tuple[str, int]:
+    """Where a sentinel's view of a master says the primary is."""
+    return str(state.get("ip")), int(state.get("port", 0))
+
+
 class _SentinelsToAsk:
     """The sentinels in turn, leaving out for a while those that did not answer."""
 
@@ -97,7 +103,8 @@ class _SentinelsToAsk:
 
 
 class FailoverWatch:
-    """Asks every sentinel whether it is running a failover of the master."""
+    """Asks every sentinel whether it is running a failover of the master, and notes where
+    each one says the primary is."""
 
     def __init__(
         self,
@@ -108,23 +115,33 @@ class FailoverWatch:
         self._sentinels = list(sentinels)
         self._master_name = master_name
         self._ask = _SentinelsToAsk(len(self._sentinels), clock)
+        self._named: set[tuple[str, int]] = set()
 
     def under_way(self) -> bool:
-        for index in self._ask.askable():
-            try:
-                state = self._sentinels[index].sentinel_master(self._master_name)
-            except redis.RedisError:
-                self._ask.failed(index)
-                continue
-            if isinstance(state, Mapping) and failing_over(state):
-                return True
-        return False
+        named = set()
+        try:
+            for index in self._ask.askable():
+                try:
+                    state = self._sentinels[index].sentinel_master(self._master_name)
+                except redis.RedisError:
+                    self._ask.failed(index)
+                    continue
+                if isinstance(state, Mapping):
+                    named.add(primary_named(state))
+                    if failing_over(state):
+                        return True
+            return False
+        finally:
+            self._named = named
 
     def follow(self, client: redis.Redis) -> None:
-        """Point ``client``'s idle connections at the primary the sentinels name now: after
-        a promotion, the old primary answers as one until the sentinels demote it."""
+        """Point ``client``'s idle connections at the primary the sentinels named when last
+        asked, if that is not where they point: after a promotion, the old primary goes on
+        answering as one until the sentinels demote it. Asks the sentinels only then."""
         pool = client.connection_pool
-        if isinstance(pool, SentinelConnectionPool):
+        if not isinstance(pool, SentinelConnectionPool):
+            return
+        if self._named and self._named != {pool.master_address}:
             with contextlib.suppress(redis.RedisError):  # the next command will say it
                 pool.get_master_address()  # type: ignore[no-untyped-call]
 
