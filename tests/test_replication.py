@@ -16,12 +16,19 @@ from cryptography.fernet import Fernet
 from config.api_keys import ApiKeyStore, Role
 from config.mail_settings import SmtpSettings
 from config.process import ProcessSettings
+from config.redis_location import RedisLocation
 from tasks.celery_app import producer_for
 from tasks.context import OutboxContext
 from tasks.message_input import MessageInput
 from tests.support.in_process_worker import InProcessWorker
 from tests.support.served_api import served_api
 from worker.records import DeliveryStatus, record_key
+from worker.records.replication import (
+    FailoverWatch,
+    failing_over,
+    primary_named,
+    sentinel_state,
+)
 from worker.testing.sentinel import SentinelCluster
 from worker.testing.smtp_peer import SmtpPeer
 
@@ -170,3 +177,32 @@ def test_workers_go_on_without_replicas_and_log_it(
     assert [outcome.value for outcome in outcomes] == ["sent"] * 3
     assert context.deliveries.statuses(ids) == [DeliveryStatus.SENT] * 3
     assert "acknowledged by 0 of the 1 Redis replica(s)" in caplog.text
+
+
+def test_a_failover_under_way_is_seen_by_asking_every_sentinel_at_once(tmp_path: Path) -> None:
+    with SentinelCluster(tmp_path, replicas=1) as own:
+        location = RedisLocation(own.url)
+        watch = FailoverWatch(location.sentinel_clients(), own.master_name)
+        try:
+            assert not watch.under_way()
+            own.sentinels[0].sentinel("FAILOVER", own.master_name)
+            assert watch.under_way()
+            # A sentinel that does not answer is left out for a while, not waited for.
+            own.sentinels[0].terminate()
+            started = time.monotonic()
+            watch.under_way()
+            watch.under_way()
+            assert time.monotonic() - started < 2
+        finally:
+            watch.close()
+
+
+def test_sentinel_replies_are_read_in_both_protocols() -> None:
+    resp2 = [b"name", b"outbox", b"ip", b"10.0.0.5", b"port", b"6379", b"flags", b"master"]
+    resp3 = {b"name": b"outbox", b"ip": b"10.0.0.5", b"port": b"6379", b"flags": b"master"}
+    for reply in (resp2, resp3):
+        state = sentinel_state(reply)
+        assert primary_named(state) == ("10.0.0.5", 6379)
+        assert not failing_over(state)
+    assert failing_over({"flags": "master,failover_in_progress"})
+    assert failing_over({"flags": {"master", "failover_in_progress"}})

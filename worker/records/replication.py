@@ -50,6 +50,7 @@ __all__ = [
     "failing_over",
     "in_sync_replicas",
     "primary_named",
+    "sentinel_state",
 ]
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,19 @@ def failing_over(state: Mapping[str, Any]) -> bool:
     flags = state.get("flags", "")
     names = flags if isinstance(flags, set) else set(str(flags).split(","))
     return "failover_in_progress" in names
+
+
+def sentinel_state(reply: Any) -> dict[str, str]:
+    """A raw ``SENTINEL MASTER`` reply as a dict of text: RESP3's map, or RESP2's flat list
+    of names and values."""
+
+    def text(item: Any) -> str:
+        return item.decode() if isinstance(item, bytes) else str(item)
+
+    if isinstance(reply, Mapping):
+        return {text(name): text(value) for name, value in reply.items()}
+    items = [text(item) for item in reply]
+    return dict(zip(items[::2], items[1::2], strict=True))
 
 
 def primary_named(state: Mapping[str, Any]) -> tuple[str, int]:
@@ -118,21 +132,42 @@ class FailoverWatch:
         self._named: set[tuple[str, int]] = set()
 
     def under_way(self) -> bool:
-        named = set()
-        try:
-            for index in self._ask.askable():
-                try:
-                    state = self._sentinels[index].sentinel_master(self._master_name)
-                except redis.RedisError:
-                    self._ask.failed(index)
-                    continue
-                if isinstance(state, Mapping):
-                    named.add(primary_named(state))
-                    if failing_over(state):
-                        return True
-            return False
-        finally:
-            self._named = named
+        # Every sentinel is asked before any answer is read: one round trip, not one each.
+        asked = []
+        for index in self._ask.askable():
+            pool = self._sentinels[index].connection_pool
+            try:
+                connection = pool.get_connection()
+            except redis.RedisError:
+                self._ask.failed(index)
+                continue
+            try:
+                connection.send_command(  # type: ignore[no-untyped-call]
+                    "SENTINEL", "MASTER", self._master_name
+                )
+            except redis.RedisError:
+                connection.disconnect()  # type: ignore[no-untyped-call]
+                pool.release(connection)
+                self._ask.failed(index)
+                continue
+            asked.append((index, pool, connection))
+        named: set[tuple[str, int]] = set()
+        failover = False
+        for index, pool, connection in asked:
+            try:
+                state = sentinel_state(connection.read_response())
+            except redis.ResponseError:
+                continue  # a sentinel that does not watch this master
+            except redis.RedisError:
+                connection.disconnect()  # type: ignore[no-untyped-call]
+                self._ask.failed(index)
+                continue
+            finally:
+                pool.release(connection)
+            named.add(primary_named(state))
+            failover = failover or failing_over(state)
+        self._named = named
+        return failover
 
     def follow(self, client: redis.Redis) -> None:
         """Point ``client``'s idle connections at the primary the sentinels named when last
@@ -165,15 +200,22 @@ class AsyncFailoverWatch:
         self._ask = _SentinelsToAsk(len(self._sentinels), clock)
 
     async def under_way(self) -> bool:
-        for index in self._ask.askable():
-            try:
-                state = await self._sentinels[index].sentinel_master(self._master_name)
-            except redis.RedisError:
+        askable = self._ask.askable()
+        answers = await asyncio.gather(
+            *(self._sentinels[i].sentinel_master(self._master_name) for i in askable),
+            return_exceptions=True,
+        )
+        failover = False
+        for index, answer in zip(askable, answers, strict=True):
+            if isinstance(answer, redis.ResponseError):
+                continue  # a sentinel that does not watch this master
+            if isinstance(answer, BaseException):
+                if not isinstance(answer, redis.RedisError):
+                    raise answer
                 self._ask.failed(index)
-                continue
-            if isinstance(state, Mapping) and failing_over(state):
-                return True
-        return False
+            elif isinstance(answer, Mapping):
+                failover = failover or failing_over(answer)
+        return failover
 
     async def wait_out(self, client: aioredis.Redis) -> None:
         """Before a job: while a sentinel runs a failover, wait (up to
