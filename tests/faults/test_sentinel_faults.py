@@ -49,6 +49,12 @@ def record(report: SentinelReport, run: SentinelFaultRun) -> None:
             out.write(report.row() + "\n")
 
 
+def errors_name_sentinel(run: SentinelFaultRun) -> bool:
+    """What the producers were told while no primary answered names Sentinel and the master."""
+    master = f"(master '{run.cluster.master_name}')"
+    return all("Redis Sentinel at" in detail and master in detail for detail in run.load.errors)
+
+
 def until_a_third_is_acknowledged(run: SentinelFaultRun) -> None:
     run.wait_until(lambda: run.acknowledged >= LOAD // 3, 60, f"{LOAD // 3} acknowledged")
 
@@ -78,8 +84,7 @@ def test_sigkill_of_the_primary_then_it_returns_as_a_replica(
     assert report.duplicates <= MOST_IN_FLIGHT
     assert report.seconds_to_final <= 60
     assert run.one_delivery_per_key(keys)
-    # What the producers were told while no primary answered names Sentinel and the master.
-    assert all("Redis Sentinel at" in detail for detail in run.load.errors)
+    assert errors_name_sentinel(run)
 
     # The old primary comes back: the sentinels make it a replica; the workers see nothing.
     sent_before = len(run.peer.messages)
@@ -128,6 +133,7 @@ def test_sigstop_of_the_primary_for_10_seconds(sentinel_run: SentinelFaultRun) -
     assert report.duplicates <= MOST_IN_FLIGHT
     assert report.seconds_to_final <= 60
     assert run.one_delivery_per_key(keys)
+    assert errors_name_sentinel(run)
 
 
 def test_a_promotion_while_producers_enqueue_and_retry(sentinel_run: SentinelFaultRun) -> None:
@@ -152,6 +158,7 @@ def test_a_promotion_while_producers_enqueue_and_retry(sentinel_run: SentinelFau
     assert report.failed == 0  # nothing is marked failed for a failover
     assert report.duplicates <= MOST_IN_FLIGHT
     assert run.one_delivery_per_key(keys)
+    assert errors_name_sentinel(run)
 
 
 def test_every_sentinel_unreachable_then_back(sentinel_run: SentinelFaultRun) -> None:
@@ -181,3 +188,4 @@ def test_every_sentinel_unreachable_then_back(sentinel_run: SentinelFaultRun) ->
     assert report.failed == 0  # nothing is marked failed for a failover
     assert report.duplicates == 0
     assert run.one_delivery_per_key(keys)
+    assert errors_name_sentinel(run)
