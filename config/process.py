@@ -248,6 +248,10 @@ class ProcessSettings(BaseSettings):
         return self.max_batch_request_bytes or max(128 * 1024 * 1024, self.request_bytes_limit)
 
     @property
+    def sentinel_password_text(self) -> str | None:
+        return self.sentinel_password.get_secret_value() if self.sentinel_password else None
+
+    @property
     def min_replicas(self) -> int:
         """OUTBOX_REDIS_MIN_REPLICAS, or its default: 1 with Sentinel (a failover promotes a
         replica, which must hold what was acknowledged), 0 for a single server."""

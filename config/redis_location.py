@@ -159,11 +159,10 @@ class RedisLocation:
         ]
 
     def _quick(self) -> dict[str, Any]:
-        password = {"password": self.sentinel_password} if self.sentinel_password else {}
         return {
             "socket_timeout": SENTINEL_ASK_TIMEOUT_SECONDS,
             "socket_connect_timeout": SENTINEL_ASK_TIMEOUT_SECONDS,
-            **password,
+            **self._sentinel_auth(),
         }
 
     def unavailable(self, error: Exception) -> RedisUnavailableError:
@@ -186,10 +185,10 @@ class RedisLocation:
         return RedisUnavailableError(f"{where} {what} ({type(error).__name__})")
 
     def _sentinel_kwargs(self) -> dict[str, Any]:
-        return {
-            **TIMEOUTS,
-            **({"password": self.sentinel_password} if self.sentinel_password else {}),
-        }
+        return {**TIMEOUTS, **self._sentinel_auth()}
+
+    def _sentinel_auth(self) -> dict[str, Any]:
+        return {"password": self.sentinel_password} if self.sentinel_password else {}
 
 
 def _redis_cause(error: Exception) -> Exception:

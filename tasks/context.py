@@ -40,13 +40,12 @@ class OutboxContext:
     @classmethod
     def from_settings(cls, settings: ProcessSettings) -> OutboxContext:
         """The context of ``settings`` (starting the embedded Redis if no URL is set)."""
-        password = settings.sentinel_password
         return cls(
             settings,
             resolve_redis(
                 settings.redis_url,
                 settings.data_dir,
-                sentinel_password=password.get_secret_value() if password else None,
+                sentinel_password=settings.sentinel_password_text,
             ),
         )
 

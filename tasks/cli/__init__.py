@@ -66,9 +66,8 @@ def _redis_location() -> RedisLocation:
         settings = ProcessSettings()
     except ValidationError:
         return RedisLocation("redis://localhost:6379/0")
-    password = settings.sentinel_password
     return configured_location(
         settings.redis_url,
         settings.data_dir,
-        sentinel_password=password.get_secret_value() if password else None,
+        sentinel_password=settings.sentinel_password_text,
     )
