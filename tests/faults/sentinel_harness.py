@@ -68,6 +68,7 @@ class _Load:
     refused: int = 0
     statuses: collections.Counter[int] = field(default_factory=collections.Counter)
     errors: collections.Counter[str] = field(default_factory=collections.Counter)  # 5xx details
+    without_retry_after: int = 0  # 5xx answers that did not say when to try again
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -123,6 +124,7 @@ class SentinelFaultRun:
         with self.load.lock:
             self.load.refused = 0
             self.load.errors.clear()
+            self.load.without_retry_after = 0
         deadline = time.monotonic() + deadline_seconds
         for share in range(PRODUCER_THREADS):
             thread = threading.Thread(
@@ -159,6 +161,8 @@ class SentinelFaultRun:
                         self.load.refused += 1
                         if answer is not None and answer.status_code >= 500:
                             self.load.errors[answer.json().get("detail", answer.text)] += 1
+                            if "Retry-After" not in answer.headers:
+                                self.load.without_retry_after += 1
                     time.sleep(RETRY_PAUSE_SECONDS)
 
     @property

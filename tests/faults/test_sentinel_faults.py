@@ -50,9 +50,11 @@ def record(report: SentinelReport, run: SentinelFaultRun) -> None:
 
 
 def errors_name_sentinel(run: SentinelFaultRun) -> bool:
-    """What the producers were told while no primary answered names Sentinel and the master."""
+    """What the producers were told while no primary answered names Sentinel and the master,
+    and says when to try again."""
     master = f"(master '{run.cluster.master_name}')"
-    return all("Redis Sentinel at" in detail and master in detail for detail in run.load.errors)
+    named = all("Redis Sentinel at" in detail and master in detail for detail in run.load.errors)
+    return named and run.load.without_retry_after == 0
 
 
 def until_a_third_is_acknowledged(run: SentinelFaultRun) -> None:
