@@ -43,6 +43,8 @@ Redis keys (``outbox:`` prefix; ids are 32 hex digits)::
     outbox:session:{hash}            string a signed-in page's session, bound to the   idle time,
                                             key that signed in (``config.sessions``)  12 h at most
     outbox:sessions-of:{name}        set    that key's sessions, ended on revoke      12 h
+    outbox:replication-marker        string written before a WAIT, so that it covers   none
+                                            every earlier write (``records.replication``)
 
 The Celery broker (kombu) keeps its own keys beside these (the ``outbox`` queue list,
 ``unacked`` and ``unacked_index``); they carry delivery ids only.
