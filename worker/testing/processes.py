@@ -150,14 +150,18 @@ def pid_of_connection(local_port: int) -> int | None:
 class SenderKiller:
     """An SMTP peer's ``on_data`` that SIGKILLs the process sending to ``poison``, as a
     message whose sending crashes its process would (a segfault, ``os._exit``); ``kills``
-    lists the processes killed."""
+    lists the processes killed. With ``times``, only the first ``times`` sends are killed
+    and later ones accepted."""
 
-    def __init__(self, poison: str) -> None:
+    def __init__(self, poison: str, *, times: int | None = None) -> None:
         self.poison = poison
+        self.times = times
         self.kills: list[int] = []
 
     def __call__(self, recipients: tuple[str, ...], client_port: int) -> str | None:
         if self.poison not in recipients:
+            return None
+        if self.times is not None and len(self.kills) >= self.times:
             return None
         pid = pid_of_connection(client_port)
         if pid is not None:
