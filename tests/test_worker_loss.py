@@ -61,7 +61,7 @@ def test_killed_worker_process_job_is_redelivered_and_sent(
     assert configured.returncode == 0, configured.stderr
     # The pool process is killed while the server holds its message (at the end of DATA),
     # once: the second attempt is accepted.
-    killer = SenderKiller("a@example.com", times=1)
+    killer = SenderKiller("a@example.com", server_port=peer.port, times=1)
     peer.on_data = killer
     worker = Service(["outbox", "worker", "--concurrency", "1"], env)
     try:
@@ -112,9 +112,8 @@ def test_a_message_that_kills_its_process_every_time_fails_alone(env: dict[str, 
         "OUTBOX_SMTP_MAX_CONNECTIONS": str(INNOCENTS + 1),
     }
     context = context_of(env)
-    kill_the_sender = SenderKiller(POISON)
-
     with smtp_peer() as peer:
+        kill_the_sender = SenderKiller(POISON, server_port=peer.port)
         peer.data_delay_seconds = 0.5  # the whole chunk is in flight when the poison's ends
         peer.on_data = kill_the_sender
         context.settings_store.save(

@@ -219,7 +219,7 @@ producer.enqueue_many([MessageInput(to=["reader@example.com"], subject=f"stored 
 @pytest.mark.parametrize("fault_run", [{"OUTBOX_MAX_ATTEMPTS": "3"}], indirect=True)
 def test_7_a_poison_message_that_kills_its_worker_every_time(fault_run: FaultRun) -> None:
     run = fault_run
-    kill_the_sender = SenderKiller(POISON)
+    kill_the_sender = SenderKiller(POISON, server_port=run.peer.port)
 
     run.peer.on_data = kill_the_sender
     run.start_worker()

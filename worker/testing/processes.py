@@ -124,8 +124,10 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def pid_of_connection(local_port: int) -> int | None:
-    """The process that owns the loopback TCP connection from ``local_port`` (Linux /proc)."""
+def pid_of_connection(local_port: int, remote_port: int) -> int | None:
+    """The process that owns the loopback TCP connection from ``local_port`` to ``remote_port``
+    (Linux /proc). Both ports: Linux gives one ephemeral port to several connections with
+    different destinations, so the local port alone may name another process's socket."""
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -134,7 +136,8 @@ def pid_of_connection(local_port: int) -> int | None:
             continue
         for row in rows:
             fields = row.split()
-            if int(fields[1].rsplit(":", 1)[1], 16) == local_port:
+            local, remote = (int(field.rsplit(":", 1)[1], 16) for field in fields[1:3])
+            if (local, remote) == (local_port, remote_port):
                 inodes.add(fields[9])
     wanted = {f"socket:[{inode}]" for inode in inodes}
     for fd_dir in Path("/proc").glob("[0-9]*/fd"):
@@ -148,13 +151,14 @@ def pid_of_connection(local_port: int) -> int | None:
 
 
 class SenderKiller:
-    """An SMTP peer's ``on_data`` that SIGKILLs the process sending to ``poison``, as a
-    message whose sending crashes its process would (a segfault, ``os._exit``); ``kills``
-    lists the processes killed. With ``times``, only the first ``times`` sends are killed
-    and later ones accepted."""
+    """An SMTP peer's ``on_data`` (the peer on ``server_port``) that SIGKILLs the process
+    sending to ``poison``, as a message whose sending crashes its process would (a segfault,
+    ``os._exit``); ``kills`` lists the processes killed. With ``times``, only the first
+    ``times`` sends are killed and later ones accepted."""
 
-    def __init__(self, poison: str, *, times: int | None = None) -> None:
+    def __init__(self, poison: str, *, server_port: int, times: int | None = None) -> None:
         self.poison = poison
+        self.server_port = server_port
         self.times = times
         self.kills: list[int] = []
 
@@ -163,8 +167,8 @@ class SenderKiller:
             return None
         if self.times is not None and len(self.kills) >= self.times:
             return None
-        pid = pid_of_connection(client_port)
-        if pid is not None:
+        pid = pid_of_connection(client_port, self.server_port)
+        if pid is not None and pid != os.getpid():  # never the test itself
             self.kills.append(pid)
             os.kill(pid, signal.SIGKILL)
         return "451 the sender died"
