@@ -58,6 +58,7 @@ __all__ = [
     "KeyNotFoundError",
     "MessageTooLargeError",
     "NotAuthenticatedError",
+    "NotCancellableError",
     "NotFoundError",
     "NotRetryableError",
     "OutboxError",
@@ -211,6 +212,10 @@ class ConflictError(OutboxError):
 
 class NotRetryableError(ConflictError):
     """The delivery is in a status that a retry cannot start from."""
+
+
+class NotCancellableError(ConflictError):
+    """The delivery is being sent, or already final: a cancel can no longer stop it."""
 
 
 class KeyNameTakenError(ConflictError):

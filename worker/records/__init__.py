@@ -45,6 +45,11 @@ Redis keys (``outbox:`` prefix; ids are 32 hex digits)::
     outbox:sessions-of:{name}        set    that key's sessions, ended on revoke      12 h
     outbox:replication-marker        string written before a WAIT, so that it covers   none
                                             every earlier write (``records.replication``)
+    outbox:webhooks                  hash   webhook endpoints: id -> JSON (URL, events,  none
+                                            key, secret encrypted) (``worker.webhooks``)
+    outbox:webhook-events            zset   "{id}:{status}:{attempts}" of outcomes to    none (the
+                                            announce, by when they became final        dispatcher
+                                                                                       takes them)
 
 The Celery broker (kombu) keeps its own keys beside these (the ``outbox`` queue list,
 ``unacked`` and ``unacked_index``); they carry delivery ids only.
@@ -52,10 +57,14 @@ The Celery broker (kombu) keeps its own keys beside these (the ``outbox`` queue 
 Status transitions, and who makes each one::
 
     from                           to                     by        through
-    (none)                         queued                 producer  create_many (CREATE)
+    (none)                         queued, scheduled      producer  create_many (CREATE)
+                                   (with a send time)
+    scheduled (its time came)      queued                 sweeper   SWEEP, then publishes it
+    scheduled, queued, retrying,   cancelled              producer, cancel (CANCEL)
+    waiting                                               operator
     queued                         failed                 producer  mark_unqueued: not published
-    queued, retrying, waiting      sending                worker    claim (CLAIM)
-    (once due)
+    queued, retrying, waiting,     sending                worker    claim (CLAIM)
+    scheduled (once due)
     sending (lease lapsed)         sending                worker    claim with take-over, alone
                                                                     in its process: the holder
                                                                     died; its attempt is
@@ -63,7 +72,8 @@ Status transitions, and who makes each one::
     sending (lease lapsed, the     failed                 worker    claim: a message that kills
     last attempt)                                                   its worker stops here
     sending                        sent, partially_sent,  worker    finish (TRANSITION)
-                                   failed, retrying,
+                                   failed, captured,
+                                   retrying,
                                    waiting (a provider's
                                    quota; not counted)
     sending                        waiting                worker    wait: the account's limit
@@ -71,7 +81,7 @@ Status transitions, and who makes each one::
     sending                        failed                 worker    fail_unreadable
     retrying, waiting (due)        queued                 sweeper   SWEEP, then publishes it
     failed, partially_sent         queued                 operator  reset_for_retry
-    sent, partially_sent, failed   (deleted)              operator  purge (PURGE); or Redis, when
+    any final status               (deleted)              operator  purge (PURGE); or Redis, when
                                                                     the retention TTL runs out
 
 A claim is a lease that its worker renews while the attempt runs (RENEW) and gives up when
@@ -93,6 +103,8 @@ from worker.records.keys import (
     KEY_PREFIX,
     PAUSE_KEY,
     STATUS_INDEX_PREFIX,
+    WEBHOOK_EVENTS_KEY,
+    WEBHOOKS_KEY,
     attempts_key,
     idempotency_key,
     record_key,
@@ -100,6 +112,7 @@ from worker.records.keys import (
 )
 from worker.records.memory import MemoryClaims
 from worker.records.model import (
+    CANCELLABLE_STATUSES,
     FINAL_STATUSES,
     RETRYABLE_STATUSES,
     Attempt,
@@ -124,21 +137,26 @@ from worker.records.scripts import (
     SweepVerdict,
     Unreadable,
 )
-from worker.records.store import DeliveryStore, NewDelivery, Page
+from worker.records.store import ALL_OWNERS, CancelOutcome, DeliveryStore, NewDelivery, Page
 
 __all__ = [
+    "ALL_OWNERS",
     "ATTEMPT_COUNTERS",
+    "CANCELLABLE_STATUSES",
     "DUE_KEY",
     "FINAL_STATUSES",
     "KEY_PREFIX",
     "PAUSE_KEY",
     "RETRYABLE_STATUSES",
     "STATUS_INDEX_PREFIX",
+    "WEBHOOKS_KEY",
+    "WEBHOOK_EVENTS_KEY",
     "AccountPause",
     "AlreadyFinal",
     "Attempt",
     "AttemptOutcome",
     "Busy",
+    "CancelOutcome",
     "ClaimResult",
     "ClaimStore",
     "Claimed",

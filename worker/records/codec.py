@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any
 
 from worker.message import (
@@ -50,13 +50,18 @@ def new_record_fields(
     priority: Priority = Priority.NORMAL,
     created_by: str | None = None,
     idempotency_owner: str | None = None,
+    send_at: float | None = None,
 ) -> dict[str, str | bytes]:
-    """The fields of a queued record: only what it needs. Counters start at their defaults
-    and every recipient is pending until the first attempt: fewer fields, less memory."""
+    """The fields of a queued (or, with ``send_at``, scheduled) record: only what it needs.
+    Counters start at their defaults and every recipient is pending until the first attempt:
+    fewer fields, less memory."""
     fields: dict[str, str | bytes] = {
         **message_to_fields(message, created_at=created_at),
-        "status": DeliveryStatus.QUEUED.value,
+        "status": (DeliveryStatus.QUEUED if send_at is None else DeliveryStatus.SCHEDULED).value,
     }
+    if send_at is not None:
+        # next_attempt_at is what the claim compares with its clock before taking it.
+        fields["send_at"] = fields["next_attempt_at"] = repr(send_at)
     if idempotency_key:
         fields["idempotency_key"] = idempotency_key
     if priority is not Priority.NORMAL:
@@ -106,9 +111,16 @@ def decode_record(
         if stored_recipients
         else tuple(RecipientOutcome(a, RecipientState.PENDING) for a in message.recipients)
     )
+    status = DeliveryStatus(text("status") or DeliveryStatus.QUEUED.value)
+    if status is DeliveryStatus.CANCELLED:
+        # The cancel script leaves the recipients as they were: those not reached read so.
+        recipients = tuple(
+            replace(r, status=RecipientState.CANCELLED) if r.status.needs_sending else r
+            for r in recipients
+        )
     return DeliveryRecord(
         id=delivery_id,
-        status=DeliveryStatus(text("status") or DeliveryStatus.QUEUED.value),
+        status=status,
         message=message,
         created_at=created_at,
         updated_at=float(text("updated_at") or created_at),
@@ -122,6 +134,7 @@ def decode_record(
         priority=Priority(text(PRIORITY_FIELD) or Priority.NORMAL.value),
         waiting_for=text("waiting_for"),
         created_by=text("created_by"),
+        send_at=float(value) if (value := text("send_at")) else None,
     )
 
 

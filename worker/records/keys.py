@@ -13,6 +13,8 @@ __all__ = [
     "OWNED_IDEMPOTENCY_PREFIX",
     "PAUSE_KEY",
     "STATUS_INDEX_PREFIX",
+    "WEBHOOKS_KEY",
+    "WEBHOOK_EVENTS_KEY",
     "attempts_key",
     "idempotency_key",
     "key_deliveries_key",
@@ -35,6 +37,12 @@ DUE_KEY = f"{KEY_PREFIX}due"
 PAUSE_KEY = f"{KEY_PREFIX}pause"
 # Attempts recorded so far, by outcome (for /metrics): a hash outcome -> count.
 ATTEMPT_COUNTERS = f"{KEY_PREFIX}attempts-by-outcome"
+# The registered webhook endpoints (``worker.webhooks``): a hash endpoint id -> JSON.
+WEBHOOKS_KEY = f"{KEY_PREFIX}webhooks"
+# Deliveries that reached a final status while an endpoint was registered, for the webhook
+# dispatcher to announce: a zset "{id}:{status}:{attempt count}" -> when. Written by the
+# same script that makes the status final, so no outcome goes unannounced.
+WEBHOOK_EVENTS_KEY = f"{KEY_PREFIX}webhook-events"
 
 
 def record_key(delivery_id: str) -> str:

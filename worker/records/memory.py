@@ -113,8 +113,8 @@ class MemoryClaims:
         if (
             record.status in (DeliveryStatus.RETRYING, DeliveryStatus.WAITING)
             and (record.next_attempt_at or 0) > now + 1
-        ):
-            return Early(record.next_attempt_at or 0)
+        ) or (record.status is DeliveryStatus.SCHEDULED and (record.send_at or 0) > now):
+            return Early(record.next_attempt_at or record.send_at or 0)
         claimed = replace(
             record,
             status=DeliveryStatus.SENDING,

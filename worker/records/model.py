@@ -9,6 +9,7 @@ from typing import Any
 from worker.message import OutgoingMessage
 
 __all__ = [
+    "CANCELLABLE_STATUSES",
     "FINAL_STATUSES",
     "RETRYABLE_STATUSES",
     "Attempt",
@@ -34,6 +35,7 @@ class Priority(StrEnum):
 class DeliveryStatus(StrEnum):
     """Where a delivery stands; the state machine is drawn in ``worker.records``."""
 
+    SCHEDULED = "scheduled"  # stored with a send time: published once that time comes
     QUEUED = "queued"
     SENDING = "sending"
     RETRYING = "retrying"
@@ -41,6 +43,8 @@ class DeliveryStatus(StrEnum):
     SENT = "sent"
     PARTIALLY_SENT = "partially_sent"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # withdrawn by its producer or an operator before it was sent
+    CAPTURED = "captured"  # kept, not sent: the delivery mode was ``capture`` (staging)
 
     @property
     def is_final(self) -> bool:
@@ -48,7 +52,22 @@ class DeliveryStatus(StrEnum):
 
 
 FINAL_STATUSES = frozenset(
-    {DeliveryStatus.SENT, DeliveryStatus.PARTIALLY_SENT, DeliveryStatus.FAILED}
+    {
+        DeliveryStatus.SENT,
+        DeliveryStatus.PARTIALLY_SENT,
+        DeliveryStatus.FAILED,
+        DeliveryStatus.CANCELLED,
+        DeliveryStatus.CAPTURED,
+    }
+)
+# A producer or an operator may cancel a delivery in these: nothing of it is being sent.
+CANCELLABLE_STATUSES = frozenset(
+    {
+        DeliveryStatus.SCHEDULED,
+        DeliveryStatus.QUEUED,
+        DeliveryStatus.RETRYING,
+        DeliveryStatus.WAITING,
+    }
 )
 # An operator's retry starts from these: a final status with recipients still to reach.
 RETRYABLE_STATUSES = frozenset({DeliveryStatus.FAILED, DeliveryStatus.PARTIALLY_SENT})
@@ -59,6 +78,8 @@ class RecipientState(StrEnum):
     DEFERRED = "deferred"  # refused for now (4xx); tried again with the next attempt
     SENT = "sent"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # its delivery was cancelled before this recipient was reached
+    CAPTURED = "captured"  # kept by the ``capture`` delivery mode, never sent
 
     @property
     def needs_sending(self) -> bool:
@@ -122,6 +143,8 @@ class DeliveryRecord:
     waiting_for: str | None = None
     # The name of the API key that created it; None when the CLI or Python code did.
     created_by: str | None = None
+    # When its producer asked it to go out (unix time); None: at once.
+    send_at: float | None = None
 
     @property
     def attempts_this_round(self) -> int:
@@ -143,6 +166,7 @@ def record_summary(record: DeliveryRecord) -> dict[str, Any]:
         "idempotency_key": record.idempotency_key,
         "created_by": record.created_by,
         "priority": record.priority.value,
+        "send_at": record.send_at,
         "waiting_for": record.waiting_for,
         "recipients": [asdict(r) for r in record.recipients],
         "attempts": [asdict(a) for a in record.attempts],

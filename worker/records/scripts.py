@@ -22,17 +22,26 @@ from worker.records.keys import (
     OWNED_IDEMPOTENCY_PREFIX,
     PAUSE_KEY,
     STATUS_INDEX_PREFIX,
+    WEBHOOK_EVENTS_KEY,
+    WEBHOOKS_KEY,
     attempts_key,
     idempotency_key,
     key_deliveries_key,
     record_key,
     status_index_key,
 )
-from worker.records.model import Attempt, DeliveryRecord, DeliveryStatus
+from worker.records.model import (
+    CANCELLABLE_STATUSES,
+    FINAL_STATUSES,
+    Attempt,
+    DeliveryRecord,
+    DeliveryStatus,
+)
 
 __all__ = [
     "ALREADY_DONE",
     "APPLIED",
+    "CANCEL",
     "CLAIM",
     "CREATE",
     "PURGE",
@@ -42,6 +51,8 @@ __all__ = [
     "AccountPause",
     "AlreadyFinal",
     "Busy",
+    "CancelResult",
+    "Cancelled",
     "ClaimResult",
     "Claimed",
     "Created",
@@ -50,11 +61,14 @@ __all__ = [
     "Lapsed",
     "Missing",
     "PurgeResult",
+    "Refused",
     "ScriptCall",
     "SweepVerdict",
     "Unreadable",
+    "cancel_call",
     "claim_call",
     "create_call",
+    "decode_cancel",
     "decode_claim",
     "decode_create",
     "decode_purge",
@@ -69,6 +83,27 @@ __all__ = [
 Argument = str | bytes | int | float
 
 
+def _lua_set(name: str, statuses: frozenset[DeliveryStatus]) -> str:
+    """A Lua table of statuses, so the scripts test membership as the model defines it."""
+    members = ", ".join(f"{status.value} = true" for status in sorted(statuses))
+    return f"local {name} = {{{members}}}\n"
+
+
+# Every script that tests for a final status starts with this table.
+_FINAL = _lua_set("FINAL", FINAL_STATUSES)
+# Where a status became final while a webhook endpoint was registered, the same script marks
+# the outcome for the webhook dispatcher: one EXISTS when none is, so no cost without them.
+# KEYS (of the caller): record, endpoints hash, events zset.
+_ANNOUNCE = """
+local function announce(record, endpoints, events, id, status, now)
+  if redis.call('EXISTS', endpoints) == 1 then
+    local attempts = redis.call('HGET', record, 'attempt_count') or '0'
+    redis.call('ZADD', events, now, id .. ':' .. status .. ':' .. attempts)
+  end
+end
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class ScriptCall:
     """The KEYS and ARGV of one script invocation."""
@@ -77,11 +112,12 @@ class ScriptCall:
     args: list[Argument]
 
 
-# --- CREATE: store a queued record, once per idempotency key -------------------------------
+# --- CREATE: store a queued (or scheduled) record, once per idempotency key -----------------
 # Its score in the queued index is when it was published (the sweeper's check of lost tasks).
-# KEYS: record, queued index, idempotency key ("" when none; an API key's own, or shared),
-#       the API key's deliveries ("" when no API key sent it)
-# ARGV: id, now, idempotency ttl seconds, field, value, ...
+# A scheduled one goes into the scheduled index and is due (for the sweeper) at its send time.
+# KEYS: record, queued (or scheduled) index, idempotency key ("" when none; an API key's own,
+#       or shared), the API key's deliveries ("" when no API key sent it), due
+# ARGV: id, now, idempotency ttl seconds, send at ("" = now), field, value, ...
 # -> {1, id} when created, {0, existing id} when the idempotency key was already used.
 CREATE = """
 if KEYS[3] ~= '' then
@@ -89,8 +125,9 @@ if KEYS[3] ~= '' then
   if existing then return {0, existing} end
   redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[3])
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+if ARGV[4] ~= '' then redis.call('ZADD', KEYS[5], ARGV[4], ARGV[1]) end
 if KEYS[4] ~= '' then
   redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
   -- Ids older than twice the retention belong to records expired long ago: each write
@@ -118,18 +155,22 @@ def create_call(
     idempotency_ttl_seconds: int,
     created_by: str | None = None,
     idempotency_owner: str | None = None,
+    send_at: float | None = None,
 ) -> ScriptCall:
+    status = DeliveryStatus.QUEUED if send_at is None else DeliveryStatus.SCHEDULED
     return ScriptCall(
         keys=[
             record_key(delivery_id),
-            status_index_key(DeliveryStatus.QUEUED),
+            status_index_key(status),
             idempotency_key(idempotency, idempotency_owner) if idempotency else "",
             key_deliveries_key(created_by) if created_by else "",
+            DUE_KEY,
         ],
         args=[
             delivery_id,
             repr(now),
             idempotency_ttl_seconds,
+            repr(send_at) if send_at is not None else "",
             *(item for pair in fields.items() for item in pair),
         ],
     )
@@ -151,13 +192,19 @@ def decode_create(reply: Sequence[Any]) -> Created:
 # way (a message that kills its worker), any claim fails the delivery instead.
 # The sending account's pause (``worker.sending_limits``) comes with the claim: a paused
 # account costs its workers no extra round trip to notice.
-# KEYS: record, settings hash, attempts list, attempt counters, due, account pause
+# A scheduled delivery is never claimed before its send time (a task published early, by a
+# producer that died between storing and publishing, or a duplicate): it answers 'early'.
+# KEYS: record, settings hash, attempts list, attempt counters, due, account pause,
+#       webhook endpoints, webhook events
 # ARGV: id, claim token, lease seconds, status index prefix, max attempts, retention seconds,
 #       take over a lapsed claim ('1' | '0')
 # -> {'missing'} | {'final', status} | {'busy', lease_until} | {'lapsed'}
 #    | {'early', next_attempt_at} | {'exhausted', reason}
 #    | {'claimed', version, {field, value, ...}, paused for seconds, account, reason}
-CLAIM = """
+CLAIM = (
+    _FINAL
+    + _ANNOUNCE
+    + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local function claimed()
@@ -170,9 +217,7 @@ local function claimed()
 end
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing'} end
-if status == 'sent' or status == 'partially_sent' or status == 'failed' then
-  return {'final', status}
-end
+if FINAL[status] then return {'final', status} end
 if status == 'sending' then
   if redis.call('HGET', KEYS[1], 'claim_token') == ARGV[2] then
     -- Asked again (the first reply was lost): the claim is still this one, and its lease
@@ -216,13 +261,17 @@ if status == 'sending' then
     redis.call('ZREM', KEYS[5], ARGV[1])
     redis.call('EXPIRE', KEYS[1], ARGV[6])
     redis.call('EXPIRE', KEYS[3], ARGV[6])
+    announce(KEYS[1], KEYS[7], KEYS[8], ARGV[1], 'failed', now)
     return {'exhausted', reason}
   end
 end
-if status == 'retrying' or status == 'waiting' then
-  -- A duplicate job (its delivery's retry is already scheduled) must not skip the backoff.
+if status == 'retrying' or status == 'waiting' or status == 'scheduled' then
+  -- A duplicate job (its delivery's retry is already scheduled) must not skip the backoff;
+  -- a scheduled delivery waits for its time to the second.
   local due = tonumber(redis.call('HGET', KEYS[1], 'next_attempt_at') or '0') or 0
-  if due > now + 1 then return {'early', tostring(due)} end
+  local slack = 1
+  if status == 'scheduled' then slack = 0 end
+  if due > now + slack then return {'early', tostring(due)} end
 end
 local lease_until = now + tonumber(ARGV[3])
 redis.call('HINCRBY', KEYS[1], 'attempt_count', 1)
@@ -233,6 +282,7 @@ redis.call('ZADD', ARGV[4] .. 'sending', now, ARGV[1])
 redis.call('ZADD', KEYS[5], lease_until, ARGV[1])
 return claimed()
 """
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,6 +375,8 @@ def claim_call(
             ATTEMPT_COUNTERS,
             DUE_KEY,
             PAUSE_KEY,
+            WEBHOOKS_KEY,
+            WEBHOOK_EVENTS_KEY,
         ],
         args=[
             delivery_id,
@@ -380,13 +432,17 @@ def decode_claim(delivery_id: str, token: str, reply: Sequence[Any]) -> ClaimRes
 # written as next_attempt_at), or dropped (final, or queued: the queued index holds those).
 # "Now" is Redis' clock, unless the caller gives its own: an operator's transition to queued
 # is scored in the clock that stamps the task it publishes (the sweeper compares the two).
-# KEYS: record, attempts list, attempt counters, due
+# A status made final is announced to the webhook dispatcher (while endpoints are registered).
+# KEYS: record, attempts list, attempt counters, due, webhook endpoints, webhook events
 # ARGV: id, now ("" = Redis' clock), guard field, guard value, new status, status index
 #       prefix, expire seconds (0 = keep forever), attempt json ("" = none), attempt outcome,
 #       due in seconds ("" = not due), claim token ("" = not a claim's), field, value, ...
 # -> 1 when applied, 0 when the guard or the claim no longer holds (or the record is gone),
 #    2 when this claim's transition was applied before (a call run again).
-TRANSITION = """
+TRANSITION = (
+    _FINAL
+    + _ANNOUNCE
+    + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 0 end
 local token = ARGV[11]
@@ -422,8 +478,10 @@ else
   redis.call('PERSIST', KEYS[1])
   redis.call('PERSIST', KEYS[2])
 end
+if FINAL[ARGV[5]] then announce(KEYS[1], KEYS[5], KEYS[6], ARGV[1], ARGV[5], now) end
 return 1
 """
+)
 # TRANSITION's replies.
 APPLIED, ALREADY_DONE = 1, 2
 
@@ -441,7 +499,14 @@ def transition_call(
     fields: Mapping[str, str] | None = None,
 ) -> ScriptCall:
     return ScriptCall(
-        keys=[record_key(delivery_id), attempts_key(delivery_id), ATTEMPT_COUNTERS, DUE_KEY],
+        keys=[
+            record_key(delivery_id),
+            attempts_key(delivery_id),
+            ATTEMPT_COUNTERS,
+            DUE_KEY,
+            WEBHOOKS_KEY,
+            WEBHOOK_EVENTS_KEY,
+        ],
         args=[
             delivery_id,
             repr(now) if now is not None else "",
@@ -471,10 +536,12 @@ def decode_transition(reply: Any) -> bool:
 # ARGV: id, cutoff, status index prefix, idempotency prefix, an API key's idempotency prefix,
 #       an API key's deliveries prefix
 # -> 1 when deleted, 0 when kept, -1 when the record was already gone (expired)
-PURGE = """
+PURGE = (
+    _FINAL
+    + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
-if status ~= 'sent' and status ~= 'partially_sent' and status ~= 'failed' then return 0 end
+if not FINAL[status] then return 0 end
 if tonumber(redis.call('HGET', KEYS[1], 'updated_at') or '0') >= tonumber(ARGV[2]) then
   return 0
 end
@@ -491,6 +558,7 @@ redis.call('ZREM', ARGV[3] .. status, ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 return 1
 """
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -515,6 +583,74 @@ def purge_call(delivery_id: str, *, cutoff: float) -> ScriptCall:
 
 def decode_purge(reply: Any) -> PurgeResult:
     return PurgeResult(deleted=int(reply) > 0, already_gone=int(reply) < 0)
+
+
+# --- CANCEL: withdraw a delivery that nothing is sending ----------------------------------
+# Scheduled, queued, retrying or waiting: it becomes cancelled (final, kept for the
+# retention) and leaves the due set, so no sweep publishes it again; a task still in the
+# broker's queue finds it final when claimed. Sending (a worker holds it) or final: refused,
+# the status given back. The recipients still to reach read as cancelled (``decode_record``).
+# KEYS: record, attempts list, due, webhook endpoints, webhook events
+# ARGV: id, status index prefix, retention seconds, reason
+# -> {'cancelled'} | {'refused', status} | {'missing'}
+CANCEL = (
+    _FINAL
+    + _ANNOUNCE
+    + _lua_set("CANCELLABLE", CANCELLABLE_STATUSES)
+    + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {'missing'} end
+if not CANCELLABLE[status] then return {'refused', status} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('HSET', KEYS[1], 'status', 'cancelled', 'updated_at', tostring(now),
+  'last_error', ARGV[4], 'next_attempt_at', '', 'waiting_for', '')
+redis.call('ZREM', ARGV[2] .. status, ARGV[1])
+redis.call('ZADD', ARGV[2] .. 'cancelled', now, ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+announce(KEYS[1], KEYS[4], KEYS[5], ARGV[1], 'cancelled', now)
+return {'cancelled'}
+"""
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """The delivery is cancelled: it will not be sent."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Not cancelled: it is being sent (``sending``) or already final."""
+
+    status: DeliveryStatus
+
+
+CancelResult = Cancelled | Refused | Missing
+
+
+def cancel_call(delivery_id: str, *, retention_seconds: int, reason: str) -> ScriptCall:
+    return ScriptCall(
+        keys=[
+            record_key(delivery_id),
+            attempts_key(delivery_id),
+            DUE_KEY,
+            WEBHOOKS_KEY,
+            WEBHOOK_EVENTS_KEY,
+        ],
+        args=[delivery_id, STATUS_INDEX_PREFIX, retention_seconds, reason],
+    )
+
+
+def decode_cancel(reply: Sequence[Any]) -> CancelResult:
+    match as_text(reply[0]):
+        case "cancelled":
+            return Cancelled()
+        case "refused":
+            return Refused(DeliveryStatus(as_text(reply[1])))
+    return Missing()
 
 
 # --- RENEW: extend (or, with no seconds, give up) the lease of a claim still ours ----------
@@ -545,7 +681,7 @@ def renew_call(delivery_id: str, *, token: str, lease_seconds: float) -> ScriptC
 # task was published, in the clock that stamped the task (the publisher's): "published at"
 # (the sweeper's own, for the tasks it publishes) and "published before" are in those.
 # sending: a lease that ran out (the holder died): published, so a worker takes it over.
-# retrying, waiting: its due time came: queued again, and published.
+# retrying, waiting, scheduled: its due time came: queued again, and published.
 # queued: published again when its task can no longer be waiting in the broker's queue (it
 #   was published before the oldest task still waiting there).
 # Run again with the same arguments (its reply was lost), it answers the same: a delivery it
@@ -553,9 +689,11 @@ def renew_call(delivery_id: str, *, token: str, lease_seconds: float) -> ScriptC
 # KEYS: record, due; ARGV: id, published at, status index prefix, published before (the
 #   oldest waiting task's publication time, less a margin), look again after (seconds)
 # -> 'publish' | 'waiting' | 'held' | 'gone'
-SWEEP = """
+SWEEP = (
+    _FINAL
+    + """
 local status = redis.call('HGET', KEYS[1], 'status')
-if not status or status == 'sent' or status == 'partially_sent' or status == 'failed' then
+if not status or FINAL[status] then
   redis.call('ZREM', KEYS[2], ARGV[1])
   return 'gone'
 end
@@ -583,6 +721,7 @@ end
 redis.call('ZADD', queued, ARGV[2], ARGV[1])
 return 'publish'
 """
+)
 
 
 class SweepVerdict(StrEnum):

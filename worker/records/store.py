@@ -15,6 +15,7 @@ from worker.errors import DeliveryNotFoundError, InvalidInputError, NotRetryable
 from worker.message import OutgoingMessage
 from worker.records.codec import as_text, decode_record, encode_recipients, new_record_fields
 from worker.records.keys import (
+    OWNED_IDEMPOTENCY_PREFIX,
     attempts_key,
     idempotency_key,
     key_deliveries_key,
@@ -30,12 +31,17 @@ from worker.records.model import (
     RecipientState,
 )
 from worker.records.scripts import (
+    CANCEL,
     CREATE,
     PURGE,
     TRANSITION,
+    Cancelled,
     Created,
+    Refused,
     ScriptCall,
+    cancel_call,
     create_call,
+    decode_cancel,
     decode_create,
     decode_purge,
     decode_transition,
@@ -43,7 +49,7 @@ from worker.records.scripts import (
     transition_call,
 )
 
-__all__ = ["DeliveryStore", "NewDelivery", "Page"]
+__all__ = ["ALL_OWNERS", "CancelOutcome", "DeliveryStore", "NewDelivery", "Page"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +62,22 @@ class NewDelivery:
     # Whose idempotency keys ``idempotency_key`` is among: an API key's own (its name), or
     # None for the shared ones (the CLI, Python code, a schedule run's e-mails).
     idempotency_owner: str | None = None
+    # When to send it (unix time, in the future): stored ``scheduled`` until then.
+    send_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CancelOutcome:
+    """What a cancel did to one delivery: ``cancelled``, or why not (its status then)."""
+
+    id: str
+    cancelled: bool
+    status: DeliveryStatus
+    reason: str | None = None
+
+
+ALL_OWNERS = "*"
+"""``idempotency_owner`` of a bulk cancel that reaches every key's deliveries (an admin's)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +126,7 @@ class DeliveryStore:
         self._create = client.register_script(CREATE)
         self._transition = client.register_script(TRANSITION)
         self._purge = client.register_script(PURGE)
+        self._cancel = client.register_script(CANCEL)
 
     def create_many(self, deliveries: Sequence[NewDelivery]) -> list[Created]:
         """Store queued records in one round trip; existing idempotency keys return their id."""
@@ -120,11 +143,13 @@ class DeliveryStore:
                     priority=delivery.priority,
                     created_by=delivery.created_by,
                     idempotency_owner=delivery.idempotency_owner,
+                    send_at=delivery.send_at,
                 ),
                 idempotency=delivery.idempotency_key,
                 idempotency_ttl_seconds=self._retention_seconds,
                 created_by=delivery.created_by,
                 idempotency_owner=delivery.idempotency_owner,
+                send_at=delivery.send_at,
             )
             self._create(keys=call.keys, args=call.args, client=pipe)
         return [decode_create(reply) for reply in pipe.execute()]
@@ -297,6 +322,46 @@ class DeliveryStore:
             raise NotRetryableError(f"delivery {delivery_id} changed meanwhile; try again")
         return replace(record, status=DeliveryStatus.QUEUED, recipients=recipients)
 
+    def cancel(self, delivery_id: str) -> CancelOutcome:
+        """Withdraw a delivery that nothing is sending; see ``scripts.CANCEL``."""
+        call = cancel_call(
+            delivery_id,
+            retention_seconds=self._retention_seconds,
+            reason="cancelled before it was sent",
+        )
+        match decode_cancel(self._cancel(keys=call.keys, args=call.args)):
+            case Cancelled():
+                return CancelOutcome(delivery_id, True, DeliveryStatus.CANCELLED)
+            case Refused(status=status):
+                return CancelOutcome(delivery_id, False, status, _not_cancellable(status))
+        raise DeliveryNotFoundError(f"no delivery with id {delivery_id!r}")
+
+    def ids_by_idempotency_prefix(self, prefix: str, *, owner: str | None) -> list[str]:
+        """The deliveries whose idempotency key starts with ``prefix``, among ``owner``'s keys
+        (an API key's name), the shared ones (None), or every one (``ALL_OWNERS``)."""
+        literal = _glob_escaped(prefix)
+        if owner != ALL_OWNERS:
+            patterns = [idempotency_key(literal, owner) + "*"]
+        else:
+            patterns = [idempotency_key(literal) + "*", f"{OWNED_IDEMPOTENCY_PREFIX}*:{literal}*"]
+        names = [
+            as_text(name)
+            for pattern in patterns
+            for name in self._redis.scan_iter(match=pattern, count=1000)
+        ]
+        # "*:" may also match within a key that holds ':': only keys that start with the
+        # prefix count (an owner's name holds no ':', so the key proper starts after the first).
+        wanted = [
+            name
+            for name in names
+            if not name.startswith(OWNED_IDEMPOTENCY_PREFIX)
+            or name.removeprefix(OWNED_IDEMPOTENCY_PREFIX).partition(":")[2].startswith(prefix)
+        ]
+        if not wanted:
+            return []
+        ids = self._redis.mget(wanted)
+        return sorted({as_text(raw) for raw in ids if raw is not None})
+
     def mark_unqueued(self, delivery_id: str, reason: str) -> None:
         """Record that a stored delivery could not be handed to the broker, so it is not lost."""
         self._run_transition(
@@ -342,3 +407,14 @@ class DeliveryStore:
 
     def _run_transition(self, call: ScriptCall) -> bool:
         return decode_transition(self._transition(keys=call.keys, args=call.args))
+
+
+def _not_cancellable(status: DeliveryStatus) -> str:
+    if status is DeliveryStatus.SENDING:
+        return "it is being sent right now; its outcome will be recorded as usual"
+    return f"it is already {status.value.replace('_', ' ')}"
+
+
+def _glob_escaped(text: str) -> str:
+    """``text`` matched literally in a SCAN pattern."""
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
