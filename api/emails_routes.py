@@ -1,11 +1,13 @@
-"""``/api/emails``: enqueue e-mails (one or a batch), read their status, retry failed ones."""
+"""``/api/emails``: enqueue e-mails (one or a batch), read their status, cancel them, retry
+failed ones."""
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Request, status
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api.auth import Admin, Caller
 from api.errors import answers, error_body, field_of
@@ -13,8 +15,15 @@ from api.key_limits import new_deliveries, refuse_other_domains
 from api.services import ApiServices, services
 from config.api_keys import ApiKey, Role
 from tasks.message_input import MessageInput
-from worker.errors import DeliveryNotFoundError, InvalidInputError
-from worker.records import Created, DeliveryRecord, DeliveryStatus, record_summary
+from tasks.producer import cancel_summary
+from worker.errors import DeliveryNotFoundError, InvalidInputError, NotCancellableError
+from worker.records import (
+    ALL_OWNERS,
+    Created,
+    DeliveryRecord,
+    DeliveryStatus,
+    record_summary,
+)
 
 __all__ = ["MAX_BATCH", "router"]
 
@@ -35,17 +44,22 @@ IdempotencyKey = Annotated[
 ]
 
 
-def _accepted(request: Request, created: Created, current: DeliveryStatus | None) -> dict[str, Any]:
+def _accepted(
+    request: Request, created: Created, current: DeliveryStatus | None, message: MessageInput
+) -> dict[str, Any]:
+    scheduled = message.send_at_timestamp(time.time()) is not None
+    fresh = DeliveryStatus.SCHEDULED if scheduled else DeliveryStatus.QUEUED
     return {
         "id": created.id,
-        "status": (current or DeliveryStatus.QUEUED).value,
+        "status": (current or fresh).value,
         "created": created.created,
         "status_url": str(request.url_for("read_email", delivery_id=created.id)),
     }
 
 
 def _current(found: ApiServices, created: list[Created]) -> list[DeliveryStatus | None]:
-    """Statuses of deliveries an idempotency key gave back (new ones are queued)."""
+    """Statuses of deliveries an idempotency key gave back (new ones are queued, or
+    scheduled)."""
     repeated = [c.id for c in created if not c.created]
     statuses = dict(zip(repeated, found.context.deliveries.statuses(repeated), strict=True))
     return [statuses.get(c.id) for c in created]
@@ -79,7 +93,7 @@ def send_email(
     found.producer.check_limits(message)  # a message refused anyway uses up no quota
     found.key_quota.admit(key, new_deliveries(found.context.deliveries, key, [message]))
     created = found.producer.enqueue(message, created_by=key.name)
-    return _accepted(request, created, _current(found, [created])[0])
+    return _accepted(request, created, _current(found, [created])[0], message)
 
 
 @router.post("/batch", responses={**WITH_BODY, **answers(429)})
@@ -115,8 +129,10 @@ def send_batch(
     # The whole batch is within the key's limits or none of it is stored.
     found.key_quota.admit(key, new_deliveries(found.context.deliveries, key, [m for _, m in valid]))
     created = found.producer.enqueue_many([m for _, m in valid], created_by=key.name)
-    for (index, _m), each, current in zip(valid, created, _current(found, created), strict=True):
-        results[index] = {"index": index, **_accepted(request, each, current)}
+    for (index, message), each, current in zip(
+        valid, created, _current(found, created), strict=True
+    ):
+        results[index] = {"index": index, **_accepted(request, each, current, message)}
     return [result for result in results if result is not None]
 
 
@@ -165,3 +181,35 @@ def retry(delivery_id: str, _: Admin, found: Services) -> dict[str, Any]:
     """Queue a failed or partially sent delivery again."""
     [record] = found.producer.retry([delivery_id])
     return {"id": record.id, "status": record.status.value}
+
+
+@router.delete("/{delivery_id}", responses=answers(403, 404, 409))
+def cancel_email(delivery_id: str, key: Caller, found: Services) -> dict[str, Any]:
+    """Cancel a scheduled, queued, retrying or waiting delivery: it becomes ``cancelled`` and
+    is never sent. One being sent right now, or already final, answers 409 saying why. A
+    producer key cancels only the deliveries it created."""
+    _readable(found, key, delivery_id)
+    [outcome] = found.producer.cancel([delivery_id])
+    if not outcome.cancelled:
+        raise NotCancellableError(f"delivery {delivery_id} was not cancelled: {outcome.reason}")
+    return {"id": outcome.id, "status": outcome.status.value}
+
+
+class CancelRequest(BaseModel):
+    """Which deliveries to cancel: those whose idempotency key starts with the prefix."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    idempotency_prefix: str = Field(min_length=1, max_length=200)
+
+
+@router.post("/cancel", responses=WITH_BODY)
+def cancel_emails(request: CancelRequest, key: Caller, found: Services) -> dict[str, Any]:
+    """Cancel every delivery whose idempotency key starts with ``idempotency_prefix`` (a
+    producer withdrawing a whole run): a producer key among its own keys, an admin among
+    all. Answers which were cancelled, and why the others were not."""
+    owner = _owned(key)
+    outcomes = found.producer.cancel_by_idempotency_prefix(
+        request.idempotency_prefix, owner=ALL_OWNERS if owner is None else owner
+    )
+    return cancel_summary(outcomes)

@@ -6,10 +6,12 @@ import base64
 import binascii
 import re
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -24,6 +26,7 @@ from worker.message import Attachment, OutgoingMessage
 from worker.records import Priority
 
 __all__ = [
+    "MAX_SCHEDULE_AHEAD",
     "RESERVED_HEADERS",
     "RESERVED_HEADER_PREFIXES",
     "Address",
@@ -33,6 +36,8 @@ __all__ = [
     "field_path",
 ]
 
+# How far ahead an e-mail may be scheduled: further is more likely a mistake than a plan.
+MAX_SCHEDULE_AHEAD = timedelta(days=365)
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 field name: printable ASCII except ':'
 _CONTENT_TYPE = re.compile(r"^[\w.+-]+/[\w.+-]+$")
 # Headers outbox writes itself, and those that belong to the transport (trace, resent and
@@ -111,6 +116,8 @@ class MessageInput(BaseModel):
     attachments: list[AttachmentInput] = Field(default_factory=list)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
     priority: Priority = Priority.NORMAL
+    # When to send it: RFC 3339 with a time zone. A time already past means now.
+    send_at: AwareDatetime | None = None
 
     @field_validator("subject")
     @classmethod
@@ -123,6 +130,20 @@ class MessageInput(BaseModel):
         if value is not None and any(c.isspace() for c in value):
             raise ValueError("must not contain whitespace")
         return value
+
+    @field_validator("send_at")
+    @classmethod
+    def _send_at(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value - datetime.now(UTC) > MAX_SCHEDULE_AHEAD:
+            raise ValueError("must be at most a year from now")
+        return value
+
+    def send_at_timestamp(self, now: float) -> float | None:
+        """When to send it (unix time), or None for at once: not set, or already past."""
+        if self.send_at is None:
+            return None
+        at = self.send_at.timestamp()
+        return at if at > now else None
 
     @field_validator("headers")
     @classmethod

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
 import uuid
 from collections.abc import Iterable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from config.process import DEFAULT_MAX_RECIPIENTS
 from tasks.message_input import MessageInput
 from worker.errors import (
     DeliveryNotFoundError,
+    InvalidInputError,
     MessageTooLargeError,
     NotRetryableError,
     TooManyRecipientsError,
 )
 from worker.records import (
+    CancelOutcome,
     Created,
     DeliveryRecord,
     DeliveryStatus,
@@ -24,7 +28,7 @@ from worker.records import (
 )
 from worker.records.replication import ReplicaWait
 
-__all__ = ["CHUNK_SIZE", "Producer", "Publisher", "chunked"]
+__all__ = ["CHUNK_SIZE", "Producer", "Publisher", "cancel_summary", "chunked"]
 
 # Ids per task message: one Celery message per e-mail caps throughput far below SMTP's;
 # each id in a chunk is still claimed and recorded on its own.
@@ -40,6 +44,18 @@ class Publisher(Protocol):
 def chunked(delivery_ids: Sequence[str]) -> list[Sequence[str]]:
     """The ids in chunks of CHUNK_SIZE, one task each."""
     return [delivery_ids[i : i + CHUNK_SIZE] for i in range(0, len(delivery_ids), CHUNK_SIZE)]
+
+
+def cancel_summary(outcomes: Sequence[CancelOutcome]) -> dict[str, Any]:
+    """A bulk cancel's answer, as the API and ``outbox cancel --json`` give it."""
+    return {
+        "cancelled": [each.id for each in outcomes if each.cancelled],
+        "not_cancelled": [
+            {"id": each.id, "status": each.status.value, "reason": each.reason}
+            for each in outcomes
+            if not each.cancelled
+        ],
+    }
 
 
 class Producer:
@@ -103,7 +119,9 @@ class Producer:
         *,
         idempotency_owner: str | None,
     ) -> tuple[list[Created], list[tuple[str, Priority]]]:
-        """Store the messages; what was created, and the ``(id, priority)`` pairs to queue."""
+        """Store the messages; what was created, and the ``(id, priority)`` pairs to queue
+        now (a scheduled one is published by the sweeper when its time comes)."""
+        now = time.time()
         new = []
         for message in messages:
             delivery_id = uuid.uuid4().hex
@@ -117,6 +135,7 @@ class Producer:
                     message.priority,
                     created_by,
                     idempotency_owner,
+                    message.send_at_timestamp(now),
                 )
             )
         created = self._deliveries.create_many(new)
@@ -132,7 +151,11 @@ class Producer:
             )
             if status is DeliveryStatus.QUEUED
         ]
-        fresh = [(c.id, m.priority) for c, m in zip(created, messages, strict=True) if c.created]
+        fresh = [
+            (c.id, d.priority)
+            for c, d in zip(created, new, strict=True)
+            if c.created and d.send_at is None
+        ]
         return created, fresh + still_queued
 
     def check_limits(self, message: MessageInput) -> None:
@@ -183,6 +206,33 @@ class Producer:
         self._queue([(r.id, r.priority) for r in records])
         self._confirm_replicated()
         return records
+
+    def cancel(self, delivery_ids: Iterable[str]) -> list[CancelOutcome]:
+        """Cancel each delivery that nothing is sending; what happened to each, in order.
+        An unknown id raises, after the ones before it were cancelled."""
+        self._require_replicas()
+        try:
+            return [self._deliveries.cancel(delivery_id) for delivery_id in delivery_ids]
+        finally:
+            self._confirm_replicated()
+
+    def cancel_by_idempotency_prefix(
+        self, prefix: str, *, owner: str | None
+    ) -> list[CancelOutcome]:
+        """Cancel every delivery whose idempotency key starts with ``prefix`` (a producer
+        withdrawing a whole run), among ``owner``'s keys, the shared ones (None) or every
+        one (``ALL_OWNERS``); those already gone (expired) are left out."""
+        if not prefix:
+            raise InvalidInputError("must not be empty", field="idempotency_prefix")
+        self._require_replicas()
+        outcomes = []
+        try:
+            for delivery_id in self._deliveries.ids_by_idempotency_prefix(prefix, owner=owner):
+                with contextlib.suppress(DeliveryNotFoundError):
+                    outcomes.append(self._deliveries.cancel(delivery_id))
+        finally:
+            self._confirm_replicated()
+        return outcomes
 
     def _require_replicas(self) -> None:
         """Refuse before storing anything while fewer replicas than the minimum are in sync."""

@@ -78,11 +78,13 @@ class JobOutcome(StrEnum):
     SENT = "sent"
     PARTIALLY_SENT = "partially_sent"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # cancelled before this job claimed it: not sent
+    CAPTURED = "captured"  # kept, not sent (the ``capture`` delivery mode)
     RETRYING = "retrying"  # a retry is due later: the sweeper publishes it then
     WAITING = "waiting"  # for the account's sending limit or pause: published when it ends
     MISSING = "missing"  # no record: expired or purged
     BUSY = "busy"  # another process holds the claim (the sweeper looks again if it lapses)
-    EARLY = "early"  # a duplicate job before the scheduled retry: left to that retry
+    EARLY = "early"  # before its scheduled retry or send time: left to the sweeper then
 
     @classmethod
     def of(cls, status: DeliveryStatus) -> JobOutcome:
@@ -340,9 +342,9 @@ class Deliverer:
         # goes (DATA, Graph's send): a claim lost while the send waited for a connection or
         # named its recipients stops it there.
         lease.check()
-        return await transport.send(
-            record.message, pending, record.created_at, before_data=lease.check
-        )
+        # The Date header: when it was meant to go, for an e-mail scheduled ahead.
+        date = record.send_at or record.created_at
+        return await transport.send(record.message, pending, date, before_data=lease.check)
 
     async def _pause_for(
         self, account: str | None, result: SendResult | None, error: DeliveryError | None

@@ -1,4 +1,4 @@
-"""The commands about e-mails: send, status, list, retry, purge."""
+"""The commands about e-mails: send, status, list, cancel, retry, purge."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from tasks.cli.common import JsonFlag, load_context, local_time, producer_for
 from tasks.cli.errors import EXIT_FAILED, EXIT_USAGE, fail
 from tasks.context import OutboxContext
 from tasks.message_input import MessageInput, describe_validation_error
+from tasks.producer import cancel_summary
 from worker.errors import InvalidInputError
-from worker.records import DeliveryRecord, DeliveryStatus, Priority, record_summary
+from worker.records import ALL_OWNERS, DeliveryRecord, DeliveryStatus, Priority, record_summary
 
 __all__ = ["deliveries_app"]
 
@@ -59,6 +60,13 @@ def send(
     priority: Annotated[
         Priority, typer.Option(help="high: before any waiting normal or low e-mail.")
     ] = Priority.NORMAL,
+    send_at: Annotated[
+        str | None,
+        typer.Option(
+            help="Send at this time (RFC 3339 with a time zone, e.g. 2026-12-24T08:00:00+01:00); "
+            "stored 'scheduled' until then."
+        ),
+    ] = None,
     wait: Annotated[
         float | None, typer.Option(help="Wait up to SECONDS for a final status; exit 0 if sent.")
     ] = None,
@@ -82,6 +90,7 @@ def send(
             or text_file
             or html_file
             or attach
+            or send_at
             or (priority is not Priority.NORMAL)
         ):
             fail("--batch takes every message from the file; no other message options", EXIT_USAGE)
@@ -101,6 +110,7 @@ def send(
         "attachments": [_attachment(path) for path in attach or []],
         "idempotency_key": idempotency_key,
         "priority": priority,
+        "send_at": send_at,
     }
     try:
         message = MessageInput.model_validate(raw)
@@ -161,7 +171,9 @@ def status(delivery_id: str, as_json: JsonFlag = False) -> None:
         + (f" by the key {record.created_by}" if record.created_by else "")
         + f"  updated {local_time(record.updated_at)}"
     )
-    if record.waiting_for and record.next_attempt_at:
+    if record.status is DeliveryStatus.SCHEDULED and record.send_at:
+        typer.echo(f"scheduled for {local_time(record.send_at)}")
+    elif record.waiting_for and record.next_attempt_at:
         typer.echo(f"waiting for {record.waiting_for}, until {local_time(record.next_attempt_at)}")
     elif record.next_attempt_at:
         typer.echo(f"next attempt at {local_time(record.next_attempt_at)}")
@@ -196,6 +208,40 @@ def list_deliveries(
             f"{record.id}  {record.status.value:14} {local_time(record.updated_at)}  "
             f"{record.message.subject!r}"
         )
+
+
+@deliveries_app.command()
+def cancel(
+    delivery_ids: Annotated[list[str] | None, typer.Argument(help="Delivery ids.")] = None,
+    idempotency_prefix: Annotated[
+        str | None,
+        typer.Option(help="Every delivery whose idempotency key starts with this (a whole run)."),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Cancel scheduled, queued, retrying or waiting deliveries: they are never sent. One being
+    sent right now, or already final, is left as it is (exit 1, saying why)."""
+    if bool(delivery_ids) == (idempotency_prefix is not None):
+        fail("give delivery ids or --idempotency-prefix", EXIT_USAGE)
+    producer = producer_for(load_context())
+    outcomes = (
+        producer.cancel(delivery_ids or [])
+        if idempotency_prefix is None
+        else producer.cancel_by_idempotency_prefix(idempotency_prefix, owner=ALL_OWNERS)
+    )
+    if as_json:
+        typer.echo(json.dumps(cancel_summary(outcomes), indent=2))
+    else:
+        for outcome in outcomes:
+            typer.echo(
+                f"cancelled {outcome.id}"
+                if outcome.cancelled
+                else f"not cancelled {outcome.id}: {outcome.reason}"
+            )
+        if not outcomes:
+            typer.echo(f"no delivery has an idempotency key starting with {idempotency_prefix!r}")
+    if not all(outcome.cancelled for outcome in outcomes):
+        raise typer.Exit(EXIT_FAILED)
 
 
 @deliveries_app.command()

@@ -12,7 +12,15 @@ from worker.deliver import JobOutcome
 from worker.records import Priority
 from worker.runtime import WorkerRuntime
 
-FINAL = frozenset({JobOutcome.SENT, JobOutcome.PARTIALLY_SENT, JobOutcome.FAILED})
+FINAL = frozenset(
+    {
+        JobOutcome.SENT,
+        JobOutcome.PARTIALLY_SENT,
+        JobOutcome.FAILED,
+        JobOutcome.CANCELLED,
+        JobOutcome.CAPTURED,
+    }
+)
 
 
 class CollectingQueue:
