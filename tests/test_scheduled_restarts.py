@@ -1,5 +1,6 @@
 """A scheduled e-mail survives a worker restart and a Redis restart in between: the real worker
-process and a durable redis-server send it within seconds after its time, never before."""
+process and a durable redis-server send it within seconds after its time, never before; the
+one cancelled meanwhile is never sent."""
 
 from __future__ import annotations
 
@@ -69,6 +70,12 @@ def test_a_scheduled_email_goes_out_on_time_across_restarts(
     delivery_id = sent.stdout.strip()
     shown = run_outbox(env, "status", delivery_id)
     assert "scheduled for" in shown.stdout
+    withdrawn = run_outbox(
+        env, "send", "--to", "b@example.com", "--subject", "Withdrawn", "--text", "x",
+        "--send-at", when,
+    ).stdout.strip()  # fmt: skip
+    cancelled = run_outbox(env, "cancel", withdrawn)
+    assert (cancelled.returncode, cancelled.stdout) == (0, f"cancelled {withdrawn}\n")
 
     first.stop()
     durable_redis.stop()
@@ -80,6 +87,11 @@ def test_a_scheduled_email_goes_out_on_time_across_restarts(
         [received] = peer.wait_for_messages(1, timeout=AHEAD_SECONDS + 15)
         arrived = time.time()
         summary = json.loads(run_outbox(env, "status", delivery_id, "--json").stdout)
+        time.sleep(2)  # time enough for the cancelled one to go out, were it going to
+        assert len(peer.messages) == 1
+        assert json.loads(run_outbox(env, "status", withdrawn, "--json").stdout)["status"] == (
+            "cancelled"
+        )
     finally:
         second.stop()
     assert send_at <= arrived < send_at + 5
