@@ -1,11 +1,13 @@
 """``/api/schedules/{id}``: who hears about a schedule's runs (administrators), and the runs
-themselves (producers), each turned into e-mails to the lists whose rule matches."""
+themselves (producers), each turned into e-mails to the lists whose rule matches, or only
+shown them (a dry run)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, status
+from fastapi import APIRouter, Depends, Path, Query, status
+from fastapi.responses import JSONResponse
 
 from api.auth import Admin, Caller
 from api.errors import answers
@@ -14,7 +16,7 @@ from api.services import ApiServices, services
 from tasks.message_input import MessageInput
 from tasks.reports.model import SCHEDULE_ID_PATTERN, RunReport
 from tasks.reports.rules import Notification
-from tasks.reports.service import RunResult
+from tasks.reports.service import RunPreview, RunResult
 from worker.errors import InvalidInputError
 
 __all__ = ["router"]
@@ -53,16 +55,41 @@ def delete_notification(schedule_id: ScheduleId, _: Admin, found: Services) -> N
 @router.post(
     "/{schedule_id}/runs",
     status_code=status.HTTP_202_ACCEPTED,
-    responses={**WITH_BODY, **answers(404, 429)},
+    # The real run's answer; a dry run's is the 200 below, returned as it is.
+    response_model=RunResult,
+    responses={
+        status.HTTP_200_OK: {
+            "model": RunPreview,
+            "description": "`dry_run=true`: what the run would send; nothing was accepted",
+        },
+        **WITH_BODY,
+        **answers(404, 429),
+    },
 )
-def post_run(schedule_id: ScheduleId, run: RunReport, key: Caller, found: Services) -> RunResult:
+def post_run(
+    schedule_id: ScheduleId,
+    run: RunReport,
+    key: Caller,
+    found: Services,
+    dry_run: Annotated[bool, Query()] = False,
+) -> RunResult | JSONResponse:
     """E-mail a finished run's results to each list whose rule matches; a run posted again
-    sends nothing and answers what was sent the first time."""
+    sends nothing and answers what was sent the first time.
+
+    With `dry_run=true` nothing is sent, stored or counted against the key's limits (no
+    delivery, no idempotency key taken, the schedule's previous status unchanged): the
+    answer (200) says per list whether its rule matched and, if so, the e-mail it would get,
+    `preview: {subject, text, html, to}`, with `"dry_run": true`. The run is validated as a
+    real one is, with the same errors (except 429: a dry run is not counted); a run posted
+    before previews nothing (`"repeated": true`), since posting it again would send nothing."""
     if run.schedule_id != schedule_id:
         raise InvalidInputError(
             f"the run is of schedule {run.schedule_id!r}, posted to {schedule_id!r}",
             field="schedule_id",
         )
+    if dry_run:
+        preview = found.reports.preview(run)
+        return JSONResponse(preview.model_dump(mode="json"), status_code=status.HTTP_200_OK)
 
     def admit(messages: list[MessageInput]) -> None:
         found.key_quota.admit(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 from pydantic import BaseModel
 
@@ -11,11 +12,19 @@ from tasks.message_input import MessageInput
 from tasks.producer import Producer
 from tasks.reports.model import RunReport, RunStatus
 from tasks.reports.render import ReportRenderer
-from tasks.reports.rules import Rule
+from tasks.reports.rules import Notification, Rule
 from tasks.reports.store import ScheduleStore
 from worker.records import Priority
 
-__all__ = ["ListResult", "ReportService", "RunResult", "report_service"]
+__all__ = [
+    "ListPreview",
+    "ListResult",
+    "PreviewEmail",
+    "ReportService",
+    "RunPreview",
+    "RunResult",
+    "report_service",
+]
 
 
 class ListResult(BaseModel):
@@ -35,6 +44,33 @@ class RunResult(BaseModel):
     # True when the run had been posted before: nothing was sent again.
     repeated: bool = False
     lists: list[ListResult]
+
+
+class PreviewEmail(BaseModel):
+    """The e-mail a matched list would get, as it would be stored (attachments aside)."""
+
+    subject: str
+    text: str | None
+    html: str | None
+    to: list[str]
+
+
+class ListPreview(ListResult):
+    # None where the rule did not match, or the run was posted before: nothing would be sent.
+    preview: PreviewEmail | None = None
+
+
+class RunPreview(BaseModel):
+    """A run's dry run: what posting it would send, with nothing sent, stored or counted."""
+
+    schedule_id: str
+    run_id: str
+    status: RunStatus
+    previous_status: RunStatus | None
+    # True when the run had been posted before: posting it would send nothing again.
+    repeated: bool = False
+    dry_run: Literal[True] = True
+    lists: list[ListPreview]
 
 
 def _no_limit(messages: list[MessageInput]) -> None:
@@ -66,35 +102,15 @@ class ReportService:
         recorded = self._schedules.recorded_run(report.schedule_id, report.run_id)
         if recorded is not None:
             return RunResult.model_validate({**recorded, "repeated": True})
-        notification = self._schedules.get(report.schedule_id)
-        previous = self._schedules.last_status(report.schedule_id)
-        matched = [
-            (index, recipients)
-            for index, recipients in enumerate(notification.lists)
-            if recipients.rule.matches(report.status, previous)
-        ]
+        notification, previous, messages = self._emails(report)
         delivery_ids: dict[int, str] = {}
-        if matched:
-            rendered = self._renderer.render(report)
-            messages = [
-                MessageInput(
-                    to=recipients.to,
-                    subject=rendered.subject,
-                    text=rendered.text,
-                    html=rendered.html,
-                    attachments=report.attachments,
-                    priority=Priority.HIGH,
-                    # Posting the run again after a crash finds these, not new e-mails.
-                    idempotency_key=f"report:{report.schedule_id}:{report.run_id}:{index}",
-                )
-                for index, recipients in matched
-            ]
-            admit(messages)
+        if messages:
+            admit(list(messages.values()))
             # Their idempotency keys name the run, whoever posts it: shared, not the key's own.
             created = self._producer.enqueue_many(
-                messages, created_by=created_by, shared_idempotency=True
+                list(messages.values()), created_by=created_by, shared_idempotency=True
             )
-            delivery_ids = {index: c.id for (index, _), c in zip(matched, created, strict=True)}
+            delivery_ids = {index: c.id for index, c in zip(messages, created, strict=True)}
         result = RunResult(
             schedule_id=report.schedule_id,
             run_id=report.run_id,
@@ -121,6 +137,73 @@ class ReportService:
             # (same idempotency keys), so its answer is ours.
             return self.post(report)
         return result
+
+    def preview(self, report: RunReport) -> RunPreview:
+        """What ``post`` would send for the run, per list, without sending, storing or
+        counting anything: no delivery, no idempotency key taken, no last status moved.
+
+        It validates and raises as ``post`` does (unknown schedule, a template that fails,
+        an e-mail over the size or recipient limits); a run posted before previews nothing,
+        since posting it again would send nothing."""
+        recorded = self._schedules.recorded_run(report.schedule_id, report.run_id)
+        if recorded is not None:
+            return RunPreview.model_validate({**recorded, "repeated": True})
+        notification, previous, messages = self._emails(report)
+        return RunPreview(
+            schedule_id=report.schedule_id,
+            run_id=report.run_id,
+            status=report.status,
+            previous_status=previous,
+            lists=[
+                ListPreview(
+                    rule=recipients.rule,
+                    to=recipients.to,
+                    matched=index in messages,
+                    preview=_preview(messages[index]) if index in messages else None,
+                )
+                for index, recipients in enumerate(notification.lists)
+            ],
+        )
+
+    def _emails(
+        self, report: RunReport
+    ) -> tuple[Notification, RunStatus | None, dict[int, MessageInput]]:
+        """The schedule's lists, its previous status, and the e-mail of each list (by its
+        index) whose rule matches, checked against the producer's limits. Only reads: a post
+        and its preview share it, so a preview shows exactly what the post sends."""
+        notification = self._schedules.get(report.schedule_id)
+        previous = self._schedules.last_status(report.schedule_id)
+        matched = [
+            (index, recipients)
+            for index, recipients in enumerate(notification.lists)
+            if recipients.rule.matches(report.status, previous)
+        ]
+        if not matched:
+            return notification, previous, {}
+        rendered = self._renderer.render(report)
+        messages = {
+            index: MessageInput(
+                to=recipients.to,
+                subject=rendered.subject,
+                text=rendered.text,
+                html=rendered.html,
+                attachments=report.attachments,
+                priority=Priority.HIGH,
+                # Posting the run again after a crash finds these, not new e-mails.
+                idempotency_key=f"report:{report.schedule_id}:{report.run_id}:{index}",
+            )
+            for index, recipients in matched
+        }
+        # Before any key's limits count them: a run refused for its size uses up nothing.
+        for message in messages.values():
+            self._producer.check_limits(message)
+        return notification, previous, messages
+
+
+def _preview(message: MessageInput) -> PreviewEmail:
+    return PreviewEmail(
+        subject=message.subject, text=message.text, html=message.html, to=list(message.to)
+    )
 
 
 def report_service(context: OutboxContext, producer: Producer) -> ReportService:
