@@ -12,6 +12,7 @@ from api import (
     emails_routes,
     health_routes,
     keys_routes,
+    message_routes,
     pages,
     schedules_routes,
     settings_routes,
@@ -57,6 +58,7 @@ def create_app(context: OutboxContext) -> FastAPI:
         error_response=lambda error: error_response(error, context.redis_location),
     )
     app.include_router(settings_routes.router)
+    app.include_router(message_routes.router)  # /api/emails/{id}/message: captured e-mails
     app.include_router(emails_routes.router)
     app.include_router(schedules_routes.router)
     app.include_router(keys_routes.router)

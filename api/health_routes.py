@@ -16,8 +16,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 from pydantic import BaseModel, Field
 
-from api.metrics import OutboxCollector
+from api.metrics import OutboxCollector, saved_delivery_mode
 from api.services import ApiServices, services
+from config.mail_settings import DeliveryMode
 from tasks.celery_app import ping_workers
 
 __all__ = ["router"]
@@ -73,6 +74,11 @@ class ReadinessBody(BaseModel):
     redis: bool
     workers: int = Field(description="Workers that answered a ping.")
     redis_error: str | None = Field(default=None, description="Why Redis did not answer.")
+    delivery_mode: str | None = Field(
+        default=None,
+        description="Only while the saved settings' delivery mode is not deliver: capture "
+        "(nothing is sent) or redirect (everything goes to the redirect addresses).",
+    )
 
 
 @router.get("/healthz")
@@ -98,6 +104,10 @@ def _check_readiness(found: ApiServices) -> dict[str, Any]:
     checks: dict[str, Any] = {}
     try:
         checks["redis"] = bool(found.context.redis.ping())
+        # Ready or not, a staging outbox says so: nothing it takes reaches its recipients.
+        mode = saved_delivery_mode(found.context.redis)
+        if mode != DeliveryMode.DELIVER:
+            checks["delivery_mode"] = mode
     except redis.RedisError as exc:
         checks["redis"] = False
         checks["redis_error"] = type(exc).__name__

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
@@ -9,6 +10,8 @@ import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from config.mail_settings import DeliveryMode
+from config.settings_store import SETTINGS_KEY
 from tasks.queues import QUEUES
 from worker.records import (
     ATTEMPT_COUNTERS,
@@ -19,12 +22,26 @@ from worker.records import (
 )
 from worker.sending_limits import WAIT_COUNTERS, WaitReason
 
-__all__ = ["OutboxCollector"]
+__all__ = ["OutboxCollector", "saved_delivery_mode"]
+
+
+def _delivery_mode_of(document: bytes | None) -> DeliveryMode:
+    """The delivery mode of a stored settings document (none saved: deliver)."""
+    if document is None:
+        return DeliveryMode.DELIVER
+    return DeliveryMode(json.loads(document).get("delivery_mode", DeliveryMode.DELIVER.value))
+
+
+def saved_delivery_mode(client: redis.Redis) -> str:
+    """The saved settings' delivery mode, read without decrypting anything."""
+    document: bytes | None = client.hget(SETTINGS_KEY, "document")  # type: ignore[assignment]
+    return _delivery_mode_of(document).value
 
 
 class OutboxCollector(Collector):
     """Deliveries by status, attempts by outcome, the broker queue, the oldest queued age,
-    waits and pauses by reason, and whether the sending account is paused."""
+    waits and pauses by reason, whether the sending account is paused, and the delivery
+    mode."""
 
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
@@ -38,11 +55,12 @@ class OutboxCollector(Collector):
         pipe.hgetall(ATTEMPT_COUNTERS)
         pipe.hgetall(WAIT_COUNTERS)
         pipe.hget(PAUSE_KEY, "until")
+        pipe.hget(SETTINGS_KEY, "document")
         for name in QUEUES.values():
             pipe.llen(name)
         replies = pipe.execute()
         counts = replies[: len(statuses)]
-        oldest, attempts, waits, paused_until, *queue_lengths = replies[len(statuses) :]
+        oldest, attempts, waits, paused_until, settings, *queue_lengths = replies[len(statuses) :]
 
         deliveries = GaugeMetricFamily(
             "outbox_deliveries", "Deliveries known, by status.", labels=["status"]
@@ -72,6 +90,16 @@ class OutboxCollector(Collector):
             "Seconds the sending account stays paused after a provider's quota reply (0: not).",
             value=max(float(paused_until or 0) - time.time(), 0.0),
         )
+
+        mode = _delivery_mode_of(settings)
+        modes = GaugeMetricFamily(
+            "outbox_delivery_mode",
+            "1 for the saved settings' delivery mode (staging: capture or redirect), else 0.",
+            labels=["mode"],
+        )
+        for each in DeliveryMode:
+            modes.add_metric([each.value], 1 if each is mode else 0)
+        yield modes
 
         waiting = GaugeMetricFamily(
             "outbox_queue_tasks",

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -28,7 +29,10 @@ __all__ = [
     "DEFAULT_INSTANCE",
     "DEFAULT_SMTP_SCOPE",
     "MAIL_SETTINGS_ADAPTER",
+    "MAX_REDIRECT_ADDRESSES",
     "SECRET_FIELDS",
+    "DeliveryMode",
+    "DeliveryModeSettings",
     "MailSettings",
     "OAuthSettings",
     "SendingLimits",
@@ -45,6 +49,8 @@ DEFAULT_API_URL = "https://graph.microsoft.com/"
 DEFAULT_SMTP_SCOPE = "https://outlook.office365.com/.default"
 # Every field that may hold a secret; stored only encrypted, never shown.
 SECRET_FIELDS = ("password", "client_secret")
+# Redirect sends every e-mail to all of these in one message: a team's inboxes, not a list.
+MAX_REDIRECT_ADDRESSES = 50
 
 _HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 # No backslash anywhere: some URL parsers read it as a slash, which would move the host.
@@ -162,7 +168,50 @@ class SendingLimits(BaseModel):
         return self.max_messages_per_minute is not None or self.max_recipients_per_day is not None
 
 
-class SmtpSettings(SendingLimits):
+class DeliveryMode(StrEnum):
+    """What the workers do with an e-mail: send it, or, for staging, keep or redirect it."""
+
+    DELIVER = "deliver"  # to its recipients
+    CAPTURE = "capture"  # to nobody: recorded ``captured`` with its MIME message
+    REDIRECT = "redirect"  # only to ``redirect_to``, the original recipients in a header
+
+
+RedirectAddress = Annotated[str, AfterValidator(mailbox_address)]
+
+
+class DeliveryModeSettings(SendingLimits):
+    """The sending limits and the delivery mode, which both protocols have."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    delivery_mode: DeliveryMode = DeliveryMode.DELIVER
+    redirect_to: tuple[RedirectAddress, ...] = Field(
+        default=(), max_length=MAX_REDIRECT_ADDRESSES, validate_default=True
+    )
+
+    @field_validator("redirect_to")
+    @classmethod
+    def _only_and_always_with_redirect(
+        cls, value: tuple[str, ...], info: ValidationInfo
+    ) -> tuple[str, ...]:
+        """Required with redirect; with another mode the addresses mean nothing, so they are
+        dropped rather than kept to surprise whoever switches to redirect later."""
+        if info.data.get("delivery_mode") is not DeliveryMode.REDIRECT:
+            return ()
+        if not value:
+            raise ValueError("required with delivery mode redirect: the addresses to send to")
+        return tuple(dict.fromkeys(value))
+
+    @property
+    def redirects(self) -> bool:
+        return self.delivery_mode is DeliveryMode.REDIRECT
+
+    def redirected_recipients(self, pending: int) -> int:
+        """How many envelope recipients a message to ``pending`` recipients is sent to."""
+        return len(self.redirect_to) if self.redirects else pending
+
+
+class SmtpSettings(DeliveryModeSettings):
     """Send through an SMTP server, logging in with a password or with OAuth 2.0."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -208,6 +257,24 @@ class SmtpSettings(SendingLimits):
     def _oauth2_needs_the_app(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None and info.data.get("auth") is SmtpAuth.OAUTH2:
             raise ValueError("required with auth oauth2")
+        return value
+
+    @field_validator("redirect_to")
+    @classmethod
+    def _redirect_fits_the_limits(
+        cls, value: tuple[str, ...], info: ValidationInfo
+    ) -> tuple[str, ...]:
+        """Every redirected message goes to all of ``redirect_to`` at once: as transactions
+        of max_recipients_per_message, that must fit in one minute's max_messages_per_minute,
+        or no message could ever go."""
+        per_message = info.data.get("max_recipients_per_message")
+        per_minute = info.data.get("max_messages_per_minute")
+        redirect = info.data.get("delivery_mode") is DeliveryMode.REDIRECT
+        if redirect and per_message and per_minute and -(-len(value) // per_message) > per_minute:
+            raise ValueError(
+                f"{len(value)} addresses take {-(-len(value) // per_message)} transactions of "
+                f"{per_message} recipients, more than max messages per minute ({per_minute})"
+            )
         return value
 
     @property
@@ -259,7 +326,7 @@ class SmtpSettings(SendingLimits):
         ]
 
 
-class OAuthSettings(SendingLimits):
+class OAuthSettings(DeliveryModeSettings):
     """Send through Microsoft Graph with OAuth 2.0 client credentials."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

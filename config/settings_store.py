@@ -14,6 +14,7 @@ from redis.client import Pipeline
 from config.mail_settings import (
     MAIL_SETTINGS_ADAPTER,
     SECRET_FIELDS,
+    DeliveryMode,
     OAuthSettings,
     SmtpSettings,
     secret_field,
@@ -108,6 +109,9 @@ class SettingsStore:
         return {
             "version": int(fields[b"version"]),
             "saved_at": float(fields[b"saved_at"]),
+            # Settings saved before delivery modes existed deliver, as they always did.
+            "delivery_mode": DeliveryMode.DELIVER.value,
+            "redirect_to": [],
             **raw,
             f"{field}_set": has_secret,
         }

@@ -64,6 +64,12 @@ async def send_test_email(
     )
     async with _transport(settings, options) as transport:
         result = await transport.send(message, message.recipients, time.time())
+    if result.captured is not None:
+        # The staging modes hold for the test e-mail too: nothing leaves outbox.
+        return (
+            "test e-mail captured, not sent: the delivery mode is capture (Test connection "
+            "still checks the server)"
+        )
     refused = [r for r in result.recipients if r.status is not RecipientState.SENT]
     if refused:
         raise PermanentError(
@@ -71,4 +77,6 @@ async def send_test_email(
             code=refused[0].code,
             reply=refused[0].reply,
         )
+    if settings.redirect_to:
+        return f"test e-mail sent to {', '.join(settings.redirect_to)} (delivery mode redirect)"
     return f"test e-mail sent to {settings.from_mailbox}"

@@ -180,6 +180,8 @@ def test_defaults_are_the_pre_filled_values(client: RecordingClient, admin: dict
         "max_messages_per_minute": None,
         "max_recipients_per_day": None,
         "max_recipients_per_message": None,
+        "delivery_mode": "deliver",
+        "redirect_to": [],
     }
     oauth = client.get("/api/settings/mail/defaults?protocol=oauth", headers=admin).json()
     assert oauth["instance"] == "https://login.microsoftonline.com/"

@@ -263,7 +263,10 @@ class Deliverer:
             log.error("delivery %s: unexpected %s\n%s", record.id, text, trace)
             error = PermanentError(f"internal error: {text}")
         paused = await self._pause_for(account, result, error)
-        return await self._record(claim, started, pending, result, error, paused, turns)
+        redirected_to = stored.settings.redirect_to if stored is not None else ()
+        return await self._record(
+            claim, started, pending, result, error, paused, turns, redirected_to
+        )
 
     @contextlib.asynccontextmanager
     async def _claim_kept(self, claim: Claimed, claimed_at: float) -> AsyncIterator[_Lease]:
@@ -312,14 +315,20 @@ class Deliverer:
         if not settings.has_rate_limits or not pending:
             return pending
         per_minute = settings.max_messages_per_minute
-        while per_minute is not None and settings.transactions(len(pending)) > per_minute:
+        while (
+            not settings.redirects  # all go at once (the settings made sure they fit)
+            and per_minute is not None
+            and settings.transactions(len(pending)) > per_minute
+        ):
             # More transactions than a minute allows: the rest go in a later attempt.
             pending = pending[: len(pending) * per_minute // settings.transactions(len(pending))]
+        # What the server gets counts: in redirect mode, the redirect addresses.
+        envelope = settings.redirected_recipients(len(pending))
         verdict = await self.gate.admit(
             account,
             f"{record.id}:{record.attempt_count}",
-            transactions=settings.transactions(len(pending)),
-            recipients=len(pending),
+            transactions=settings.transactions(envelope),
+            recipients=envelope,
             limits=settings.limits,
         )
         if isinstance(verdict, MustWait):
@@ -381,6 +390,7 @@ class Deliverer:
         error: DeliveryError | None,
         pause: _Wait | None,
         turns: _Turns,
+        redirected_to: tuple[str, ...] = (),
     ) -> tuple[JobOutcome, _Claimed | None]:
         record = claim.record
         recipients = _merge(record.recipients, pending, result, error)
@@ -430,6 +440,9 @@ class Deliverer:
                 retry_in=retry_delay,
                 claim_next=claim_next,
                 waiting_for=pause.waiting_for if pause is not None and waiting else None,
+                captured_message=result.captured if result is not None else None,
+                # Only an attempt that reached the send: where it went, or would have gone.
+                redirected_to=redirected_to if result is not None or error is not None else (),
             )
 
         # The next turn comes now: it is claimed in the same round trip.
@@ -590,9 +603,11 @@ def _status_for(recipients: tuple[RecipientOutcome, ...], *, retrying: bool) -> 
     if retrying:
         return DeliveryStatus.RETRYING
     sent = sum(r.status is RecipientState.SENT for r in recipients)
-    if sent == len(recipients):
-        return DeliveryStatus.SENT
-    return DeliveryStatus.PARTIALLY_SENT if sent else DeliveryStatus.FAILED
+    captured = sum(r.status is RecipientState.CAPTURED for r in recipients)
+    if sent + captured == len(recipients):
+        # Captured once any were (the mode changed between attempts): its message is kept.
+        return DeliveryStatus.CAPTURED if captured else DeliveryStatus.SENT
+    return DeliveryStatus.PARTIALLY_SENT if sent + captured else DeliveryStatus.FAILED
 
 
 def _attempt_outcome(status: DeliveryStatus, error: DeliveryError | None) -> AttemptOutcome:
@@ -609,7 +624,9 @@ def _attempt_outcome(status: DeliveryStatus, error: DeliveryError | None) -> Att
 
 
 def _refusals(recipients: tuple[RecipientOutcome, ...]) -> str | None:
-    refused = [r for r in recipients if r.status is not RecipientState.SENT]
+    refused = [
+        r for r in recipients if r.status not in (RecipientState.SENT, RecipientState.CAPTURED)
+    ]
     if not refused:
         return None
     details = "; ".join(f"{r.address}: {r.code} {r.reply}" for r in refused)

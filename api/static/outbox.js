@@ -1,7 +1,12 @@
-// Shared by the pages: calls to outbox's JSON API with the session, and local times.
+// Shared by the pages: calls to outbox's JSON API with the session, local times, and the
+// staging banner.
 "use strict";
 
-const Outbox = (() => {
+// base.html loads this on every signed-in screen (for the staging banner); a page that loads
+// it again as well gets the same Outbox, not a second one.
+var Outbox = window.Outbox || makeOutbox();
+
+function makeOutbox() {
   const CSRF_HEADER = "X-CSRF-Token";
 
   function csrfToken() {
@@ -80,5 +85,57 @@ const Outbox = (() => {
     region.className = "message" + (kind ? " " + kind : "");
   }
 
-  return { api, localTime, timeElement, say };
-})();
+  // ---- the staging banner, on every screen ------------------------------------------
+
+  // The saved delivery mode, while it is not "deliver": nothing leaves outbox (capture), or
+  // everything goes to the redirect addresses (redirect). Every screen says so, so that
+  // nobody takes a staging outbox for one that delivers.
+  let stagingTicket = 0;
+
+  function renderStaging(banner, settings) {
+    const mode = (settings && settings.delivery_mode) || "deliver";
+    banner.hidden = mode === "deliver";
+    banner.dataset.mode = mode;
+    if (mode === "deliver") {
+      banner.replaceChildren();
+      return;
+    }
+    const what =
+      mode === "capture"
+        ? "nothing is sent"
+        : `every e-mail goes to ${(settings.redirect_to || []).join(", ") || "(no address)"}`;
+    const title = document.createElement("strong");
+    title.textContent = `Staging mode: ${mode}`;
+    const text = document.createElement("span");
+    text.append(title, ` — ${what}`);
+    banner.replaceChildren(text);
+    if (window.location.pathname !== "/settings/mail") {
+      const change = document.createElement("a");
+      change.href = "/settings/mail#delivery_mode";
+      change.textContent = "Change in Mail Settings";
+      banner.append(" ", change);
+    }
+  }
+
+  // Show the mode of these settings (as GET /api/settings/mail answers them), or, without
+  // them, read the saved ones. An answer overtaken by a newer call is dropped.
+  async function showStaging(settings) {
+    const banner = document.getElementById("staging-banner");
+    if (!banner) return;
+    const ticket = ++stagingTicket;
+    if (settings !== undefined) {
+      renderStaging(banner, settings);
+      return;
+    }
+    const response = await api("GET", "/api/settings/mail");
+    if (ticket !== stagingTicket) return;
+    // 404: nothing saved yet, so the default mode (deliver).
+    if (response.ok || response.status === 404) {
+      renderStaging(banner, response.ok ? response.data : null);
+    }
+  }
+
+  showStaging();
+
+  return { api, localTime, timeElement, say, showStaging };
+}

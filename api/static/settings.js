@@ -1,6 +1,7 @@
 // The Mail Settings page: fill the form from the saved settings (or the defaults), switch
 // protocol and SMTP's authentication, pre-fill a known provider's sending limits, say when
-// the sending account is paused, and test, save or discard what is in the form.
+// the sending account is paused, choose the delivery mode (staging: capture or redirect), and
+// test, save or discard what is in the form.
 "use strict";
 
 (() => {
@@ -22,6 +23,8 @@
     "max_recipients_per_message",
   ];
   const NUMBERS = new Set(["port", ...LIMITS]);
+  // The delivery mode is the installation's, not a protocol's: switching protocol keeps it.
+  const DEFAULT_MODE = "deliver";
   const SECRET = { smtp: "password", oauth: "client_secret" };
   const AUTH_SECRET = { password: "password", oauth2: "client_secret" };
   const KEEP_SECRET = "saved; leave empty to keep";
@@ -29,6 +32,7 @@
   const form = document.getElementById("mail-settings");
   const protocolSelect = document.getElementById("protocol");
   const authSelect = document.getElementById("auth");
+  const modeSelect = document.getElementById("delivery_mode");
   const pauseBanner = document.getElementById("pause");
   const result = document.getElementById("result");
   const savedMeta = document.getElementById("saved-meta");
@@ -43,6 +47,8 @@
   // The id of a field's element in the form as it stands (the chosen protocol and
   // authentication).
   function fieldId(name) {
+    // One input holds every redirect address: "redirect_to[1]" is marked there.
+    if (/^redirect_to(\[\d+\])?$/.test(name)) return "redirect_to";
     const oauth2 = protocolSelect.value === "smtp" && authSelect.value === "oauth2";
     return oauth2 && AUTH_FIELDS.oauth2.includes(name) ? `oauth2_${name}` : name;
   }
@@ -122,6 +128,17 @@
     }
   }
 
+  // Redirect to is asked for only when every e-mail goes there.
+  function showMode(mode) {
+    modeSelect.value = mode;
+    document.getElementById("redirect-field").hidden = mode !== "redirect";
+  }
+
+  function fillMode(values) {
+    setValue("redirect_to", (values.redirect_to || []).join(", "));
+    showMode(values.delivery_mode || DEFAULT_MODE);
+  }
+
   // The saved settings again (or a new form when nothing is saved).
   function resetForm() {
     const protocol = state.saved ? state.saved.protocol : "smtp";
@@ -129,6 +146,7 @@
     fillProtocol(protocol === "smtp" ? "oauth" : "smtp");
     fillProtocol(protocol);
     showProtocol(protocol);
+    fillMode(state.saved || {});
   }
 
   function showSavedMeta() {
@@ -173,12 +191,27 @@
     return [...FIELDS[protocol], ...auth, ...LIMITS];
   }
 
+  // "a@x, b@y" (commas, semicolons or line breaks between them) as a list of addresses.
+  function addressList(text) {
+    return text
+      .split(/[,;\n]/)
+      .map((address) => address.trim())
+      .filter((address) => address !== "");
+  }
+
   // The request body: the form's current values of the chosen protocol (and, for SMTP, of
-  // the chosen authentication). An empty secret is left out, so the saved one is kept (or
-  // used, for a test).
+  // the chosen authentication), and the delivery mode. An empty secret is left out, so the
+  // saved one is kept (or used, for a test). The redirect addresses go only with redirect
+  // (what the hidden field holds stays in the form until Cancel or a save).
   function formBody() {
     const protocol = protocolSelect.value;
-    const body = { protocol, from_mailbox: input("from_mailbox").value.trim() };
+    const mode = modeSelect.value;
+    const body = {
+      protocol,
+      from_mailbox: input("from_mailbox").value.trim(),
+      delivery_mode: mode,
+      redirect_to: mode === "redirect" ? addressList(input("redirect_to").value) : [],
+    };
     for (const name of formFields(protocol)) {
       const element = input(fieldId(name));
       if (element.type === "checkbox") body[name] = element.checked;
@@ -205,11 +238,20 @@
     else element.removeAttribute("aria-describedby");
   }
 
+  // "redirect_to[1]" is about the second address in the field: the message names it.
+  function aboutWhich(field, text) {
+    const index = /^redirect_to\[(\d+)\]$/.exec(field);
+    const address = index && addressList(input("redirect_to").value)[Number(index[1])];
+    return address ? `${address}: ${text}` : text;
+  }
+
+  // Several problems of one field (two wrong redirect addresses) are all shown.
   function showFieldError(field, text) {
     const element = input(fieldId(field));
     const error = errorElement(fieldId(field));
     if (!element || !error) return false;
-    error.textContent = text;
+    const said = aboutWhich(field, text);
+    error.textContent = error.hidden ? said : `${error.textContent}; ${said}`;
     error.hidden = false;
     element.setAttribute("aria-invalid", "true");
     describedBy(element, error.id, true);
@@ -305,6 +347,7 @@
       resetForm();
       showSavedMeta();
       showPause(state.saved.pause);
+      Outbox.showStaging(state.saved);
       const warnings = response.data.warnings || [];
       if (warnings.length) {
         // Saved, but weakened on purpose: say so, the way the CLI does.
@@ -375,12 +418,14 @@
     resetForm();
     showSavedMeta();
     showPause(state.saved && state.saved.pause);
+    Outbox.showStaging(state.saved);
     for (const button of buttons) button.disabled = false;
     document.getElementById("form-body").disabled = false;
   }
 
   protocolSelect.addEventListener("change", switchProtocol);
   authSelect.addEventListener("change", switchAuth);
+  modeSelect.addEventListener("change", () => showMode(modeSelect.value));
   input("server").addEventListener("change", prefillLimits);
   form.addEventListener("submit", (event) => {
     event.preventDefault();

@@ -68,7 +68,8 @@ def send(
         ),
     ] = None,
     wait: Annotated[
-        float | None, typer.Option(help="Wait up to SECONDS for a final status; exit 0 if sent.")
+        float | None,
+        typer.Option(help="Wait up to SECONDS for a final status; exit 0 if sent (or captured)."),
     ] = None,
     batch: Annotated[
         Path | None,
@@ -132,7 +133,8 @@ def send(
         typer.echo(
             f"{record.status.value}" + (f": {record.last_error}" if record.last_error else "")
         )
-    if record.status is not DeliveryStatus.SENT:
+    # Captured (the staging mode) is what sent is in production: scripts need not tell.
+    if record.status not in (DeliveryStatus.SENT, DeliveryStatus.CAPTURED):
         raise typer.Exit(EXIT_FAILED)
 
 

@@ -7,7 +7,7 @@ import getpass
 import json
 import sys
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from pydantic import SecretStr, ValidationError
@@ -16,6 +16,7 @@ from config.mail_settings import (
     DEFAULT_API_URL,
     DEFAULT_INSTANCE,
     DEFAULT_SMTP_SCOPE,
+    DeliveryMode,
     OAuthSettings,
     SendingLimits,
     SmtpAuth,
@@ -64,6 +65,42 @@ MaxRecipientsPerMessage = Annotated[
     typer.Option(help="More recipients go as several transactions of the same message."),
 ]
 
+DeliveryModeOption = Annotated[
+    DeliveryMode,
+    typer.Option(
+        "--delivery-mode",
+        help="deliver; staging: capture (nothing is sent, every e-mail kept) or redirect "
+        "(every e-mail goes only to --redirect-to).",
+    ),
+]
+RedirectTo = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--redirect-to",
+        metavar="ADDRESS",
+        help="With --delivery-mode redirect: an address (repeat for more).",
+    ),
+]
+
+
+def _mode_warning(view: dict[str, Any]) -> str | None:
+    """What an operator must be told about the saved settings' delivery mode, or None when
+    they deliver."""
+    mode = view.get("delivery_mode", DeliveryMode.DELIVER.value)
+    if mode == DeliveryMode.CAPTURE.value:
+        return "delivery mode capture: nothing is sent; every e-mail is kept as captured"
+    if mode == DeliveryMode.REDIRECT.value:
+        to = ", ".join(view.get("redirect_to") or ())
+        return f"delivery mode redirect: every e-mail goes only to {to}, not its recipients"
+    return None
+
+
+def _check_redirect(mode: DeliveryMode, redirect_to: list[str] | None) -> None:
+    """On the command line, addresses given for nothing are a mistake worth saying (a form
+    sends them with every mode, and the settings drop them)."""
+    if redirect_to and mode is not DeliveryMode.REDIRECT:
+        fail("--redirect-to is for --delivery-mode redirect", EXIT_USAGE)
+
 
 def _save(context: OutboxContext, build: Callable[[], SmtpSettings | OAuthSettings]) -> None:
     try:
@@ -74,6 +111,11 @@ def _save(context: OutboxContext, build: Callable[[], SmtpSettings | OAuthSettin
     typer.echo(f"saved mail settings version {version} ({settings.protocol})")
     for warning in settings.warnings():
         typer.echo(f"warning: {warning}", err=True)
+    staging = _mode_warning(
+        settings.model_dump(mode="json", include={"delivery_mode", "redirect_to"})
+    )
+    if staging is not None:
+        typer.echo(f"warning: {staging}", err=True)
     published = (
         GRAPH_LIMITS if isinstance(settings, OAuthSettings) else provider_limits(settings.server)
     )
@@ -118,12 +160,15 @@ def settings_set_smtp(
     max_messages_per_minute: MaxMessagesPerMinute = None,
     max_recipients_per_day: MaxRecipientsPerDay = None,
     max_recipients_per_message: MaxRecipientsPerMessage = None,
+    delivery_mode: DeliveryModeOption = DeliveryMode.DELIVER,
+    redirect_to: RedirectTo = None,
 ) -> None:
     """Send through an SMTP server. Without --password-stdin (or, with --auth oauth2,
     --client-secret-stdin) the stored secret is kept, as long as the server, port, TLS
     settings and username (with oauth2: the instance, tenant, client ID and scope) are
     unchanged; otherwise it must be given again."""
     context = load_context()
+    _check_redirect(delivery_mode, redirect_to)
     if password_stdin and client_secret_stdin:
         fail("give --password-stdin or --client-secret-stdin, not both", EXIT_USAGE)
     secret = _read_secret_from_stdin() if password_stdin or client_secret_stdin else None
@@ -150,6 +195,8 @@ def settings_set_smtp(
             max_messages_per_minute=max_messages_per_minute,
             max_recipients_per_day=max_recipients_per_day,
             max_recipients_per_message=max_recipients_per_message,
+            delivery_mode=delivery_mode,
+            redirect_to=tuple(redirect_to or ()),
         ),
     )
 
@@ -167,10 +214,13 @@ def settings_set_oauth(
     max_messages_per_minute: MaxMessagesPerMinute = None,
     max_recipients_per_day: MaxRecipientsPerDay = None,
     max_recipients_per_message: MaxRecipientsPerMessage = None,
+    delivery_mode: DeliveryModeOption = DeliveryMode.DELIVER,
+    redirect_to: RedirectTo = None,
 ) -> None:
     """Send through Microsoft Graph. Without --client-secret-stdin the stored secret is kept,
     as long as the instance, API URL, tenant and client ID are unchanged."""
     context = load_context()
+    _check_redirect(delivery_mode, redirect_to)
     secret = _read_secret_from_stdin() if client_secret_stdin else None
     _save(
         context,
@@ -184,6 +234,8 @@ def settings_set_oauth(
             max_messages_per_minute=max_messages_per_minute,
             max_recipients_per_day=max_recipients_per_day,
             max_recipients_per_message=max_recipients_per_message,
+            delivery_mode=delivery_mode,
+            redirect_to=tuple(redirect_to or ()),
         ),
     )
 
@@ -198,7 +250,12 @@ def settings_show(as_json: JsonFlag = False) -> None:
         typer.echo(json.dumps(view, indent=2))
         return
     for name, value in view.items():
+        if isinstance(value, list):
+            value = ", ".join(map(str, value)) or None
         typer.echo(f"{name:24} {value if value is not None else '-'}")
+    staging = _mode_warning(view)
+    if staging is not None:
+        typer.echo(f"warning: {staging}", err=True)
 
 
 @settings_app.command("test-connection")

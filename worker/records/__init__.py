@@ -11,7 +11,9 @@ Redis keys (``outbox:`` prefix; ids are 32 hex digits)::
                                             ``last_error``, ``retry_base``,
                                             ``idempotency_key``, ``updated_at``,
                                             ``claim_token`` (the last claim's),
-                                            ``created_by`` (the API key's name)
+                                            ``created_by`` (the API key's name),
+                                            ``captured_message`` (MIME, capture mode),
+                                            ``redirected_to`` JSON (redirect mode)
     outbox:msg:{id}:attempts         list   one JSON ``Attempt`` per try              as the record
     outbox:status:{status}           zset   ids in that status, scored by the time    none (the
                                             they entered it (queued: when their task  sweeper drops

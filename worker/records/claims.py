@@ -4,6 +4,7 @@ the attempt runs, then record its outcome."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
@@ -15,6 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from worker.records.captured import CAPTURED_MESSAGE_FIELD, REDIRECTED_TO_FIELD
 from worker.records.codec import encode_recipients
 from worker.records.group_commit import GroupCommit, ScriptRun
 from worker.records.model import Attempt, DeliveryStatus, RecipientOutcome
@@ -124,11 +126,15 @@ class ClaimStore(Protocol):
         retry_in: float | None,
         claim_next: ClaimTicket | None = None,
         waiting_for: str | None = None,
+        captured_message: bytes | None = None,
+        redirected_to: tuple[str, ...] = (),
     ) -> Finished:
         """Record the attempt (a retry due ``retry_in`` seconds from now) and, when
         ``claim_next`` is given, claim that delivery right after (its turn comes as this one
         ends), in the same round trip. An attempt that ends ``waiting`` (the provider's
-        quota; ``waiting_for`` says so) does not count against the attempt limit."""
+        quota; ``waiting_for`` says so) does not count against the attempt limit. The
+        staging delivery modes' facts go with it: the ``captured_message`` (MIME) kept, the
+        addresses it was ``redirected_to``."""
 
     async def wait(self, claim: Claimed, *, seconds: float, waiting_for: str) -> bool:
         """Give the claim back without an attempt: the delivery waits ``seconds`` (the
@@ -214,6 +220,8 @@ class RedisClaims:
         retry_in: float | None,
         claim_next: ClaimTicket | None = None,
         waiting_for: str | None = None,
+        captured_message: bytes | None = None,
+        redirected_to: tuple[str, ...] = (),
     ) -> Finished:
         transition = transition_call(
             claim.record.id,
@@ -230,6 +238,7 @@ class RedisClaims:
                 "lease_until": "0",
                 **_due_fields(retry_in),
                 **_waiting_fields(claim, status, waiting_for),
+                **_staging_fields(captured_message, redirected_to),
             },
         )
         if claim_next is None:
@@ -284,6 +293,18 @@ def _waiting_fields(
     if status is DeliveryStatus.WAITING:
         return {"retry_base": str(claim.record.retry_base + 1), "waiting_for": waiting_for or ""}
     return {"waiting_for": ""} if claim.record.waiting_for else {}
+
+
+def _staging_fields(
+    captured_message: bytes | None, redirected_to: tuple[str, ...]
+) -> dict[str, str | bytes]:
+    """Written only when there is something to write: a delivered e-mail pays nothing."""
+    fields: dict[str, str | bytes] = {}
+    if captured_message is not None:
+        fields[CAPTURED_MESSAGE_FIELD] = captured_message
+    if redirected_to:
+        fields[REDIRECTED_TO_FIELD] = json.dumps(redirected_to)
+    return fields
 
 
 def _raised(reply: Any) -> Any:

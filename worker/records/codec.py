@@ -135,6 +135,7 @@ def decode_record(
         waiting_for=text("waiting_for"),
         created_by=text("created_by"),
         send_at=float(value) if (value := text("send_at")) else None,
+        redirected_to=tuple(json.loads(value)) if (value := text("redirected_to")) else (),
     )
 
 

@@ -72,6 +72,8 @@ class MemoryClaims:
         self.settings_version = settings_version
         self.clock = clock
         self.records: dict[str, DeliveryRecord] = {}
+        # The captured MIME messages, by delivery id: kept beside the records, as in Redis.
+        self.captured: dict[str, bytes] = {}
         self._holds: dict[str, _Hold] = {}
 
     def add(self, delivery_id: str, message: OutgoingMessage, *, now: float = 0.0) -> None:
@@ -209,6 +211,8 @@ class MemoryClaims:
         retry_in: float | None,
         claim_next: ClaimTicket | None = None,
         waiting_for: str | None = None,
+        captured_message: bytes | None = None,
+        redirected_to: tuple[str, ...] = (),
     ) -> Finished:
         guard = self._guard(claim.record.id, claim.token)
         if guard is _Guard.APPLY:
@@ -227,8 +231,11 @@ class MemoryClaims:
                     attempts=(*current.attempts, attempt),
                     retry_base=current.retry_base + 1 if waiting else current.retry_base,
                     waiting_for=waiting_for if waiting else None,
+                    redirected_to=redirected_to or current.redirected_to,
                 ),
             )
+            if captured_message is not None:
+                self.captured[claim.record.id] = captured_message
         next_claim = None if claim_next is None else await self.claim(claim_next)
         return Finished(guard is not _Guard.LOST, next_claim)
 

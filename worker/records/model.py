@@ -97,6 +97,7 @@ class AttemptOutcome(StrEnum):
     PERMANENT = "permanent"  # the whole message refused for good (PermanentError)
     CONFIGURATION = "configuration"  # the settings are wrong or missing (ConfigurationError)
     THROTTLED = "throttled"  # the provider's quota: the account paused; not counted
+    CAPTURED = "captured"  # kept, not sent: the delivery mode was ``capture``
     LOST = "lost"  # the worker holding the claim died; written by the claim script
 
 
@@ -145,6 +146,8 @@ class DeliveryRecord:
     created_by: str | None = None
     # When its producer asked it to go out (unix time); None: at once.
     send_at: float | None = None
+    # Where it went instead of its recipients (the ``redirect`` delivery mode); () if not.
+    redirected_to: tuple[str, ...] = ()
 
     @property
     def attempts_this_round(self) -> int:
@@ -168,6 +171,7 @@ def record_summary(record: DeliveryRecord) -> dict[str, Any]:
         "priority": record.priority.value,
         "send_at": record.send_at,
         "waiting_for": record.waiting_for,
+        "redirected_to": list(record.redirected_to),
         "recipients": [asdict(r) for r in record.recipients],
         "attempts": [asdict(a) for a in record.attempts],
     }

@@ -496,7 +496,7 @@ def transition_call(
     due_in: float | None = None,
     claim_token: str | None = None,
     attempt: Attempt | None = None,
-    fields: Mapping[str, str] | None = None,
+    fields: Mapping[str, str | bytes] | None = None,
 ) -> ScriptCall:
     return ScriptCall(
         keys=[

@@ -26,12 +26,14 @@ def go_ahead() -> None:
 class SendResult:
     """The server's verdict per recipient after the message was handed over; ``quota`` when
     the provider's quota stopped the send part-way (the recipients not reached are deferred,
-    and the account pauses)."""
+    and the account pauses); ``captured``, the MIME message kept instead of sent (the
+    ``capture`` delivery mode)."""
 
     recipients: tuple[RecipientOutcome, ...]
     code: int | None = None
     reply: str | None = None
     quota: QuotaError | None = None
+    captured: bytes | None = None
 
 
 class Transport(Protocol):

@@ -7,13 +7,15 @@ from dataclasses import dataclass
 import httpx
 import redis.asyncio as aioredis
 
-from config.mail_settings import OAuthSettings, SmtpAuth, SmtpSettings
+from config.mail_settings import DeliveryMode, OAuthSettings, SmtpAuth, SmtpSettings
 from config.process import ProcessSettings
 from worker.concurrency import ConcurrencyLimit, LocalLimit, SharedLimit
 from worker.tls import TlsContexts, build_tls_contexts
 from worker.tokens import ClientCredentials, TokenSource
 from worker.transports.base import Transport
+from worker.transports.capture import CaptureTransport
 from worker.transports.graph import GraphTransport
+from worker.transports.redirect import RedirectTransport
 from worker.transports.smtp import SmtpTransport
 
 __all__ = ["HttpClients", "TransportOptions", "create_transport", "transport_options"]
@@ -82,7 +84,24 @@ def create_transport(
     shared_state: aioredis.Redis | None = None,
 ) -> Transport:
     """The transport for ``settings``; with ``shared_state`` (the worker's Redis), limits that
-    hold per mailbox are shared by every worker process, not counted per process."""
+    hold per mailbox are shared by every worker process, not counted per process. In the
+    staging delivery modes the protocol's transport is wrapped: ``capture`` keeps every
+    message instead of sending it, ``redirect`` sends it to the redirect addresses only."""
+    transport = _protocol_transport(settings, options, http, shared_state)
+    match settings.delivery_mode:
+        case DeliveryMode.CAPTURE:
+            return CaptureTransport(transport, settings.from_mailbox)
+        case DeliveryMode.REDIRECT:
+            return RedirectTransport(transport, settings.redirect_to)
+    return transport
+
+
+def _protocol_transport(
+    settings: SmtpSettings | OAuthSettings,
+    options: TransportOptions,
+    http: HttpClients,
+    shared_state: aioredis.Redis | None,
+) -> Transport:
     if isinstance(settings, SmtpSettings):
         oauth2 = settings.auth is SmtpAuth.OAUTH2
         return SmtpTransport(
