@@ -113,10 +113,10 @@ class RedisLocation:
         target = self.sentinel
         if target is None:
             return redis.Redis.from_url(self.url, retry=retry, **TIMEOUTS)
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(
             list(target.sentinels), sentinel_kwargs=self._sentinel_kwargs(), **TIMEOUTS
         )
-        client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        client: redis.Redis = sentinel.master_for(
             target.master_name, retry=retry, **_master_options(target)
         )
         return client
@@ -129,7 +129,7 @@ class RedisLocation:
         target = self.sentinel
         if target is None:
             return aioredis.Redis.from_url(self.url, retry=retry, **options)
-        sentinel = AsyncSentinel(  # type: ignore[no-untyped-call]
+        sentinel = AsyncSentinel(
             list(target.sentinels), sentinel_kwargs=self._sentinel_kwargs(), **options
         )
         client: aioredis.Redis = sentinel.master_for(

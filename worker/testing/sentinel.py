@@ -505,7 +505,7 @@ class SentinelCluster:
             "socket_connect_timeout": PROBE_TIMEOUT_SECONDS,
         }
         sentinel_kwargs = dict(settings, password=self.sentinel_password)
-        return redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        return redis.sentinel.Sentinel(
             self.sentinel_addresses,
             sentinel_kwargs=sentinel_kwargs,
             **(settings | {"password": self.password} | options),
