@@ -16,6 +16,7 @@ from api import (
     pages,
     schedules_routes,
     settings_routes,
+    webhooks_routes,
 )
 from api.auth import authenticate
 from api.errors import error_response, install_error_handlers
@@ -62,6 +63,7 @@ def create_app(context: OutboxContext) -> FastAPI:
     app.include_router(emails_routes.router)
     app.include_router(schedules_routes.router)
     app.include_router(keys_routes.router)
+    app.include_router(webhooks_routes.router)
     app.include_router(health_routes.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")

@@ -104,13 +104,13 @@ def test_every_endpoint_but_health_needs_a_key(client: RecordingClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
 
 
-def test_producers_may_send_and_read_but_not_touch_settings_schedules_or_retry(
+def test_producers_may_send_and_read_but_not_touch_settings_keys_webhooks_or_retry(
     client: RecordingClient, producer: dict[str, str], admin: dict[str, str]
 ) -> None:
     for method, path in api_routes(client):
         as_producer = client.request(method, path, headers=producer)
         admin_only = (
-            path.startswith(("/api/settings", "/api/keys"))
+            path.startswith(("/api/settings", "/api/keys", "/api/webhooks"))
             or "retry" in path
             or path.endswith("/notification")
         )

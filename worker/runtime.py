@@ -24,6 +24,7 @@ from worker.settings_cache import SettingsCache
 from worker.sweeper import Sweeper, TaskQueue
 from worker.transports.base import Transport
 from worker.transports.factory import HttpClients, create_transport, transport_options
+from worker.webhooks import WebhookDispatcher, webhook_client
 
 __all__ = [
     "IN_FLIGHT_PER_CONNECTION",
@@ -166,6 +167,13 @@ class WorkerRuntime:
             retention_seconds=settings.retention_seconds,
         )
         self._sweeping = self._loop.submit(self._sweeper.run_forever())
+        # Webhooks have their own HTTP client and bound on requests in flight, not the
+        # e-mails': an endpoint that hangs never holds up an e-mail.
+        self._webhook_http = webhook_client(options.tls.verified)
+        self._webhooks = WebhookDispatcher(
+            self._redis, box, self._webhook_http, retention_seconds=settings.retention_seconds
+        )
+        self._dispatching = self._loop.submit(self._webhooks.run_forever())
 
     def sweep_now(self) -> list[str]:
         """Sweep at once (the loop also sweeps every interval); returns what it published."""
@@ -186,10 +194,13 @@ class WorkerRuntime:
 
     def close(self) -> None:
         self._sweeping.cancel()
+        self._dispatching.cancel()
         self._loop.run(self._aclose())
         self._loop.stop()
 
     async def _aclose(self) -> None:
+        await self._webhooks.aclose()
+        await self._webhook_http.aclose()
         await self._transports.aclose()
         await self._http.aclose()
         await self._redis.aclose()

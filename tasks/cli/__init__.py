@@ -1,5 +1,5 @@
-"""The ``outbox`` command line: settings, keys, secrets, schedules, send, report, status,
-list, retry, purge, and the processes: worker, flower, api.
+"""The ``outbox`` command line: settings, keys, secrets, schedules, webhooks, send, report,
+status, list, retry, purge, and the processes: worker, flower, api.
 
 Exit codes: 0 success, 1 the operation failed, 2 bad usage or invalid input
 (``tasks.cli.errors`` maps every error to one of them).
@@ -26,6 +26,7 @@ from tasks.cli.reports import report_app
 from tasks.cli.schedules import schedules_app
 from tasks.cli.secrets import secrets_app
 from tasks.cli.settings import settings_app
+from tasks.cli.webhooks import webhooks_app
 from worker.errors import OutboxError
 
 __all__ = ["app", "main"]
@@ -41,6 +42,7 @@ app.add_typer(settings_app, name="settings")
 app.add_typer(keys_app, name="keys")
 app.add_typer(secrets_app, name="secrets")
 app.add_typer(schedules_app, name="schedules")
+app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(report_app)  # nameless: `outbox report`
 
 
