@@ -1,4 +1,5 @@
-"""The administrators' pages: sign in and out, Mail Settings, Deliveries (server-rendered)."""
+"""The administrators' pages: sign in and out, Mail Settings, Deliveries, Webhooks
+(server-rendered)."""
 
 from __future__ import annotations
 
@@ -61,6 +62,11 @@ def mail_settings_page(request: Request, found: Services) -> Response:
 @router.get("/deliveries", response_class=HTMLResponse)
 def deliveries_page(request: Request, found: Services) -> Response:
     return _page(request, found, "deliveries.html", active="deliveries")
+
+
+@router.get("/webhooks", response_class=HTMLResponse)
+def webhooks_page(request: Request, found: Services) -> Response:
+    return _page(request, found, "webhooks.html", active="webhooks")
 
 
 @router.get("/signin", response_class=HTMLResponse)

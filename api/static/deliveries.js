@@ -39,32 +39,10 @@
 
   // ---- small builders ---------------------------------------------------------------
 
-  function element(tag, className, text) {
-    const node = document.createElement(tag);
-    if (className) node.className = className;
-    if (text !== undefined && text !== null) node.textContent = String(text);
-    return node;
-  }
-
-  // A table cell; its label heads the value when a narrow window shows rows as cards.
-  // Several children are wrapped in one element so that they stay together there.
-  function cell(label, ...children) {
-    const td = element("td");
-    td.dataset.label = label;
-    if (children.length > 1) {
-      const group = element("div");
-      group.append(...children);
-      td.append(group);
-    } else td.append(...children);
-    return td;
-  }
+  const { element, cell, badge } = Outbox;
 
   function statusLabel(status) {
     return String(status).replace("_", " ");
-  }
-
-  function badge(status) {
-    return element("span", `badge status-${status}`, statusLabel(status));
   }
 
   function reply(code, text) {

@@ -1,5 +1,5 @@
-// Shared by the pages: calls to outbox's JSON API with the session, local times, and the
-// staging banner.
+// Shared by the pages: calls to outbox's JSON API with the session, local times, small DOM
+// builders, and the staging banner.
 "use strict";
 
 // base.html loads this on every signed-in screen (for the staging banner); a page that loads
@@ -85,6 +85,33 @@ function makeOutbox() {
     region.className = "message" + (kind ? " " + kind : "");
   }
 
+  // ---- small DOM builders -------------------------------------------------------------
+
+  function element(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    return node;
+  }
+
+  // A table cell; its label heads the value when a narrow window shows rows as cards.
+  // Several children are wrapped in one element so that they stay together there.
+  function cell(label, ...children) {
+    const td = element("td");
+    td.dataset.label = label;
+    if (children.length > 1) {
+      const group = element("div");
+      group.append(...children);
+      td.append(group);
+    } else td.append(...children);
+    return td;
+  }
+
+  // A status as a coloured label ("partially_sent" reads "partially sent").
+  function badge(status) {
+    return element("span", `badge status-${status}`, String(status).replace("_", " "));
+  }
+
   // ---- the staging banner, on every screen ------------------------------------------
 
   // The saved delivery mode, while it is not "deliver": nothing leaves outbox (capture), or
@@ -137,5 +164,5 @@ function makeOutbox() {
 
   showStaging();
 
-  return { api, localTime, timeElement, say, showStaging };
+  return { api, localTime, timeElement, say, element, cell, badge, showStaging };
 }
