@@ -1,6 +1,7 @@
 """A full cycle with known secrets, then a search of everything outbox wrote or said for them:
 every log line, every CLI output, every API and Flower answer, every command Redis received
-(broker messages included) and a dump of every Redis key."""
+(broker messages included) and a dump of every Redis key. A webhook endpoint's signing
+secret is searched for too, everywhere but the one answer that shows it."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -18,6 +20,7 @@ import trustme
 from cryptography.fernet import Fernet
 
 from tests.support.environment import fresh_environment
+from tests.support.webhook_receiver import webhook_receiver
 from worker.testing.graph_standin import GraphStandIn
 from worker.testing.processes import ROOT, Service, run_outbox
 from worker.testing.redis_server import RedisServer, free_port
@@ -146,6 +149,7 @@ def test_no_secret_is_ever_written_or_said(
         FLOWER_UNAUTHENTICATED_API="true",
     )
     transcript = Transcript()
+    stack = ExitStack()
     monitor = RedisMonitor(redis_url)
     services = Service(["honcho", "start", "-f", str(ROOT / "Procfile")], env)
     peer: SmtpPeer = smtp_peer(
@@ -156,6 +160,12 @@ def test_no_secret_is_ever_written_or_said(
         peer.start()
         graph.start()
         services.wait_for_output(" ready.", "Visit me at", "Uvicorn running on")
+        # A webhook endpoint: every delivery below is announced to it, signed. Its secret is
+        # shown this once, so this answer alone stays out of the transcript.
+        receiver = stack.enter_context(webhook_receiver())
+        added = run_outbox(env, "webhooks", "add", receiver.url, "--json")
+        assert added.returncode == 0, added.stderr
+        webhook_secret = json.loads(added.stdout)["secret"]
         smtp = [
             *("settings", "set", "smtp", "--server", peer.host, "--port", str(peer.port)),
             *("--from-mailbox", "robot@example.com", "--username", USER, "--tls", "starttls"),
@@ -210,6 +220,8 @@ def test_no_secret_is_ever_written_or_said(
                 ("POST", "/api/emails", {"to": ["b@example.com"], "subject": "s", "text": "t"}),
                 ("GET", "/api/emails", None),
                 ("GET", "/metrics", None),
+                ("GET", "/api/webhooks", None),
+                ("GET", "/api/webhooks/deliveries", None),
             ]:
                 transcript.add(api.request(method, path, json=body).text)
 
@@ -232,15 +244,22 @@ def test_no_secret_is_ever_written_or_said(
         for path in ("/api/tasks", "/api/workers", "/api/tasks?taskname=outbox.send"):
             transcript.add(httpx.get(flower + path, timeout=30).text)
 
+        # What the receiver got, and what the operators see of it.
+        assert receiver.wait_for(6)
+        transcript.add("\n".join(str(r.headers) + r.body.decode() for r in receiver.requests))
+        transcript.cli(env, "webhooks", "list")
+        transcript.cli(env, "webhooks", "deliveries", "--json")
+
         # Keys rotated.
         new_key = Fernet.generate_key().decode()
         rotated = {**env, "OUTBOX_SECRET_KEY": f"{new_key},{env['OUTBOX_SECRET_KEY']}"}
-        assert transcript.cli(rotated, "secrets", "rotate").startswith("re-encrypted 1")
+        assert transcript.cli(rotated, "secrets", "rotate").startswith("re-encrypted 2")
         assert "connection OK" in transcript.cli(rotated, "settings", "test-connection")
     finally:
         services.stop()
         peer.stop()
         graph.stop()
+        stack.close()
         client = redis.Redis.from_url(redis_url)
         transcript.add(every_key(client))
         client.close()
@@ -255,7 +274,9 @@ def test_no_secret_is_ever_written_or_said(
     assert "password_encrypted" in everything
     assert "client_secret_encrypted" in everything
     assert "535" in everything
+    assert "webhook-signature" in everything
+    searched = (*SECRETS, webhook_secret, webhook_secret.removeprefix("whsec_"))
     leaks = [
-        (secret, form) for secret in SECRETS for form in hidden_forms(secret) if form in everything
+        (secret, form) for secret in searched for form in hidden_forms(secret) if form in everything
     ]
     assert leaks == []

@@ -14,11 +14,13 @@ from datetime import UTC, datetime
 
 import pytest
 import redis
+from cryptography.fernet import Fernet
 from fastapi.testclient import TestClient
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from api.app import create_app
 from config.api_keys import ApiKeyStore, Role
+from config.secret_box import SecretBox
 from tasks.context import OutboxContext
 from tasks.producer import Producer
 from tests.support.smtp_delivery import enqueue
@@ -117,6 +119,8 @@ def test_https_or_a_loopback_receiver_is_accepted(url: str) -> None:
         ("hooks.example.com/outbox", "https:// URL"),
         ("", "give the receiver's URL"),
         ("https://example.com:port/", "not a URL"),
+        ("https://hook:s3cret@hooks.example.com/", "must not hold a user name or password"),
+        ("https://hooks.example.com@10.0.0.5/", "must not hold a user name or password"),
     ],
 )
 def test_other_urls_are_refused_naming_the_field(url: str, why: str) -> None:
@@ -308,6 +312,25 @@ def test_the_cli_adds_lists_and_removes_endpoints(
     assert "no webhook endpoint" in again.stderr
     deliveries = run_outbox(outbox_env, "webhooks", "deliveries", "--json")
     assert (deliveries.returncode, json.loads(deliveries.stdout)) == (0, [])
+
+
+def test_secrets_rotate_covers_the_endpoints_signing_secrets(
+    outbox_env: dict[str, str], endpoints: EndpointStore
+) -> None:
+    secrets = {}
+    for url in ("https://a.example.com/hook", "https://b.example.com/hook"):
+        added = run_outbox(outbox_env, "webhooks", "add", url, "--json")
+        assert added.returncode == 0, added.stderr
+        secrets[json.loads(added.stdout)["id"]] = json.loads(added.stdout)["secret"]
+    old_key, new_key = outbox_env["OUTBOX_SECRET_KEY"], Fernet.generate_key().decode()
+    both = {**outbox_env, "OUTBOX_SECRET_KEY": f"{new_key},{old_key}"}
+
+    rotated = run_outbox(both, "secrets", "rotate")
+    assert rotated.returncode == 0, rotated.stderr
+    assert rotated.stdout.startswith("re-encrypted 2 stored secrets")
+    # The new key alone now reads each one: the receivers keep their secrets.
+    new_only = SecretBox([new_key.encode()])
+    assert {e.id: new_only.decrypt(e.secret_token) for e in endpoints.list()} == secrets
 
 
 # --- the dispatcher -------------------------------------------------------------------------

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import typer
 
+from config.api_keys import ApiKeyStore
 from tasks.cli.common import load_context
+from worker.webhooks import EndpointStore
 
 __all__ = ["secrets_app"]
 
 secrets_app = typer.Typer(
-    help="Secrets at rest (the mail password or client secret).", no_args_is_help=True
+    help="Secrets at rest (the mail password or client secret, webhook signing secrets).",
+    no_args_is_help=True,
 )
 
 
@@ -19,7 +22,16 @@ def rotate() -> None:
 
     To rotate: set OUTBOX_SECRET_KEY=NEW,OLD for every process, run this, then drop OLD.
     """
-    if load_context().settings_store.rotate_secret():
-        typer.echo("re-encrypted 1 stored secret with the first key of OUTBOX_SECRET_KEY")
+    context = load_context()
+    keys = ApiKeyStore(context.redis)
+    endpoints = EndpointStore(
+        context.redis, context.secret_box, key_exists=lambda name: keys.holder(name) is not None
+    )
+    count = int(context.settings_store.rotate_secret()) + endpoints.rotate_secrets()
+    if count:
+        plural = "" if count == 1 else "s"
+        typer.echo(
+            f"re-encrypted {count} stored secret{plural} with the first key of OUTBOX_SECRET_KEY"
+        )
     else:
         typer.echo("no stored secret to re-encrypt")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 
 from config.secret_box import SecretBox
 from worker.errors import InvalidInputError, NotFoundError
@@ -115,6 +116,30 @@ class EndpointStore:
 
     def list(self) -> list[Endpoint]:
         return decode_endpoints(self._redis.hgetall(WEBHOOKS_KEY))
+
+    def rotate_secrets(self) -> int:
+        """Encrypt every endpoint's secret again with the first key (``outbox secrets
+        rotate``); how many. An endpoint added or removed meanwhile makes it read again."""
+        rotated = 0
+
+        def rotate(pipe: Pipeline) -> None:
+            nonlocal rotated
+            documents = {
+                as_text(name): json.loads(raw) for name, raw in pipe.hgetall(WEBHOOKS_KEY).items()
+            }
+            for document in documents.values():
+                document["secret"] = self._box.rotate(document["secret"])
+            rotated = len(documents)
+            if documents:
+                pipe.multi()
+                pipe.hset(
+                    WEBHOOKS_KEY,
+                    mapping={name: json.dumps(doc) for name, doc in documents.items()},
+                )
+
+        # redis-py's optimistic transaction: WATCH, read, MULTI/EXEC, again on a conflict.
+        self._redis.transaction(rotate, WEBHOOKS_KEY)
+        return rotated
 
     def remove(self, endpoint_id: str) -> None:
         """Forget the endpoint: nothing more is sent to it, its pending deliveries fail."""

@@ -49,6 +49,13 @@ def check_url(url: str) -> str:
             "127.0.0.0/8, ::1 and localhost)",
             field="url",
         )
+    if "@" in parts.netloc:
+        # Listed in the clear to every administrator and in each delivery's record: a password
+        # does not belong there. The signature already proves to the receiver who sent it.
+        raise InvalidInputError(
+            "must not hold a user name or password (user@host); verify the signature instead",
+            field="url",
+        )
     if any(character.isspace() or ord(character) < 0x20 for character in text):
         raise InvalidInputError("must not hold spaces or control characters", field="url")
     return text
