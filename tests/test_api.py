@@ -81,11 +81,24 @@ def smtp_form(peer: SmtpPeer, **changes: Any) -> dict[str, Any]:
     }
 
 
+def _fill(path: str, values: dict[str, str]) -> str:
+    for parameter, value in values.items():
+        path = path.replace(parameter, value)
+    assert "{" not in path, f"give {path}'s parameter a value here"
+    return path
+
+
 def api_routes(client: TestClient) -> list[tuple[str, str]]:
     """Every operation the OpenAPI document lists, but the health endpoints."""
     paths = client.get("/openapi.json").json()["paths"]
+    filled = {
+        "{delivery_id}": "0" * 32,
+        "{name}": "nobody",
+        "{schedule_id}": "nightly",
+        "{endpoint_id}": "ep_" + "0" * 16,
+    }
     return [
-        (method.upper(), path.replace("{delivery_id}", "0" * 32).replace("{name}", "nobody"))
+        (method.upper(), _fill(path, filled))
         for path, operations in paths.items()
         if path not in PUBLIC
         for method in operations
