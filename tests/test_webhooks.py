@@ -119,6 +119,7 @@ def test_https_or_a_loopback_receiver_is_accepted(url: str) -> None:
         ("hooks.example.com/outbox", "https:// URL"),
         ("", "give the receiver's URL"),
         ("https://example.com:port/", "not a URL"),
+        ("https://exa\u00admple.com/", "not a URL: Invalid IDNA hostname"),
         ("https://hook:s3cret@hooks.example.com/", "must not hold a user name or password"),
         ("https://hooks.example.com@10.0.0.5/", "must not hold a user name or password"),
     ],
@@ -142,7 +143,7 @@ def test_events_default_to_all_and_sent_also_means_captured() -> None:
         assert raised.value.field == "events"
 
 
-def test_the_schedule_is_the_specifications_reference_one() -> None:
+def test_the_schedule_is_the_published_reference_one() -> None:
     assert RETRY_DELAYS == (5, 300, 1800, 7200, 18000, 36000, 36000)
     assert MAX_ATTEMPTS == 8
     assert [delay_after(n) for n in range(1, 9)] == [*RETRY_DELAYS, None]
@@ -497,3 +498,133 @@ def test_a_redirect_timeout_and_refused_connection_are_failed_attempts(
     [refused] = by_url["http://127.0.0.1:9/closed"].attempts
     assert refused["error"].startswith("could not connect")
     assert by_url[receiver.url].next_attempt_at is not None
+
+
+def test_410_gone_ends_it_and_retry_after_is_heeded(
+    outbox_context: OutboxContext,
+    producer: Producer,
+    endpoints: EndpointStore,
+    redis_client: redis.Redis,
+) -> None:
+    with webhook_receiver() as gone, webhook_receiver() as busy:
+        gone.answers = [410]
+        busy.answers = [503]
+        busy.headers = {"Retry-After": "120"}
+        endpoints.add(gone.url)
+        endpoints.add(busy.url)
+        mark_final(redis_client, enqueue(producer), "sent", 1)
+
+        async def scenario() -> None:
+            dispatch = dispatcher(outbox_context, delays=(0.05,) * 7)
+            await dispatch.fan_out()
+            for msg_id, fields, token in await dispatch.take(8):
+                await dispatch.send(msg_id, fields, token)
+
+        asyncio.run(scenario())
+        by_url = {d.url: d for d in WebhookDeliveries(outbox_context.redis).recent()}
+    # The receiver wants no more: not tried again (the specification's advice).
+    assert (by_url[gone.url].status, by_url[gone.url].attempt_count) == ("failed", 1)
+    # Told to come back in two minutes: not in the schedule's 0.05 s.
+    waiting = by_url[busy.url]
+    assert waiting.status == "retrying"
+    assert waiting.attempts[0]["retry_after"] == 120
+    assert waiting.next_attempt_at is not None
+    assert 115 < waiting.next_attempt_at - waiting.updated_at <= 120.5
+
+
+def test_requests_ask_for_no_compression_and_name_outbox(
+    outbox_context: OutboxContext,
+    producer: Producer,
+    endpoints: EndpointStore,
+    receiver: Receiver,
+    redis_client: redis.Redis,
+) -> None:
+    endpoints.add(receiver.url)
+    mark_final(redis_client, enqueue(producer), "sent", 1)
+    dispatch = dispatcher(outbox_context)
+    asyncio.run(run_until(dispatch, lambda: receiver.requests))
+    [request] = receiver.requests
+    # Only the answer's first bytes are kept: a compressed one could inflate without bound.
+    assert request.headers["accept-encoding"] == "identity"
+    assert request.headers["user-agent"].startswith("outbox-webhooks/")
+
+
+def test_an_unexpected_error_is_a_recorded_attempt_not_a_lost_one(
+    outbox_context: OutboxContext,
+    producer: Producer,
+    endpoints: EndpointStore,
+    redis_client: redis.Redis,
+) -> None:
+    endpoint, _ = endpoints.add("https://hooks.example.com/")
+    # A URL the client refuses only when sending (stored before this version checked it).
+    document = json.loads(redis_client.hget(WEBHOOKS_KEY, endpoint.id) or b"{}")
+    document["url"] = "https://exa\u00admple.com/"
+    redis_client.hset(WEBHOOKS_KEY, endpoint.id, json.dumps(document))
+    mark_final(redis_client, enqueue(producer), "sent", 1)
+
+    async def scenario() -> None:
+        dispatch = dispatcher(outbox_context)
+        await dispatch.fan_out()
+        [(msg_id, fields, token)] = await dispatch.take(8)
+        assert await dispatch.send(msg_id, fields, token) == "retrying"
+
+    asyncio.run(scenario())
+    [delivery] = WebhookDeliveries(outbox_context.redis).recent()
+    [attempt] = delivery.attempts
+    assert attempt["error"].startswith("InvalidURL: Invalid IDNA hostname")
+    assert delivery.attempt_count == 1
+
+
+def test_a_late_answer_after_a_takeover_is_kept_but_not_counted(
+    outbox_context: OutboxContext,
+    producer: Producer,
+    endpoints: EndpointStore,
+    receiver: Receiver,
+    redis_client: redis.Redis,
+) -> None:
+    endpoints.add(receiver.url)
+    mark_final(redis_client, enqueue(producer), "sent", 1)
+
+    async def scenario() -> None:
+        slow = dispatcher(outbox_context, lease_seconds=0.5)
+        other = dispatcher(outbox_context, lease_seconds=30.0)
+        await slow.fan_out()
+        [(msg_id, fields, slow_token)] = await slow.take(8)
+        await asyncio.sleep(0.6)  # the slow process' lease lapses ...
+        [(_, again, token)] = await other.take(8)  # ... the other takes over
+        assert await other.send(msg_id, again, token) == "delivered"
+        assert await slow.send(msg_id, fields, slow_token) is None  # its answer comes late
+
+    asyncio.run(scenario())
+    [delivery] = WebhookDeliveries(outbox_context.redis).recent()
+    assert (delivery.status, delivery.attempt_count) == ("delivered", 2)
+    lost, sent, late = delivery.attempts
+    assert lost["error"].startswith("the worker was lost")
+    assert (sent["status_code"], sent.get("superseded")) == (200, None)
+    assert (late["status_code"], late["superseded"]) == (200, True)
+    # Finished: the body is no longer kept.
+    assert redis_client.hget(delivery_key(delivery.id), "body") is None
+
+
+def test_a_stopping_worker_hands_its_requests_back_uncharged(
+    outbox_context: OutboxContext,
+    producer: Producer,
+    endpoints: EndpointStore,
+    receiver: Receiver,
+    redis_client: redis.Redis,
+) -> None:
+    receiver.hang_seconds = 3
+    endpoints.add(receiver.url)
+    mark_final(redis_client, enqueue(producer), "sent", 1)
+
+    async def scenario() -> None:
+        dispatch = dispatcher(outbox_context)
+        await run_until(dispatch, lambda: receiver.requests)
+        await dispatch.aclose()
+
+    asyncio.run(scenario())
+    [delivery] = WebhookDeliveries(outbox_context.redis).recent()
+    assert (delivery.status, delivery.attempt_count, delivery.attempts) == ("retrying", 0, ())
+    assert delivery.last_result == "the worker stopped"
+    assert delivery.next_attempt_at is not None
+    assert delivery.next_attempt_at <= delivery.updated_at + 0.01  # due at once

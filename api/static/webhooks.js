@@ -189,7 +189,9 @@
     }
     if (attempt.error) parts.push(attempt.error);
     else if (attempt.response) parts.push(attempt.response);
-    return parts.join(": ");
+    const said = parts.join(": ");
+    // The answer came after its lease lapsed and another worker had taken the delivery over.
+    return attempt.superseded ? `${said} (late: not counted)` : said;
   }
 
   function attemptsList(delivery) {

@@ -22,12 +22,14 @@ class Received:
 
 
 class Receiver:
-    """Scripted by ``answers`` (statuses taken in turn; the last one repeats), ``hang_seconds``
-    (wait this long before answering) and ``redirect_to`` (answer 307 to it)."""
+    """Scripted by ``answers`` (statuses taken in turn; the last one repeats), ``headers``
+    (sent with every answer), ``hang_seconds`` (wait this long before answering) and
+    ``redirect_to`` (answer 307 to it)."""
 
     def __init__(self) -> None:
         self.requests: list[Received] = []
         self.answers: list[int] = [200]
+        self.headers: dict[str, str] = {}
         self.hang_seconds = 0.0
         self.redirect_to: str | None = None
         self.port = 0
@@ -70,6 +72,8 @@ def webhook_receiver() -> Iterator[Receiver]:
             status = receiver._answer()
             answer = b"ok" if status < 300 else b"receiver says no"
             self.send_response(status)
+            for name, value in receiver.headers.items():
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(answer)))
             self.end_headers()
             self.wfile.write(answer)

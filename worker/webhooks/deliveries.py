@@ -4,7 +4,8 @@ changed only by the scripts here (fan-out, take under a lease, finish an attempt
 Keys (``outbox:`` prefix; a delivery is named by its ``webhook-id``)::
 
     outbox:webhook-delivery:{msg id}           hash  endpoint, url, type, delivery_id,
-                                                     body, status, attempt_count,
+                                                     body (until finished), status,
+                                                     attempt_count,
                                                      next_attempt_at, lease_token,
                                                      lease_until, last_result, created_at,
                                                      updated_at (Redis' clock)
@@ -128,7 +129,7 @@ for _, msg in ipairs(due) do
     if number >= tonumber(ARGV[5]) then
       redis.call('HSET', key, 'status', 'failed', 'updated_at', tostring(now),
         'next_attempt_at', '', 'last_result', 'the worker was lost during the last attempt')
-      redis.call('HDEL', key, 'lease_token')
+      redis.call('HDEL', key, 'lease_token', 'body')
       redis.call('EXPIRE', key, ARGV[6])
       redis.call('EXPIRE', key .. ':attempts', ARGV[6])
       status = 'failed'
@@ -150,7 +151,9 @@ return {tostring(now), taken}
 
 # --- FINISH: record one attempt and what follows it ----------------------------------------
 # Only the lease's holder changes the status: a worker whose lease lapsed (another took the
-# delivery over) still records its attempt, since it was made.
+# delivery over and counted this attempt as lost) still records what its attempt got, marked
+# superseded and not counted again. A finished delivery drops its body: only its record of
+# attempts is read from then on, for the records' retention.
 # KEYS: the delivery's hash, its attempts list, due
 # ARGV: msg id, lease token, attempt JSON ('' when none was made), status (retrying |
 #       delivered | failed), seconds to the next attempt, retention seconds, last result
@@ -159,10 +162,17 @@ FINISH = (
     _NOW
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local mine = redis.call('HGET', KEYS[1], 'lease_token') == ARGV[2]
 if ARGV[3] ~= '' then
-  redis.call('RPUSH', KEYS[2], ARGV[3])
+  local attempt = ARGV[3]
+  if not mine then
+    local late = cjson.decode(attempt)
+    late['superseded'] = true
+    attempt = cjson.encode(late)
+  end
+  redis.call('RPUSH', KEYS[2], attempt)
 end
-if redis.call('HGET', KEYS[1], 'lease_token') ~= ARGV[2] then return 0 end
+if not mine then return 0 end
 if ARGV[3] ~= '' then redis.call('HINCRBY', KEYS[1], 'attempt_count', 1) end
 redis.call('HSET', KEYS[1], 'status', ARGV[4], 'updated_at', tostring(now),
   'last_result', ARGV[7], 'lease_until', '0')
@@ -173,6 +183,7 @@ if ARGV[4] == 'retrying' then
   redis.call('ZADD', KEYS[3], due, ARGV[1])
 else
   redis.call('HSET', KEYS[1], 'next_attempt_at', '')
+  redis.call('HDEL', KEYS[1], 'body')
   redis.call('ZREM', KEYS[3], ARGV[1])
   redis.call('EXPIRE', KEYS[1], ARGV[6])
   redis.call('EXPIRE', KEYS[2], ARGV[6])
@@ -184,8 +195,8 @@ return 1
 
 @dataclass(frozen=True, slots=True)
 class WebhookDelivery:
-    """One event for one endpoint, as operators read it (never its body's secret: it has
-    none; the body itself stays in Redis)."""
+    """One event for one endpoint, as operators read it: without its body (which Redis
+    keeps only until the delivery is finished)."""
 
     id: str  # the webhook-id
     endpoint: str

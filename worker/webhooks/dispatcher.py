@@ -54,16 +54,25 @@ CONCURRENCY = 8
 SNIPPET_BYTES = 512
 SNIPPET_CHARS = 200
 _EVENTS_PER_STEP = 100
+USER_AGENT = "outbox-webhooks/1"
+# A 429 or 503 may say when to come back (Retry-After, in seconds): heeded up to a day.
+MAX_RETRY_AFTER_SECONDS = 86400.0
+# 410 Gone: the receiver wants no more (the specification): this event is not sent again.
+GONE = 410
 
 
 def webhook_client(verify: ssl.SSLContext, concurrency: int = CONCURRENCY) -> httpx.AsyncClient:
     """The dispatcher's own client: certificates verified (the process's TLS context), no
     redirects followed (a 3xx is a failed attempt, as the specification advises), proxies
-    and CA variables of the environment ignored, one connection per request in flight."""
+    and CA variables of the environment ignored, one connection per request in flight.
+
+    Answers are asked for uncompressed: only their first bytes are kept, and a small gzip
+    answer can inflate to gigabytes in the process that also sends the e-mails."""
     return httpx.AsyncClient(
         verify=verify,
         trust_env=False,
         follow_redirects=False,
+        headers={"user-agent": USER_AGENT, "accept-encoding": "identity"},
         timeout=httpx.Timeout(TIMEOUT_SECONDS),
         limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
     )
@@ -99,7 +108,8 @@ class WebhookDispatcher:
         self._fanout = client.register_script(FANOUT)
         self._take = client.register_script(TAKE)
         self._finish = client.register_script(FINISH)
-        self._sending: set[asyncio.Task[WebhookStatus]] = set()
+        # Each request in flight, with the delivery and lease it is for.
+        self._sending: dict[asyncio.Task[WebhookStatus | None], tuple[str, str]] = {}
         self._wake: asyncio.Event | None = None
 
     async def run_forever(self) -> None:
@@ -123,12 +133,16 @@ class WebhookDispatcher:
         pipe.time()
         events, earliest, now = await pipe.execute()
         if events:
-            await self.fan_out()
+            try:
+                await self.fan_out()
+            except Exception:  # e.g. an unreadable event: what is due is still sent
+                log.warning("webhook fan-out failed", exc_info=True)
+        free = self._concurrency - len(self._sending)
         if earliest and float(earliest[0][1]) <= _unix_seconds(now) + 0.001:
-            free = self._concurrency - len(self._sending)
-            if free > 0:
-                for msg_id, fields, token in await self.take(free):
-                    self._start(msg_id, fields, token)
+            if free <= 0:
+                return self._poll_seconds  # a finished request wakes the loop sooner
+            for msg_id, fields, token in await self.take(free):
+                self._start(msg_id, fields, token)
         if events > _EVENTS_PER_STEP:
             return 0.0
         if earliest:
@@ -222,59 +236,69 @@ class WebhookDispatcher:
 
     def _start(self, msg_id: str, fields: dict[str, str], token: str) -> None:
         task = asyncio.get_running_loop().create_task(self.send(msg_id, fields, token))
-        self._sending.add(task)
+        self._sending[task] = (msg_id, token)
         task.add_done_callback(self._sent)
 
-    def _sent(self, task: asyncio.Task[WebhookStatus]) -> None:
-        self._sending.discard(task)
+    def _sent(self, task: asyncio.Task[WebhookStatus | None]) -> None:
+        self._sending.pop(task, None)
         if not task.cancelled() and task.exception() is not None:
             log.warning("webhook delivery failed unexpectedly", exc_info=task.exception())
         if self._wake is not None:
             self._wake.set()
 
-    async def send(self, msg_id: str, fields: dict[str, str], token: str) -> WebhookStatus:
-        """One attempt at a leased delivery, recorded; returns the delivery's new status."""
+    async def send(self, msg_id: str, fields: dict[str, str], token: str) -> WebhookStatus | None:
+        """One attempt at a leased delivery, recorded; the delivery's new status, or None when
+        its lease had lapsed meanwhile (another process has taken it over)."""
         raw = await self._redis.hget(WEBHOOKS_KEY, fields.get("endpoint", ""))
         if raw is None:
             return await self._record(msg_id, token, None, WebhookStatus.FAILED, 0)
-        [endpoint] = decode_endpoints({fields["endpoint"]: as_text(raw)})
         number = int(fields.get("attempt_count") or 0) + 1
         try:
+            [endpoint] = decode_endpoints({fields["endpoint"]: as_text(raw)})
             secret = self._box.decrypt(endpoint.secret_token)
-        except SecretMismatchError as exc:
+        except (SecretMismatchError, ValueError, KeyError, TypeError) as exc:
             unsigned = {"number": number, "started_at": self._clock(), "duration_ms": 0}
-            return await self._after(msg_id, token, {**unsigned, "error": str(exc)})
-        body = fields["body"].encode()
+            return await self._after(msg_id, token, {**unsigned, "error": _short(exc)})
+        attempt = await self._post(endpoint.url, secret, msg_id, fields["body"].encode())
+        return await self._after(msg_id, token, {"number": number, **attempt})
+
+    async def _post(self, url: str, secret: str, msg_id: str, body: bytes) -> dict[str, Any]:
+        """One signed request and what came of it; never raises but for cancellation, so
+        every attempt is recorded with its reason."""
         started_at = self._clock()
         headers = signed_headers(secret, msg_id, int(started_at), body)
         began = time.monotonic()
-        attempt: dict[str, Any] = {"number": number, "started_at": started_at}
+        attempt: dict[str, Any] = {"started_at": started_at}
         try:
             async with asyncio.timeout(self._timeout_seconds):
-                async with self._http.stream(
-                    "POST", endpoint.url, content=body, headers=headers
-                ) as response:
-                    attempt["status_code"] = response.status_code
-                    attempt["response"] = await _snippet(response)
-                    if response.is_redirect:
-                        where = response.headers.get("location", "")[:SNIPPET_CHARS]
+                async with self._http.stream("POST", url, content=body, headers=headers) as answer:
+                    attempt["status_code"] = answer.status_code
+                    attempt["response"] = await _snippet(answer)
+                    if answer.is_redirect:
+                        where = answer.headers.get("location", "")[:SNIPPET_CHARS]
                         attempt["error"] = f"redirect to {where!r} not followed"
+                    if (wait := _retry_after(answer.headers.get("retry-after"))) is not None:
+                        attempt["retry_after"] = wait
         except TimeoutError:
             attempt["error"] = f"no answer within {self._timeout_seconds:g} s"
         except httpx.ConnectError as exc:
             attempt["error"] = f"could not connect: {_short(exc)}"
-        except httpx.HTTPError as exc:
+        except Exception as exc:  # an invalid URL, TLS, a protocol error: recorded as well
             attempt["error"] = f"{type(exc).__name__}: {_short(exc)}"
         attempt["duration_ms"] = round((time.monotonic() - began) * 1000, 1)
-        return await self._after(msg_id, token, attempt)
+        return attempt
 
-    async def _after(self, msg_id: str, token: str, attempt: dict[str, Any]) -> WebhookStatus:
+    async def _after(
+        self, msg_id: str, token: str, attempt: dict[str, Any]
+    ) -> WebhookStatus | None:
         code = attempt.get("status_code")
         if code is not None and 200 <= code < 300:
             return await self._record(msg_id, token, attempt, WebhookStatus.DELIVERED, 0)
-        delay = delay_after(attempt["number"], self._delays)
-        status = WebhookStatus.FAILED if delay is None else WebhookStatus.RETRYING
-        return await self._record(msg_id, token, attempt, status, delay or 0)
+        delay = None if code == GONE else delay_after(attempt["number"], self._delays)
+        if delay is None:
+            return await self._record(msg_id, token, attempt, WebhookStatus.FAILED, 0)
+        delay = max(delay, attempt.get("retry_after", 0.0))
+        return await self._record(msg_id, token, attempt, WebhookStatus.RETRYING, delay)
 
     async def _record(
         self,
@@ -283,9 +307,11 @@ class WebhookDispatcher:
         attempt: dict[str, Any] | None,
         status: WebhookStatus,
         delay: float,
-    ) -> WebhookStatus:
-        result = _result_of(attempt) if attempt is not None else "its endpoint was removed"
-        await self._finish(
+        result: str | None = None,
+    ) -> WebhookStatus | None:
+        if result is None:
+            result = _result_of(attempt) if attempt is not None else "its endpoint was removed"
+        applied = await self._finish(
             keys=[delivery_key(msg_id), attempts_key(msg_id), DUE_KEY],
             args=[
                 msg_id,
@@ -297,14 +323,21 @@ class WebhookDispatcher:
                 result,
             ],
         )
-        return status
+        return status if applied else None
 
     async def aclose(self) -> None:
-        """Stop the requests in flight (their leases lapse; another process sends them)."""
-        for task in list(self._sending):
+        """Stop the requests in flight and hand their deliveries back, due at once and not
+        charged an attempt, so that another process sends them without waiting for the
+        lease (if Redis cannot be told, the lease lapses and the attempt counts as lost)."""
+        leases = list(self._sending.items())
+        for task, _ in leases:
             task.cancel()
-        if self._sending:
-            await asyncio.gather(*self._sending, return_exceptions=True)
+        await asyncio.gather(*(task for task, _ in leases), return_exceptions=True)
+        for _, (msg_id, token) in leases:
+            with contextlib.suppress(Exception):
+                await self._record(
+                    msg_id, token, None, WebhookStatus.RETRYING, 0, "the worker stopped"
+                )
 
 
 async def _snippet(response: httpx.Response) -> str:
@@ -321,6 +354,13 @@ async def _snippet(response: httpx.Response) -> str:
 
 def _short(error: Exception) -> str:
     return (str(error) or type(error).__name__)[:SNIPPET_CHARS]
+
+
+def _retry_after(value: str | None) -> float | None:
+    """A Retry-After in seconds (the HTTP-date form is not heeded), at most a day."""
+    if value is None or not value.strip().isdigit():
+        return None
+    return min(float(value.strip()), MAX_RETRY_AFTER_SECONDS)
 
 
 def _result_of(attempt: dict[str, Any]) -> str:

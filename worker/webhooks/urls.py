@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import urlsplit
 
+import httpx
+
 from worker.errors import InvalidInputError
 
 __all__ = ["check_url", "is_loopback"]
@@ -36,7 +38,8 @@ def check_url(url: str) -> str:
         parts = urlsplit(text)
         host = parts.hostname or ""
         _ = parts.port  # a port that is not a number raises here
-    except ValueError as exc:
+        httpx.URL(text)  # as the dispatcher will send to it: e.g. a host that is no IDNA name
+    except (ValueError, httpx.InvalidURL) as exc:
         raise InvalidInputError(f"not a URL: {exc}", field="url") from None
     scheme = parts.scheme.lower()
     if scheme not in ("https", "http") or not host:
