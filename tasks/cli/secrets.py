@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from config.api_keys import ApiKeyStore
 from tasks.cli.common import load_context
-from worker.webhooks import EndpointStore
+from tasks.cli.webhooks import endpoint_store
 
 __all__ = ["secrets_app"]
 
@@ -23,11 +22,7 @@ def rotate() -> None:
     To rotate: set OUTBOX_SECRET_KEY=NEW,OLD for every process, run this, then drop OLD.
     """
     context = load_context()
-    keys = ApiKeyStore(context.redis)
-    endpoints = EndpointStore(
-        context.redis, context.secret_box, key_exists=lambda name: keys.holder(name) is not None
-    )
-    count = int(context.settings_store.rotate_secret()) + endpoints.rotate_secrets()
+    count = int(context.settings_store.rotate_secret()) + endpoint_store(context).rotate_secrets()
     if count:
         plural = "" if count == 1 else "s"
         typer.echo(

@@ -10,9 +10,10 @@ import typer
 
 from config.api_keys import ApiKeyStore
 from tasks.cli.common import JsonFlag, load_context, local_time
+from tasks.context import OutboxContext
 from worker.webhooks import EVENT_TYPES, Endpoint, EndpointStore, WebhookDeliveries
 
-__all__ = ["webhooks_app"]
+__all__ = ["endpoint_store", "webhooks_app"]
 
 webhooks_app = typer.Typer(
     help="Webhook endpoints: signed events when a delivery is sent, fails or is cancelled.",
@@ -20,8 +21,8 @@ webhooks_app = typer.Typer(
 )
 
 
-def _store() -> EndpointStore:
-    context = load_context()
+def endpoint_store(context: OutboxContext) -> EndpointStore:
+    """The endpoints, as the CLI reaches them (an endpoint is tied only to an existing key)."""
     keys = ApiKeyStore(context.redis)
     return EndpointStore(
         context.redis, context.secret_box, key_exists=lambda name: keys.holder(name) is not None
@@ -42,7 +43,7 @@ def add(
     as_json: JsonFlag = False,
 ) -> None:
     """Register an endpoint and print its signing secret; it is shown only this once."""
-    endpoint, secret = _store().add(url, events, key)
+    endpoint, secret = endpoint_store(load_context()).add(url, events, key)
     if as_json:
         typer.echo(json.dumps({**endpoint.as_json(), "secret": secret}))
         return
@@ -53,7 +54,7 @@ def add(
 @webhooks_app.command("list")
 def list_endpoints(as_json: JsonFlag = False) -> None:
     """Every endpoint's id, URL, events, key and creation; never its secret."""
-    endpoints = _store().list()
+    endpoints = endpoint_store(load_context()).list()
     if as_json:
         typer.echo(json.dumps([endpoint.as_json() for endpoint in endpoints], indent=2))
         return
@@ -72,7 +73,7 @@ def _line(endpoint: Endpoint) -> str:
 @webhooks_app.command("remove")
 def remove(endpoint_id: Annotated[str, typer.Argument(help="The endpoint's id (ep_...).")]) -> None:
     """Remove an endpoint: nothing more is sent to it."""
-    _store().remove(endpoint_id)
+    endpoint_store(load_context()).remove(endpoint_id)
     typer.echo(f"removed {endpoint_id}")
 
 
