@@ -15,8 +15,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.services import ApiServices, services
 from config.api_keys import ApiKey, Role
+from config.errors import NotAuthenticatedError, PermissionDeniedError
 from config.sessions import Session
-from worker.errors import NotAuthenticatedError, PermissionDeniedError
 
 __all__ = [
     "AUTHENTICATED",

@@ -14,9 +14,9 @@ from api.errors import answers, error_body, field_of
 from api.key_limits import new_deliveries, refuse_other_domains
 from api.services import ApiServices, services
 from config.api_keys import ApiKey, Role
+from config.errors import DeliveryNotFoundError, InvalidInputError, NotCancellableError
 from tasks.message_input import MessageInput
 from tasks.producer import cancel_summary
-from worker.errors import DeliveryNotFoundError, InvalidInputError, NotCancellableError
 from worker.records import (
     ALL_OWNERS,
     Created,

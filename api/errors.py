@@ -20,9 +20,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match
 
-from config.redis_location import RedisLocation
-from tasks.message_input import field_path
-from worker.errors import (
+from config.errors import (
     ConflictError,
     DeliveryError,
     InvalidInputError,
@@ -36,6 +34,8 @@ from worker.errors import (
     ServiceError,
     TooFewReplicasError,
 )
+from config.redis_location import RedisLocation
+from tasks.message_input import field_path
 
 __all__ = [
     "ErrorBody",
@@ -47,7 +47,7 @@ __all__ = [
     "status_for",
 ]
 
-# First match wins. Every error of outbox is an OutboxError (see worker.errors).
+# First match wins. Every error of outbox is an OutboxError (see config.errors).
 _STATUSES: tuple[tuple[type[BaseException], int], ...] = (
     (InvalidInputError, 422),
     (NotAuthenticatedError, 401),

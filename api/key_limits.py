@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import redis
 
 from config.api_keys import ApiKey, KeyLimits
+from config.errors import InvalidInputError, RateLimitedError
 from tasks.message_input import MessageInput
-from worker.errors import InvalidInputError, RateLimitedError
 from worker.records import DeliveryStore
 
 __all__ = ["KeyQuota", "new_deliveries", "refuse_other_domains"]

@@ -16,7 +16,7 @@ from api.auth import Caller
 from api.errors import answers
 from api.services import ApiServices, services
 from config.api_keys import ApiKey, Role
-from worker.errors import DeliveryNotFoundError, NotFoundError
+from config.errors import DeliveryNotFoundError, NotFoundError
 from worker.records.captured import captured_message
 
 __all__ = ["HTML_POLICY", "router"]

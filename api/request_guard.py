@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import AUTHENTICATED
 from config.api_keys import ApiKey
-from worker.errors import OutboxError, PayloadTooLargeError
+from config.errors import OutboxError, PayloadTooLargeError
 
 __all__ = ["BodyLimit", "RequestGuard"]
 

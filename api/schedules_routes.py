@@ -13,11 +13,11 @@ from api.auth import Admin, Caller
 from api.errors import answers
 from api.key_limits import new_deliveries
 from api.services import ApiServices, services
+from config.errors import InvalidInputError
 from tasks.message_input import MessageInput
 from tasks.reports.model import SCHEDULE_ID_PATTERN, RunReport
 from tasks.reports.rules import Notification
 from tasks.reports.service import RunPreview, RunResult
-from worker.errors import InvalidInputError
 
 __all__ = ["router"]
 

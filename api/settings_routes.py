@@ -11,10 +11,10 @@ from starlette.concurrency import run_in_threadpool
 from api.auth import Admin, admin
 from api.errors import answers
 from api.services import ApiServices, services
+from config.errors import DeliveryError, SecretMismatchError, SettingsNotConfiguredError
 from config.mail_settings import SECRET_FIELDS, OAuthSettings, SmtpSettings
 from config.provider_limits import GRAPH_LIMITS, provider_limits
 from tasks.settings_checks import check_connection, send_test_email
-from worker.errors import DeliveryError, SecretMismatchError, SettingsNotConfiguredError
 
 __all__ = ["router"]
 

@@ -25,14 +25,14 @@ from bench.messages import BODY, message, message_fields
 from bench.provider_limits import measure_provider_limits
 from bench.sink import PASSWORD, USERNAME, Sink
 from config.mail_settings import OAuthSettings, SmtpSettings, TlsMode
+from peers.graph_standin import GraphStandIn
+from peers.processes import Service, child_pids
+from peers.redis_server import RedisServer
 from tasks.celery_app import celery_publisher, create_celery_app
 from tasks.context import OutboxContext
 from tasks.message_input import MessageInput
 from tasks.producer import Producer
 from worker.records import DeliveryStatus, record_key, status_index_key
-from worker.testing.graph_standin import GraphStandIn
-from worker.testing.processes import Service, child_pids
-from worker.testing.redis_server import RedisServer
 
 WORKER_PROCESSES = os.cpu_count() or 1  # `outbox worker` runs Celery's default: one per core
 

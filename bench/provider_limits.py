@@ -14,18 +14,18 @@ import trustme
 from pydantic import SecretStr
 
 from config.mail_settings import SmtpSettings
-from tasks.context import OutboxContext
-from tasks.message_input import MessageInput
-from tasks.producer import Producer
-from worker.records import DeliveryStatus, status_index_key
-from worker.testing.exchange_standin import ExchangeStandIn, max_in_window
-from worker.testing.graph_standin import (
+from peers.exchange_standin import ExchangeStandIn, max_in_window
+from peers.graph_standin import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
     DEFAULT_TENANT,
     GraphStandIn,
 )
-from worker.testing.processes import Service
+from peers.processes import Service
+from tasks.context import OutboxContext
+from tasks.message_input import MessageInput
+from tasks.producer import Producer
+from worker.records import DeliveryStatus, status_index_key
 
 __all__ = ["LimitsRun", "measure_provider_limits"]
 

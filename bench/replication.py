@@ -4,7 +4,7 @@
 cores).
 
 First Redis Sentinel, where ``OUTBOX_REDIS_MIN_REPLICAS`` defaults to 1, so what a user gets
-(``worker.testing.sentinel.SentinelCluster``: a primary, two replicas and three sentinels,
+(``peers.sentinel.SentinelCluster``: a primary, two replicas and three sentinels,
 real ``redis-server`` processes on loopback, with Sentinel's own timers), reached through
 ``redis+sentinel://``. ``=0`` (no ``WAIT``, no check on the producer's side) is compared with
 the default: per enqueue ``ReplicaWait.require`` (the primary's view of its replicas, and
@@ -67,6 +67,8 @@ from bench.sink import PASSWORD, USERNAME, Sink
 from config.mail_settings import SmtpSettings, TlsMode
 from config.process import ProcessSettings
 from config.redis_location import redis_server_binary
+from peers.redis_server import free_port
+from peers.sentinel import SentinelCluster, _die_with_parent
 from tasks.celery_app import CeleryTaskQueue, create_celery_app, producer_for
 from tasks.context import OutboxContext
 from tasks.message_input import MessageInput
@@ -74,8 +76,6 @@ from tasks.producer import CHUNK_SIZE, Producer
 from worker.deliver import JobOutcome
 from worker.records.replication import AsyncFailoverWatch, AsyncReplicaWait, in_sync_replicas
 from worker.runtime import WorkerRuntime, fastest_event_loop
-from worker.testing.redis_server import free_port
-from worker.testing.sentinel import SentinelCluster, _die_with_parent
 
 __all__ = ["measure_replication"]
 

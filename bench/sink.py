@@ -17,7 +17,7 @@ import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from worker.testing.redis_server import free_port
+from peers.redis_server import free_port
 
 USERNAME, PASSWORD = "bench", "bench-password"
 

@@ -25,8 +25,8 @@ from typing import Any
 
 import redis
 
+from config.errors import InvalidInputError, KeyNameTakenError, KeyNotFoundError
 from config.sessions import sessions_of_key
-from worker.errors import InvalidInputError, KeyNameTakenError, KeyNotFoundError
 
 __all__ = ["KEY_PREFIX", "ApiKey", "ApiKeyStore", "KeyInfo", "KeyLimits", "Role"]
 

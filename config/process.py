@@ -14,9 +14,9 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from config.errors import InvalidEnvironmentError
 from config.sentinel_url import SENTINEL_SCHEME, SentinelTarget
 from config.sessions import DEFAULT_IDLE_SECONDS, DEFAULT_LIFETIME_SECONDS
-from worker.errors import InvalidEnvironmentError
 
 __all__ = [
     "DEFAULT_VISIBILITY_TIMEOUT_SECONDS",

@@ -24,9 +24,9 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel
 
+from config.errors import EmbeddedRedisError, RedisUnavailableError
 from config.process import private_data_dir
 from config.sentinel_url import SENTINEL_SCHEME, SentinelTarget
-from worker.errors import EmbeddedRedisError, RedisUnavailableError
 
 __all__ = [
     "REDIS_TIMEOUT_SECONDS",

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
+from config.errors import SecretKeyError, SecretMismatchError
 from config.process import private_data_dir
-from worker.errors import SecretKeyError, SecretMismatchError
 
 __all__ = ["KEY_FILE_NAME", "SecretBox", "load_secret_keys"]
 

@@ -11,6 +11,7 @@ import redis
 from pydantic import SecretStr
 from redis.client import Pipeline
 
+from config.errors import InvalidInputError, SettingsNotConfiguredError
 from config.mail_settings import (
     MAIL_SETTINGS_ADAPTER,
     SECRET_FIELDS,
@@ -20,7 +21,6 @@ from config.mail_settings import (
     secret_field,
 )
 from config.secret_box import SecretBox
-from worker.errors import InvalidInputError, SettingsNotConfiguredError
 from worker.records.keys import PAUSE_KEY  # written by the workers (worker.sending_limits)
 
 __all__ = [

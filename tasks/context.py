@@ -8,12 +8,12 @@ from functools import cached_property
 import redis
 from pydantic import ValidationError
 
+from config.errors import InvalidEnvironmentError
 from config.process import ProcessSettings
 from config.redis_location import RedisLocation, resolve_redis
 from config.secret_box import SecretBox, load_secret_keys
 from config.settings_store import SettingsStore
 from tasks.reports.store import ScheduleStore
-from worker.errors import InvalidEnvironmentError
 from worker.records import DeliveryStore
 from worker.records.replication import FailoverWatch, ReplicaWait
 

@@ -8,15 +8,15 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
-from config.process import DEFAULT_MAX_RECIPIENTS
-from tasks.message_input import MessageInput
-from worker.errors import (
+from config.errors import (
     DeliveryNotFoundError,
     InvalidInputError,
     MessageTooLargeError,
     NotRetryableError,
     TooManyRecipientsError,
 )
+from config.process import DEFAULT_MAX_RECIPIENTS
+from tasks.message_input import MessageInput
 from worker.records import (
     CancelOutcome,
     Created,

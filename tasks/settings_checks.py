@@ -7,8 +7,8 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
+from config.errors import PermanentError
 from config.mail_settings import OAuthSettings, SmtpAuth, SmtpSettings
-from worker.errors import PermanentError
 from worker.message import OutgoingMessage
 from worker.records import RecipientState
 from worker.transports.base import Transport

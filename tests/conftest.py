@@ -10,13 +10,13 @@ import pytest
 import redis
 import trustme
 
+from peers.redis_server import RedisServer
+from peers.smtp_peer import SmtpPeer, smtp_peer
 from tasks.context import OutboxContext
 from tasks.producer import Producer
 from tests.support.environment import outbox_environment
 from tests.support.in_process_worker import InProcessWorker
 from worker.records import Priority
-from worker.testing.redis_server import RedisServer
-from worker.testing.smtp_peer import SmtpPeer, smtp_peer
 
 
 @pytest.fixture(scope="session")

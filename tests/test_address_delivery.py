@@ -6,12 +6,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from peers.smtp_peer import SmtpPeer, smtp_peer
 from tasks.context import OutboxContext
 from tasks.producer import Producer
 from tests.support.in_process_worker import InProcessWorker
 from tests.support.smtp_delivery import configure, enqueue, parse
 from worker.records import RecipientState
-from worker.testing.smtp_peer import SmtpPeer, smtp_peer
 
 
 @pytest.fixture

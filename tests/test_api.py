@@ -15,9 +15,9 @@ from api.app import create_app
 from api.auth import CSRF_HEADER
 from config.api_keys import ApiKeyStore, Role
 from config.redis_location import RedisLocation
+from peers.redis_server import free_port
+from peers.smtp_peer import SmtpPeer, smtp_peer
 from tasks.context import OutboxContext
-from worker.testing.redis_server import free_port
-from worker.testing.smtp_peer import SmtpPeer, smtp_peer
 
 PASSWORD = "api-Secret-Pa55word"
 CLIENT_SECRET = "graph-Client-Secret-value"

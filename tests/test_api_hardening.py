@@ -18,9 +18,9 @@ from api.app import create_app
 from api.auth import CSRF_HEADER
 from config.api_keys import ApiKeyStore, KeyLimits, Role
 from config.sessions import SessionStore
+from peers.processes import run_outbox
 from tasks.context import OutboxContext
 from tests.support.served_api import served_api
-from worker.testing.processes import run_outbox
 
 MESSAGE = {"to": ["a@example.com"], "subject": "Run results", "text": "All green."}
 

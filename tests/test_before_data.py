@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 
+from config.errors import TransientError
 from config.mail_settings import SmtpSettings, TlsMode
+from peers.smtp_peer import SmtpPeer
 from tasks.context import OutboxContext
-from worker.errors import TransientError
 from worker.message import OutgoingMessage
 from worker.records import RecipientState
-from worker.testing.smtp_peer import SmtpPeer
 from worker.transports.base import SendResult
 from worker.transports.factory import HttpClients, create_transport
 

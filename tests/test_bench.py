@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from worker.testing.processes import ROOT
+from peers.processes import ROOT
 
 FIGURES = {
     "limit_per_s",

@@ -14,15 +14,16 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from config.errors import TransientError
 from config.mail_settings import SmtpSettings
 from config.redis_location import RedisLocation
 from config.settings_store import SETTINGS_KEY, StoredSettings
+from peers.redis_server import RedisServer
 from tasks.context import OutboxContext
 from tasks.producer import Producer
 from tests.support.smtp_delivery import enqueue
 from worker.backoff import RetryPolicy
 from worker.deliver import Deliverer, JobOutcome, TransportCache
-from worker.errors import TransientError
 from worker.message import OutgoingMessage
 from worker.records import (
     Attempt,
@@ -40,7 +41,6 @@ from worker.records.codec import as_text
 from worker.records.scripts import ALREADY_DONE, TRANSITION, Lapsed, transition_call
 from worker.runtime import worker_redis
 from worker.sending_limits import MemoryGate
-from worker.testing.redis_server import RedisServer
 from worker.transports.memory import MemoryTransport
 
 LEASE_SECONDS = 30

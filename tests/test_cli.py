@@ -16,12 +16,12 @@ import pytest
 import trustme
 from cryptography.fernet import Fernet
 
+from peers.processes import OUTBOX, run_outbox
+from peers.redis_server import free_port
+from peers.smtp_peer import SmtpPeer, smtp_peer
 from tasks.context import OutboxContext
 from tests.support.in_process_worker import InProcessWorker
 from worker.records import DeliveryStatus
-from worker.testing.processes import OUTBOX, run_outbox
-from worker.testing.redis_server import free_port
-from worker.testing.smtp_peer import SmtpPeer, smtp_peer
 
 
 @pytest.fixture

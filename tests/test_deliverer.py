@@ -18,11 +18,11 @@ import pytest
 import redis
 from pydantic import SecretStr
 
+from config.errors import ConfigurationError, PermanentError, QuotaError, TransientError
 from config.mail_settings import SmtpSettings
 from config.settings_store import StoredSettings
 from worker.backoff import RetryPolicy
 from worker.deliver import NOT_CONFIGURED, Deliverer, JobOutcome, TransportCache
-from worker.errors import ConfigurationError, PermanentError, QuotaError, TransientError
 from worker.message import OutgoingMessage
 from worker.records import (
     AttemptOutcome,

@@ -18,13 +18,13 @@ import trustme
 
 from api.message_routes import HTML_POLICY
 from config.api_keys import ApiKeyStore, Role
+from peers.processes import Service, run_outbox
+from peers.redis_server import RedisServer
+from peers.smtp_peer import SmtpPeer, smtp_peer
 from tasks.context import OutboxContext
 from tests.support.environment import fresh_environment
 from tests.support.served_api import served_api
 from tests.support.smtp_delivery import parse
-from worker.testing.processes import Service, run_outbox
-from worker.testing.redis_server import RedisServer
-from worker.testing.smtp_peer import SmtpPeer, smtp_peer
 
 FROM = "robot@example.com"
 REDIRECT_TO = "qa@example.com"

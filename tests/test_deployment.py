@@ -21,8 +21,8 @@ import yaml
 from config.process import default_data_dir
 from config.redis_location import SOCKET_NAME
 from config.sentinel_url import SentinelTarget
-from worker.testing.processes import ROOT, Service, run_outbox
-from worker.testing.redis_server import free_port
+from peers.processes import ROOT, Service, run_outbox
+from peers.redis_server import free_port
 
 
 @pytest.fixture

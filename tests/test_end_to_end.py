@@ -14,12 +14,12 @@ import httpx
 import pytest
 import trustme
 
+from peers.graph_standin import GraphStandIn
+from peers.processes import ROOT, Service, run_outbox
+from peers.redis_server import RedisServer, free_port
+from peers.smtp_peer import SmtpPeer, smtp_peer
 from tests.support.cli_settings import configure_smtp
 from tests.support.environment import fresh_environment
-from worker.testing.graph_standin import GraphStandIn
-from worker.testing.processes import ROOT, Service, run_outbox
-from worker.testing.redis_server import RedisServer, free_port
-from worker.testing.smtp_peer import SmtpPeer, smtp_peer
 
 USER, PASSWORD = "robot", "e2e-Secret-Pa55"
 

@@ -1,4 +1,4 @@
-"""Self-tests proving worker/testing/exchange_standin.py answers as Exchange Online's SMTP AUTH."""
+"""Self-tests proving peers/exchange_standin.py answers as Exchange Online's SMTP AUTH."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import httpx
 import pytest
 import trustme
 
-from worker.testing.exchange_standin import (
+from peers.exchange_standin import (
     AUTH_UNSUCCESSFUL,
     BASIC_AUTH_DISABLED,
     BASIC_AUTH_NOT_SUPPORTED,
@@ -33,7 +33,7 @@ from worker.testing.exchange_standin import (
     max_in_window,
     xoauth2_string,
 )
-from worker.testing.graph_standin import (
+from peers.graph_standin import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
     DEFAULT_TENANT,

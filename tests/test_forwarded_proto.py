@@ -7,9 +7,9 @@ import pytest
 
 from config.api_keys import ApiKeyStore, Role
 from config.process import ProcessSettings
+from peers.processes import Service
+from peers.redis_server import free_port
 from tasks.context import OutboxContext
-from worker.testing.processes import Service
-from worker.testing.redis_server import free_port
 
 # The proxy's address: loopback answers all of 127.0.0.0/8, so a client can come from an
 # address other than the 127.0.0.1 uvicorn would believe on its own.

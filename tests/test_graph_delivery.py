@@ -12,16 +12,16 @@ import pytest
 import trustme
 from pydantic import SecretStr
 
+from config.errors import TransientError
 from config.mail_settings import OAuthSettings, SmtpSettings, TlsMode
+from peers.graph_standin import GraphStandIn, ScriptedResponse
+from peers.smtp_peer import smtp_peer
 from tasks.context import OutboxContext
 from tasks.message_input import MessageInput
 from tasks.producer import Producer
 from tests.support.in_process_worker import InProcessWorker
-from worker.errors import TransientError
 from worker.message import OutgoingMessage
 from worker.records import DeliveryStatus, RecipientState
-from worker.testing.graph_standin import GraphStandIn, ScriptedResponse
-from worker.testing.smtp_peer import smtp_peer
 from worker.transports.factory import HttpClients, create_transport
 
 TENANT, CLIENT_ID, SECRET = "contoso-tenant", "app-client-id", "app-secret-value"

@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from worker.errors import PermanentError
+from config.errors import PermanentError
 from worker.graph_message import INLINE_ATTACHMENT_LIMIT, build_graph_message
 from worker.message import Attachment, OutgoingMessage
 

@@ -1,4 +1,4 @@
-"""Self-tests proving worker/testing/graph_standin.py behaves like Entra ID and Microsoft Graph."""
+"""Self-tests proving peers/graph_standin.py behaves like Entra ID and Microsoft Graph."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 import requests
 import trustme
 
-from worker.testing.graph_standin import (
+from peers.graph_standin import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
     DEFAULT_TENANT,

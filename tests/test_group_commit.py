@@ -14,6 +14,7 @@ import redis
 import redis.asyncio as aioredis
 
 from config.settings_store import SETTINGS_KEY
+from peers.redis_server import RedisServer
 from tasks.context import OutboxContext
 from tasks.producer import Producer
 from tests.support.smtp_delivery import enqueue
@@ -30,7 +31,6 @@ from worker.records import (
 from worker.records.claims import ClaimTicket
 from worker.records.group_commit import GroupCommit
 from worker.records.scripts import ScriptCall
-from worker.testing.redis_server import RedisServer
 
 ECHO = "return {KEYS[1], ARGV[1]}"
 FAILS = "return redis.error_reply('no such thing')"

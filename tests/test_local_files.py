@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import redis
 
+from config.errors import InvalidEnvironmentError
 from config.process import default_data_dir
 from config.redis_location import SOCKET_NAME, ensure_embedded_redis
 from config.secret_box import load_secret_keys
-from worker.errors import InvalidEnvironmentError
-from worker.testing.processes import run_outbox
+from peers.processes import run_outbox
 
 ANOTHER_UID = 12345
 

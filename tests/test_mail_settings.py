@@ -7,6 +7,7 @@ import redis
 from cryptography.fernet import Fernet
 from pydantic import SecretStr, ValidationError
 
+from config.errors import SecretMismatchError
 from config.mail_settings import (
     MAIL_SETTINGS_ADAPTER,
     OAuthSettings,
@@ -16,7 +17,6 @@ from config.mail_settings import (
 from config.secret_box import SecretBox
 from config.settings_store import SETTINGS_KEY, SettingsStore
 from tasks.message_input import describe_validation_error
-from worker.errors import SecretMismatchError
 
 
 def test_smtp_defaults_match_the_settings_window() -> None:

@@ -13,16 +13,16 @@ import pytest
 import trustme
 from pydantic import SecretStr
 
+from config.errors import ConfigurationError
 from config.mail_settings import SmtpSettings
+from peers.exchange_standin import ExchangeStandIn
+from peers.graph_standin import GraphStandIn
 from tasks.context import OutboxContext
 from tasks.message_input import MessageInput
 from tasks.producer import Producer
 from tasks.settings_checks import check_connection
 from tests.support.in_process_worker import InProcessWorker
-from worker.errors import ConfigurationError
 from worker.records import DeliveryStatus, RecipientState
-from worker.testing.exchange_standin import ExchangeStandIn
-from worker.testing.graph_standin import GraphStandIn
 
 TENANT, CLIENT_ID, SECRET = "contoso-tenant", "app-client-id", "app-secret-value"
 MAILBOX = "robot@contoso.com"

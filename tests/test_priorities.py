@@ -11,6 +11,9 @@ import pytest
 import trustme
 
 from config.mail_settings import SmtpSettings, TlsMode
+from peers.processes import Service
+from peers.redis_server import RedisServer
+from peers.smtp_peer import SmtpPeer, smtp_peer
 from tasks.celery_app import producer_for
 from tasks.context import OutboxContext
 from tasks.message_input import MessageInput
@@ -20,9 +23,6 @@ from tasks.reports.rules import Notification, RecipientList, Rule
 from tasks.reports.service import ReportService
 from tests.support.environment import fresh_environment
 from tests.support.smtp_delivery import parse
-from worker.testing.processes import Service
-from worker.testing.redis_server import RedisServer
-from worker.testing.smtp_peer import SmtpPeer, smtp_peer
 
 BACKLOG = 2_000
 

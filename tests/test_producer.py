@@ -7,16 +7,16 @@ import time
 import pytest
 import redis
 
-from tasks.context import OutboxContext
-from tasks.message_input import MessageInput
-from tasks.producer import CHUNK_SIZE, Producer
-from tests.conftest import CollectingPublisher
-from worker.errors import (
+from config.errors import (
     DeliveryNotFoundError,
     MessageTooLargeError,
     NotRetryableError,
     TooManyRecipientsError,
 )
+from tasks.context import OutboxContext
+from tasks.message_input import MessageInput
+from tasks.producer import CHUNK_SIZE, Producer
+from tests.conftest import CollectingPublisher
 from worker.records import DeliveryStatus, Priority, record_key, status_index_key
 
 

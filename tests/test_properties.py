@@ -21,16 +21,16 @@ from pydantic import ValidationError
 
 from api.app import create_app
 from config.api_keys import ApiKeyStore, Role
+from config.errors import InvalidInputError
+from peers.processes import run_outbox
+from peers.smtp_peer import SmtpPeer, smtp_peer
 from tasks.context import OutboxContext
 from tasks.message_input import MessageInput, describe_validation_error
 from tasks.producer import Producer
 from tests.support.generated_messages import FIELDS, assert_arrived_intact, messages
 from tests.support.in_process_worker import InProcessWorker
 from tests.support.smtp_delivery import configure, parse
-from worker.errors import InvalidInputError
 from worker.records import record_key
-from worker.testing.processes import run_outbox
-from worker.testing.smtp_peer import SmtpPeer, smtp_peer
 
 # The fixtures hold what every example shares (Redis, the peer, the worker); each example
 # finds its own message by its Message-ID.

@@ -17,6 +17,8 @@ from config.api_keys import ApiKeyStore, Role
 from config.mail_settings import SmtpSettings
 from config.process import ProcessSettings
 from config.redis_location import RedisLocation
+from peers.sentinel import SentinelCluster
+from peers.smtp_peer import SmtpPeer
 from tasks.celery_app import producer_for
 from tasks.context import OutboxContext
 from tasks.message_input import MessageInput
@@ -29,8 +31,6 @@ from worker.records.replication import (
     primary_named,
     sentinel_state,
 )
-from worker.testing.sentinel import SentinelCluster
-from worker.testing.smtp_peer import SmtpPeer
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,10 @@ import pytest
 import redis
 
 from config.api_keys import ApiKeyStore, KeyLimits, Role
+from peers.processes import run_outbox
 from tasks.context import OutboxContext
 from tests.support.served_api import served_api
 from tests.test_reports import NOTIFICATION, run
-from worker.testing.processes import run_outbox
 
 # Every request's authentication stamps its key's last use here; nothing else may change.
 LAST_USED = b"outbox:apikeys:last-used"

@@ -16,6 +16,9 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from config.api_keys import ApiKeyStore, KeyLimits, Role
+from config.errors import ReportTemplateError
+from peers.processes import run_outbox
+from peers.smtp_peer import SmtpPeer
 from tasks.context import OutboxContext
 from tasks.producer import Producer
 from tasks.reports.model import RunReport
@@ -24,10 +27,7 @@ from tasks.reports.rules import Notification
 from tasks.reports.service import ReportService
 from tests.support.in_process_worker import InProcessWorker
 from tests.support.smtp_delivery import configure, parse
-from worker.errors import ReportTemplateError
 from worker.records import Priority
-from worker.testing.processes import run_outbox
-from worker.testing.smtp_peer import SmtpPeer
 
 RESULTS_XML = b"<testsuite tests='50' failures='3'/>"
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from worker.testing.processes import Service, run_outbox
-from worker.testing.redis_server import RedisServer
-from worker.testing.smtp_peer import SmtpPeer, smtp_peer
+from peers.processes import Service, run_outbox
+from peers.redis_server import RedisServer
+from peers.smtp_peer import SmtpPeer, smtp_peer
 
 AHEAD_SECONDS = 12  # time enough to restart both before it is due
 

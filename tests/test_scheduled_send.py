@@ -16,6 +16,8 @@ from pydantic import ValidationError
 
 from api.app import create_app
 from config.api_keys import ApiKeyStore, Role
+from peers.processes import run_outbox
+from peers.smtp_peer import SmtpPeer
 from tasks.context import OutboxContext
 from tasks.message_input import MessageInput
 from tasks.producer import Producer
@@ -24,8 +26,6 @@ from tests.support.in_process_worker import InProcessWorker
 from tests.support.smtp_delivery import configure, enqueue
 from worker.deliver import JobOutcome
 from worker.records import DeliveryStatus, Priority, RecipientState
-from worker.testing.processes import run_outbox
-from worker.testing.smtp_peer import SmtpPeer
 
 
 def rfc3339(seconds_from_now: float) -> str:

@@ -19,12 +19,12 @@ import redis
 import trustme
 from cryptography.fernet import Fernet
 
+from peers.graph_standin import GraphStandIn
+from peers.processes import ROOT, Service, run_outbox
+from peers.redis_server import RedisServer, free_port
+from peers.smtp_peer import SmtpPeer, smtp_peer
 from tests.support.environment import fresh_environment
 from tests.support.webhook_receiver import webhook_receiver
-from worker.testing.graph_standin import GraphStandIn
-from worker.testing.processes import ROOT, Service, run_outbox
-from worker.testing.redis_server import RedisServer, free_port
-from worker.testing.smtp_peer import SmtpPeer, smtp_peer
 
 PASSWORD = "scan-Pa55word-7f3a"
 WRONG_PASSWORD = "scan-Wrong-Pa55-91c2"

@@ -10,7 +10,7 @@ import pytest
 import redis
 import redis.sentinel
 
-from worker.testing.sentinel import SentinelCluster
+from peers.sentinel import SentinelCluster
 
 NAME = "outbox"
 PROMOTION_SECONDS = 30

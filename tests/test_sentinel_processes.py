@@ -14,13 +14,13 @@ import httpx
 import pytest
 import trustme
 
+from peers.processes import ROOT, Service, run_outbox
+from peers.redis_server import free_port
+from peers.sentinel import SentinelCluster
+from peers.smtp_peer import SmtpPeer, smtp_peer
 from tests.faults.harness import PASSWORD, USER
 from tests.support.cli_settings import configure_smtp
 from tests.support.environment import outbox_environment
-from worker.testing.processes import ROOT, Service, run_outbox
-from worker.testing.redis_server import free_port
-from worker.testing.sentinel import SentinelCluster
-from worker.testing.smtp_peer import SmtpPeer, smtp_peer
 
 REDIS_PASSWORD = "redis-Pa55-word"
 SENTINEL_PASSWORD = "sentinel-Pa55-word"

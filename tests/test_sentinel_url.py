@@ -6,11 +6,11 @@ import pytest
 from kombu.exceptions import OperationalError
 from redis.sentinel import MasterNotFoundError
 
+from config.errors import InvalidEnvironmentError
 from config.process import ProcessSettings
 from config.redis_location import RedisLocation
 from config.sentinel_url import SentinelTarget
 from tasks.context import OutboxContext
-from worker.errors import InvalidEnvironmentError
 from worker.records.replication import in_sync_replicas
 
 

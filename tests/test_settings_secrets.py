@@ -22,22 +22,22 @@ from pydantic import SecretStr, ValidationError
 
 from api.app import create_app
 from config.api_keys import ApiKeyStore, Role
+from config.errors import ConfigurationError, InvalidInputError, TransientError
 from config.mail_settings import OAuthSettings, SmtpSettings, TlsMode
 from config.secret_box import SecretBox
 from config.settings_store import SettingsStore
+from peers.graph_standin import GraphStandIn
+from peers.processes import run_outbox
+from peers.redis_server import free_port
+from peers.smtp_peer import HOST, SmtpPeer, smtp_peer
 from tasks.context import OutboxContext
 from tasks.message_input import describe_validation_error
 from tasks.producer import Producer
 from tasks.settings_checks import check_connection
 from tests.support.in_process_worker import InProcessWorker
 from tests.support.smtp_delivery import configure, enqueue
-from worker.errors import ConfigurationError, InvalidInputError, TransientError
 from worker.records import DeliveryRecord, DeliveryStatus, RecipientState
 from worker.scrubbing import MASK, scrub, scrub_error
-from worker.testing.graph_standin import GraphStandIn
-from worker.testing.processes import run_outbox
-from worker.testing.redis_server import free_port
-from worker.testing.smtp_peer import HOST, SmtpPeer, smtp_peer
 
 USER, PASSWORD = "robot", "Stored-Pa55word-of-the-mailbox"
 TENANT, CLIENT_ID, CLIENT_SECRET = "contoso", "app-client-id", "Stored-Client-Secret"

@@ -13,16 +13,16 @@ from collections.abc import Iterator
 import pytest
 import trustme
 
-from tests.support.environment import fresh_environment
-from worker.testing.exchange_standin import ExchangeStandIn
-from worker.testing.graph_standin import (
+from peers.exchange_standin import ExchangeStandIn
+from peers.graph_standin import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
     DEFAULT_TENANT,
     GraphStandIn,
 )
-from worker.testing.processes import Service, run_outbox
-from worker.testing.redis_server import RedisServer
+from peers.processes import Service, run_outbox
+from peers.redis_server import RedisServer
+from tests.support.environment import fresh_environment
 
 MAILBOX = "robot@contoso.com"
 PER_MINUTE = 3

@@ -11,12 +11,12 @@ from cryptography.fernet import Fernet
 from pydantic import SecretStr
 
 from config.mail_settings import TlsMode
+from peers.smtp_peer import SmtpPeer, smtp_peer
 from tasks.context import OutboxContext
 from tasks.producer import Producer
 from tests.support.in_process_worker import InProcessWorker
 from tests.support.smtp_delivery import configure, enqueue, parse
 from worker.records import DeliveryStatus, RecipientState, record_key
-from worker.testing.smtp_peer import SmtpPeer, smtp_peer
 
 USER, PASSWORD = "robot", "correct horse battery staple"
 

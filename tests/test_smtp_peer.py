@@ -1,4 +1,4 @@
-"""Self-tests proving worker/testing/smtp_peer.py behaves like a real SMTP server."""
+"""Self-tests proving peers/smtp_peer.py behaves like a real SMTP server."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import aiosmtplib
 import pytest
 import trustme
 
-from worker.testing.smtp_peer import ReceivedMessage, SmtpPeer, smtp_peer
+from peers.smtp_peer import ReceivedMessage, SmtpPeer, smtp_peer
 
 T = TypeVar("T")
 

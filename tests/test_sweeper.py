@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from config.mail_settings import SmtpSettings, TlsMode
+from peers.smtp_peer import SmtpPeer, smtp_peer
 from tasks.context import OutboxContext
 from tasks.message_input import MessageInput
 from tasks.producer import Producer
@@ -18,7 +19,6 @@ from worker.records import DUE_KEY, DeliveryStatus, Priority, record_key, status
 from worker.records.scripts import SWEEP, sweep_call
 from worker.runtime import worker_redis
 from worker.sweeper import Sweeper
-from worker.testing.smtp_peer import SmtpPeer, smtp_peer
 
 
 @pytest.fixture

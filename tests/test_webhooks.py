@@ -20,14 +20,14 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from api.app import create_app
 from config.api_keys import ApiKeyStore, Role
+from config.errors import InvalidInputError, NotFoundError
 from config.secret_box import SecretBox
+from peers.processes import run_outbox
 from tasks.context import OutboxContext
 from tasks.producer import Producer
 from tests.support.smtp_delivery import enqueue
 from tests.support.webhook_receiver import Receiver, webhook_receiver
-from worker.errors import InvalidInputError, NotFoundError
 from worker.records import WEBHOOK_EVENTS_KEY, WEBHOOKS_KEY, record_key
-from worker.testing.processes import run_outbox
 from worker.webhooks import (
     MAX_ATTEMPTS,
     RETRY_DELAYS,

@@ -19,13 +19,13 @@ from api.app import create_app
 from config.api_keys import ApiKeyStore, Role
 from config.mail_settings import SmtpSettings, TlsMode
 from config.process import ProcessSettings
+from peers.processes import Service, run_outbox
+from peers.redis_server import RedisServer
+from peers.smtp_peer import SmtpPeer, smtp_peer
 from tasks.context import OutboxContext
 from tests.support.environment import fresh_environment
 from tests.support.webhook_receiver import Receiver, webhook_receiver
 from worker.records import DeliveryStatus
-from worker.testing.processes import Service, run_outbox
-from worker.testing.redis_server import RedisServer
-from worker.testing.smtp_peer import SmtpPeer, smtp_peer
 from worker.webhooks import EndpointStore, WebhookDeliveries
 
 REFUSED = "nobody@example.com"

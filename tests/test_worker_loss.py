@@ -13,12 +13,12 @@ from cryptography.fernet import Fernet
 
 from config.mail_settings import SmtpSettings, TlsMode
 from config.process import ProcessSettings
+from peers.processes import SenderKiller, Service, child_pids, run_outbox
+from peers.redis_server import RedisServer
+from peers.smtp_peer import SmtpPeer, smtp_peer
 from tasks.context import OutboxContext
 from tasks.message_input import MessageInput
 from worker.records import AttemptOutcome, DeliveryStatus
-from worker.testing.processes import SenderKiller, Service, child_pids, run_outbox
-from worker.testing.redis_server import RedisServer
-from worker.testing.smtp_peer import SmtpPeer, smtp_peer
 
 
 @pytest.fixture

@@ -13,6 +13,14 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
+from config.errors import (
+    ConfigurationError,
+    DeliveryError,
+    PermanentError,
+    QuotaError,
+    TransientError,
+)
+
 __all__ = [
     "SMTP_RULES",
     "ConnectionProblem",
@@ -25,7 +33,9 @@ __all__ = [
     "SmtpRule",
     "Verdict",
     "classify",
+    "delivery_error",
     "enhanced_status",
+    "error_type",
     "judge",
 ]
 
@@ -209,3 +219,38 @@ def _judge_reply(reply: SmtpReply) -> Verdict:
     # Where the enhanced class disagrees with the code's, the enhanced one is the precise one.
     temporary = enhanced[0] == "4" if enhanced else 400 <= code < 500
     return Verdict(FailureKind.TRANSIENT if temporary else FailureKind.PERMANENT)
+
+
+def error_type(kind: FailureKind) -> type[DeliveryError]:
+    """The error class for what the classifier decided."""
+    return {
+        FailureKind.TRANSIENT: TransientError,
+        FailureKind.PERMANENT: PermanentError,
+        FailureKind.CONFIGURATION: ConfigurationError,
+        FailureKind.THROTTLED: QuotaError,
+        FailureKind.DAILY_QUOTA: QuotaError,
+        # Reached only when a whole message meets it; per recipient the transport splits.
+        FailureKind.RECIPIENT_LIMIT: TransientError,
+    }[kind]
+
+
+def delivery_error(
+    kind: FailureKind,
+    reason: str,
+    *,
+    code: int | None = None,
+    reply: str | None = None,
+    retry_after: float | None = None,
+) -> DeliveryError:
+    """The error for what the classifier decided, with the data its handler needs."""
+    if kind.pauses_account:
+        return QuotaError(
+            reason,
+            code=code,
+            reply=reply,
+            retry_after=retry_after,
+            daily=kind is FailureKind.DAILY_QUOTA,
+        )
+    if error_type(kind) is TransientError:
+        return TransientError(reason, code=code, reply=reply, retry_after=retry_after)
+    return error_type(kind)(reason, code=code, reply=reply)

@@ -16,16 +16,16 @@ from typing import Protocol
 import redis
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from config.settings_store import StoredSettings
-from worker.backoff import RetryPolicy
-from worker.classify import enhanced_status
-from worker.errors import (
+from config.errors import (
     ConfigurationError,
     DeliveryError,
     PermanentError,
     QuotaError,
     TransientError,
 )
+from config.settings_store import StoredSettings
+from worker.backoff import RetryPolicy
+from worker.classify import enhanced_status
 from worker.records import (
     AccountPause,
     AlreadyFinal,

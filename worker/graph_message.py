@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from worker.errors import PermanentError
+from config.errors import PermanentError
 from worker.message import Attachment, OutgoingMessage
 
 __all__ = [

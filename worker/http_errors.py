@@ -6,13 +6,12 @@ import ssl
 
 import httpx
 
-from worker.classify import FailureKind, HttpStatus, classify
-from worker.errors import (
+from config.errors import (
     ConfigurationError,
     DeliveryError,
     TransientError,
-    delivery_error,
 )
+from worker.classify import FailureKind, HttpStatus, classify, delivery_error
 from worker.retry_after import parse_retry_after
 
 __all__ = ["graph_error", "transport_error"]

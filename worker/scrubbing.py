@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TypeVar
 
-from worker.errors import DeliveryError
+from config.errors import DeliveryError
 
 __all__ = ["MASK", "scrub", "scrub_error"]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
+from config.errors import ConfigurationError, SecretMismatchError
 from config.secret_box import SecretBox
 from config.settings_store import SETTINGS_KEY, StoredSettings, decode_stored
-from worker.errors import ConfigurationError, SecretMismatchError
 
 __all__ = ["SettingsCache"]
 

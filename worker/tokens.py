@@ -10,8 +10,8 @@ import httpx
 import msal
 from pydantic import SecretStr
 
+from config.errors import ConfigurationError, DeliveryError, TransientError
 from config.mail_settings import OAuthSettings, SmtpSettings
-from worker.errors import ConfigurationError, DeliveryError, TransientError
 from worker.http_errors import transport_error
 from worker.scrubbing import scrub
 

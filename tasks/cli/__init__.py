@@ -16,6 +16,7 @@ import typer
 from kombu.exceptions import OperationalError
 from pydantic import ValidationError
 
+from config.errors import OutboxError
 from config.process import ProcessSettings
 from config.redis_location import RedisLocation, configured_location
 from tasks.cli.deliveries import deliveries_app
@@ -27,7 +28,6 @@ from tasks.cli.schedules import schedules_app
 from tasks.cli.secrets import secrets_app
 from tasks.cli.settings import settings_app
 from tasks.cli.webhooks import webhooks_app
-from worker.errors import OutboxError
 
 __all__ = ["app", "main"]
 

@@ -14,9 +14,9 @@ from typing import BinaryIO
 import typer
 from pydantic import ValidationError
 
+from config.errors import InvalidInputError
 from tasks.message_input import MessageInput, describe_validation_error
 from tasks.producer import Producer
-from worker.errors import InvalidInputError
 
 __all__ = ["CHUNK_BYTES", "CHUNK_MESSAGES", "BatchReport", "send_batch"]
 

@@ -11,13 +11,13 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
+from config.errors import InvalidInputError
 from tasks.cli.batch import send_batch
 from tasks.cli.common import JsonFlag, load_context, local_time, producer_for
 from tasks.cli.errors import EXIT_FAILED, EXIT_USAGE, fail
 from tasks.context import OutboxContext
 from tasks.message_input import MessageInput, describe_validation_error
 from tasks.producer import cancel_summary
-from worker.errors import InvalidInputError
 from worker.records import ALL_OWNERS, DeliveryRecord, DeliveryStatus, Priority, record_summary
 
 __all__ = ["deliveries_app"]

@@ -6,14 +6,14 @@ from typing import NoReturn
 
 import typer
 
-from worker.errors import InvalidInputError, OutboxError
+from config.errors import InvalidInputError, OutboxError
 
 __all__ = ["EXIT_FAILED", "EXIT_USAGE", "exit_code", "fail"]
 
 EXIT_FAILED = 1  # the operation failed
 EXIT_USAGE = 2  # bad usage or invalid input: the message names the field
 
-# First match wins. Every error of outbox is an OutboxError (see worker.errors); library
+# First match wins. Every error of outbox is an OutboxError (see config.errors); library
 # errors that reach the command line are translated into one first (Redis, in __init__).
 _EXIT_CODES: tuple[tuple[type[OutboxError], int], ...] = (
     (InvalidInputError, EXIT_USAGE),

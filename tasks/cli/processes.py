@@ -9,9 +9,9 @@ from typing import Annotated, NoReturn
 import typer
 
 from config.api_keys import ApiKeyStore, Role
+from config.errors import KeyNameTakenError
 from tasks.cli.common import load_context
 from tasks.queues import QUEUES
-from worker.errors import KeyNameTakenError
 
 __all__ = ["CELERY_APP", "processes_app"]
 

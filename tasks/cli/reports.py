@@ -8,12 +8,12 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from config.errors import InvalidInputError
 from tasks.cli.common import JsonFlag, load_context, producer_for
 from tasks.cli.errors import EXIT_USAGE, fail
 from tasks.message_input import describe_validation_error
 from tasks.reports.model import RunReport
 from tasks.reports.service import RunPreview, RunResult, report_service
-from worker.errors import InvalidInputError
 
 __all__ = ["report_app"]
 

@@ -8,11 +8,11 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
+from config.errors import InvalidInputError
 from tasks.cli.common import JsonFlag, load_context
 from tasks.cli.errors import EXIT_USAGE, fail
 from tasks.message_input import describe_validation_error
 from tasks.reports.rules import Notification
-from worker.errors import InvalidInputError
 
 __all__ = ["schedules_app"]
 

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import SecretStr, ValidationError
 
+from config.errors import DeliveryError, InvalidInputError
 from config.mail_settings import (
     DEFAULT_API_URL,
     DEFAULT_INSTANCE,
@@ -29,7 +30,6 @@ from tasks.cli.errors import EXIT_USAGE, fail
 from tasks.context import OutboxContext
 from tasks.message_input import describe_validation_error
 from tasks.settings_checks import check_connection, send_test_email
-from worker.errors import DeliveryError, InvalidInputError
 
 __all__ = ["settings_app"]
 

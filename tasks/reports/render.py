@@ -20,8 +20,8 @@ from jinja2 import (
     select_autoescape,
 )
 
+from config.errors import ReportTemplateError
 from tasks.reports.model import ItemOutcome, RunReport, RunStatus
-from worker.errors import ReportTemplateError
 
 __all__ = ["TEMPLATE_NAMES", "RenderedReport", "ReportRenderer"]
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import redis
 
+from config.errors import InvalidInputError, ScheduleNotFoundError
 from tasks.reports.model import SCHEDULE_ID_PATTERN, RunStatus
 from tasks.reports.rules import Notification
-from worker.errors import InvalidInputError, ScheduleNotFoundError
 from worker.records import KEY_PREFIX
 from worker.records.codec import as_text
 

@@ -14,10 +14,10 @@ import pytest
 import trustme
 from playwright.sync_api import BrowserContext, ConsoleMessage, Page, expect
 
+from peers.processes import ROOT, Service, run_outbox
+from peers.redis_server import RedisServer, free_port
+from peers.smtp_peer import SmtpPeer, smtp_peer
 from tests.support.environment import fresh_environment
-from worker.testing.processes import ROOT, Service, run_outbox
-from worker.testing.redis_server import RedisServer, free_port
-from worker.testing.smtp_peer import SmtpPeer, smtp_peer
 
 CHROMIUM = "/usr/lib/chromium/chromium"
 SCREENSHOTS = ROOT / "docs" / "screenshots"

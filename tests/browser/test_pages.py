@@ -15,11 +15,11 @@ from playwright.sync_api import Locator, Page, expect
 
 from config.mail_settings import DEFAULT_INSTANCE, DEFAULT_SMTP_SCOPE
 from config.settings_store import SETTINGS_KEY
+from peers.processes import Service, run_outbox
+from peers.redis_server import free_port
+from peers.smtp_peer import SmtpPeer, smtp_peer
 from tests.browser.conftest import SMTP_PASSWORD, SMTP_USER, screenshot, sign_in
 from worker.records.keys import PAUSE_KEY
-from worker.testing.processes import Service, run_outbox
-from worker.testing.redis_server import free_port
-from worker.testing.smtp_peer import SmtpPeer, smtp_peer
 
 FROM = "robot@example.com"
 KEEP_SECRET = "saved; leave empty to keep"

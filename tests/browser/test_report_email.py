@@ -8,10 +8,10 @@ from pathlib import Path
 
 from playwright.sync_api import Page, expect
 
+from peers.processes import Service, run_outbox
+from peers.smtp_peer import SmtpPeer
 from tests.browser.conftest import SMTP_PASSWORD, SMTP_USER, screenshot
 from tests.support.smtp_delivery import parse
-from worker.testing.processes import Service, run_outbox
-from worker.testing.smtp_peer import SmtpPeer
 
 RUN = {
     "schedule_id": "nightly",

@@ -18,9 +18,9 @@ import httpx
 import pytest
 from playwright.sync_api import BrowserContext, ConsoleMessage, Page, expect
 
+from peers.processes import Service
+from peers.smtp_peer import SmtpPeer, smtp_peer
 from tests.browser.conftest import screenshot, sign_in
-from worker.testing.processes import Service
-from worker.testing.smtp_peer import SmtpPeer, smtp_peer
 
 FROM = "robot@example.com"
 SLOW = 30_000  # ms: a worker's round trip

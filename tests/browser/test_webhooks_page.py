@@ -13,10 +13,10 @@ import pytest
 from playwright.sync_api import Page, expect
 from standardwebhooks import Webhook
 
+from peers.processes import Service
+from peers.smtp_peer import SmtpPeer, smtp_peer
 from tests.browser.conftest import screenshot, sign_in
 from tests.support.webhook_receiver import Receiver, webhook_receiver
-from worker.testing.processes import Service
-from worker.testing.smtp_peer import SmtpPeer, smtp_peer
 
 SLOW = 30_000  # ms: a worker's round trip, then the schedule's first retry 5 s later
 

@@ -16,13 +16,13 @@ from pydantic import SecretStr
 
 from config.mail_settings import SmtpSettings, TlsMode
 from config.process import ProcessSettings
+from peers.processes import Service, child_pids, rss_mb
+from peers.redis_server import RedisServer
+from peers.smtp_peer import SmtpPeer, smtp_peer
 from tasks.context import OutboxContext
 from tasks.message_input import MessageInput
 from tests.support.environment import outbox_environment
 from worker.records import DeliveryStatus
-from worker.testing.processes import Service, child_pids, rss_mb
-from worker.testing.redis_server import RedisServer
-from worker.testing.smtp_peer import SmtpPeer, smtp_peer
 
 USER, PASSWORD = "robot", "fault-Suite-pa55"
 _MESSAGE_ID = re.compile(rb"^Message-ID: *(\S+)\r?$", re.MULTILINE | re.IGNORECASE)

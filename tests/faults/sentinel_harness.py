@@ -16,6 +16,10 @@ import redis
 import trustme
 
 from config.api_keys import ApiKeyStore, Role
+from peers.processes import Service
+from peers.redis_server import free_port
+from peers.sentinel import SentinelCluster
+from peers.smtp_peer import SmtpPeer, smtp_peer
 from tests.faults.harness import (
     FINAL,
     PASSWORD,
@@ -26,10 +30,6 @@ from tests.faults.harness import (
 )
 from tests.support.environment import outbox_environment
 from worker.records import DeliveryStatus, idempotency_key
-from worker.testing.processes import Service
-from worker.testing.redis_server import free_port
-from worker.testing.sentinel import SentinelCluster
-from worker.testing.smtp_peer import SmtpPeer, smtp_peer
 
 PRODUCER = "load"
 PRODUCER_THREADS = 8

@@ -21,12 +21,12 @@ import trustme
 from pydantic import SecretStr
 
 from config.mail_settings import OAuthSettings
+from peers.graph_standin import GraphStandIn
+from peers.processes import ROOT, SenderKiller, run_outbox
 from tasks.message_input import MessageInput
 from tasks.producer import CHUNK_SIZE
 from tests.faults.harness import FaultRun, Report
 from worker.records import AttemptOutcome, DeliveryStatus, status_index_key
-from worker.testing.graph_standin import GraphStandIn
-from worker.testing.processes import ROOT, SenderKiller, run_outbox
 
 FULL = os.environ.get("OUTBOX_FAULTS") == "full"
 LOAD = 1000

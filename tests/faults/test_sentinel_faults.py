@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import trustme
 
+from peers.processes import run_outbox
 from tests.faults.sentinel_harness import SentinelFaultRun, SentinelReport
 from tests.faults.test_faults import FULL, TIMING
-from worker.testing.processes import run_outbox
 
 LOAD = 1000 if FULL else 300
 # Two workers of two processes, each with at most 2 x 4 sends in flight.

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from worker.testing.processes import run_outbox
-from worker.testing.smtp_peer import SmtpPeer
+from peers.processes import run_outbox
+from peers.smtp_peer import SmtpPeer
 
 
 def configure_smtp(env: dict[str, str], peer: SmtpPeer, username: str, password: str) -> None:

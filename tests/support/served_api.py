@@ -11,8 +11,8 @@ from contextlib import contextmanager
 import uvicorn
 
 from api.app import create_app
+from peers.redis_server import free_port
 from tasks.context import OutboxContext
-from worker.testing.redis_server import free_port
 
 __all__ = ["served_api"]
 

@@ -7,10 +7,10 @@ import email.policy
 from email.message import EmailMessage
 
 from config.mail_settings import SmtpSettings, TlsMode
+from peers.smtp_peer import SmtpPeer
 from tasks.context import OutboxContext
 from tasks.message_input import MessageInput
 from tasks.producer import Producer
-from worker.testing.smtp_peer import SmtpPeer
 
 __all__ = ["configure", "enqueue", "parse"]
 

@@ -38,7 +38,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelConnectionPool
 from redis.sentinel import SentinelConnectionPool
 
-from worker.errors import TooFewReplicasError
+from config.errors import TooFewReplicasError
 
 __all__ = [
     "HEALTHY_LAG_SECONDS",

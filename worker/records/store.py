@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 import redis
 
-from worker.errors import DeliveryNotFoundError, InvalidInputError, NotRetryableError
+from config.errors import DeliveryNotFoundError, InvalidInputError, NotRetryableError
 from worker.message import OutgoingMessage
 from worker.records.codec import as_text, decode_record, encode_recipients, new_record_fields
 from worker.records.keys import (

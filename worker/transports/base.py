@@ -6,8 +6,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from config.errors import QuotaError
 from worker.classify import FailureKind, SmtpReply, classify
-from worker.errors import QuotaError
 from worker.message import OutgoingMessage
 from worker.records import RecipientOutcome, RecipientState
 
@@ -39,7 +39,7 @@ class SendResult:
 class Transport(Protocol):
     """Sends messages with one version of the settings; reusable across many messages.
 
-    ``send`` raises ``worker.errors.DeliveryError`` subclasses for whole-message failures and
+    ``send`` raises ``config.errors.DeliveryError`` subclasses for whole-message failures and
     reports per-recipient refusals in the ``SendResult``. It calls ``before_data`` at the last
     moment the message can still be held back, and stops there if it raises.
     """

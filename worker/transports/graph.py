@@ -10,9 +10,9 @@ from urllib.parse import quote
 
 import httpx
 
+from config.errors import DeliveryError, TransientError
 from config.mail_settings import OAuthSettings
 from worker.concurrency import ConcurrencyLimit
-from worker.errors import DeliveryError, TransientError
 from worker.graph_message import GraphMessage, build_graph_message
 from worker.http_errors import graph_error, transport_error
 from worker.message import Attachment, OutgoingMessage

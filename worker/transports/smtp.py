@@ -18,6 +18,13 @@ from aiosmtplib import SMTPStatus
 from aiosmtplib.auth import auth_login_encode, auth_plain_encode, auth_xoauth2_encode
 
 from config.addresses import needs_smtputf8
+from config.errors import (
+    ConfigurationError,
+    DeliveryError,
+    PermanentError,
+    QuotaError,
+    TransientError,
+)
 from config.mail_settings import SmtpAuth, SmtpSettings, TlsMode
 from worker.classify import (
     ConnectionProblem,
@@ -26,16 +33,9 @@ from worker.classify import (
     SmtpPhase,
     SmtpReply,
     classify,
-    judge,
-)
-from worker.errors import (
-    ConfigurationError,
-    DeliveryError,
-    PermanentError,
-    QuotaError,
-    TransientError,
     delivery_error,
     error_type,
+    judge,
 )
 from worker.message import OutgoingMessage
 from worker.mime import build_mime

@@ -23,8 +23,8 @@ from typing import Any
 import httpx
 import redis.asyncio as aioredis
 
+from config.errors import SecretMismatchError
 from config.secret_box import SecretBox
-from worker.errors import SecretMismatchError
 from worker.records import WEBHOOK_EVENTS_KEY, WEBHOOKS_KEY, decode_record, record_key
 from worker.records.codec import as_text
 from worker.webhooks.deliveries import (

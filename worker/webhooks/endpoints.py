@@ -19,8 +19,8 @@ from typing import Any
 import redis
 from redis.client import Pipeline
 
+from config.errors import InvalidInputError, NotFoundError
 from config.secret_box import SecretBox
-from worker.errors import InvalidInputError, NotFoundError
 from worker.records import WEBHOOKS_KEY
 from worker.records.codec import as_text
 from worker.webhooks.events import EventType, parse_events

@@ -8,7 +8,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from worker.errors import InvalidInputError
+from config.errors import InvalidInputError
 from worker.records import DeliveryRecord
 
 __all__ = ["EVENT_TYPES", "EventType", "event_body", "parse_events", "wants"]

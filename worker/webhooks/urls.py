@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from worker.errors import InvalidInputError
+from config.errors import InvalidInputError
 
 __all__ = ["check_url", "is_loopback"]
 

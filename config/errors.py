@@ -34,7 +34,7 @@
           └── ReportTemplateError             a report template cannot be read or rendered
 
 Library exceptions are translated into these once per library, with ``raise ... from exc``:
-SMTP (aiosmtplib, ssl, socket) in ``worker.transports.smtp.smtp_error``, HTTP (httpx) in
+SMTP (aiosmtplib, ssl, socket) in ``worker.transports.smtp.errors``, HTTP (httpx) in
 ``worker.http_errors``, msal's results in ``worker.tokens``, Redis and broker failures in
 ``config.redis_location.RedisLocation.unavailable``, pydantic's validation errors at the
 edges. The command line maps the branches to exit codes in one table
@@ -42,8 +42,6 @@ edges. The command line maps the branches to exit codes in one table
 """
 
 from __future__ import annotations
-
-from worker.classify import FailureKind
 
 __all__ = [
     "AccessError",
@@ -77,8 +75,6 @@ __all__ = [
     "TooFewReplicasError",
     "TooManyRecipientsError",
     "TransientError",
-    "delivery_error",
-    "error_type",
 ]
 
 
@@ -254,38 +250,3 @@ class SecretMismatchError(ServiceError):
 class ReportTemplateError(ServiceError):
     """A report template (outbox's own or from OUTBOX_TEMPLATE_DIR) cannot be read or
     rendered."""
-
-
-def error_type(kind: FailureKind) -> type[DeliveryError]:
-    """The error class for what the classifier decided."""
-    return {
-        FailureKind.TRANSIENT: TransientError,
-        FailureKind.PERMANENT: PermanentError,
-        FailureKind.CONFIGURATION: ConfigurationError,
-        FailureKind.THROTTLED: QuotaError,
-        FailureKind.DAILY_QUOTA: QuotaError,
-        # Reached only when a whole message meets it; per recipient the transport splits.
-        FailureKind.RECIPIENT_LIMIT: TransientError,
-    }[kind]
-
-
-def delivery_error(
-    kind: FailureKind,
-    reason: str,
-    *,
-    code: int | None = None,
-    reply: str | None = None,
-    retry_after: float | None = None,
-) -> DeliveryError:
-    """The error for what the classifier decided, with the data its handler needs."""
-    if kind.pauses_account:
-        return QuotaError(
-            reason,
-            code=code,
-            reply=reply,
-            retry_after=retry_after,
-            daily=kind is FailureKind.DAILY_QUOTA,
-        )
-    if error_type(kind) is TransientError:
-        return TransientError(reason, code=code, reply=reply, retry_after=retry_after)
-    return error_type(kind)(reason, code=code, reply=reply)

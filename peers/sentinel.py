@@ -19,7 +19,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from config.redis_location import redis_server_binary
-from worker.testing.redis_server import free_port
+from peers.redis_server import free_port
 
 __all__ = [
     "RedisNode",

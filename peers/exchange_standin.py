@@ -2,7 +2,7 @@
 
 An aiosmtpd server on 127.0.0.1 that answers as Microsoft documents Exchange Online's SMTP AUTH
 endpoint: STARTTLS, then AUTH XOAUTH2 with a token from the identity stand-in
-(``worker.testing.graph_standin.GraphStandIn``), send-as checked at MAIL FROM, per-mailbox
+(``peers.graph_standin.GraphStandIn``), send-as checked at MAIL FROM, per-mailbox
 sending limits, scripted throttling, and an enhanced status code (RFC 3463) on every reply.
 Each rule cites the Microsoft document it follows; where Microsoft does not document a detail,
 the comment says so and what was chosen instead.
