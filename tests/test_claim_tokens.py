@@ -32,6 +32,7 @@ from worker.records import (
     Claimed,
     DeliveryStatus,
     Exhausted,
+    Outcome,
     RecipientState,
     RedisClaims,
     record_key,
@@ -62,19 +63,18 @@ async def record_attempt(claims: RedisClaims, claim: Claimed, *, sent: bool = Tr
     """Record the attempt of ``claim``: every recipient reached, or refused for good; whether
     that took effect."""
     state = RecipientState.SENT if sent else RecipientState.FAILED
-    finished = await claims.finish(
-        claim,
+    outcome = Outcome(
         status=DeliveryStatus.SENT if sent else DeliveryStatus.FAILED,
         attempt=Attempt(
             claim.record.attempt_count,
             time.time(),
             1.0,
             AttemptOutcome.SENT if sent else AttemptOutcome.PERMANENT,
+            error=None if sent else "554 no",
         ),
         recipients=tuple(replace(r, status=state) for r in claim.record.recipients),
-        last_error=None if sent else "554 no",
-        retry_in=None,
     )
+    finished = await claims.finish(claim, outcome)
     return finished.applied
 
 

@@ -9,7 +9,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
@@ -26,11 +26,10 @@ from config.errors import (
 from config.settings_store import StoredSettings
 from worker.backoff import RetryPolicy
 from worker.classify import enhanced_status
+from worker.decision import AttemptFacts, Wait, decide
 from worker.records import (
     AccountPause,
     AlreadyFinal,
-    Attempt,
-    AttemptOutcome,
     Busy,
     Claimed,
     ClaimResult,
@@ -41,8 +40,7 @@ from worker.records import (
     Exhausted,
     Finished,
     Missing,
-    RecipientOutcome,
-    RecipientState,
+    Outcome,
     Unreadable,
 )
 from worker.records.claims import ClaimTicket
@@ -164,7 +162,7 @@ class Deliverer:
 
     async def _lane(self, turns: _Turns) -> None:
         async with self.in_flight:
-            claimed: _Claimed | None = None
+            claimed: _ClaimedTurn | None = None
             while True:
                 if claimed is None:
                     turn = turns.take()
@@ -187,11 +185,15 @@ class Deliverer:
             outcome, _ = await self._handle(claimed, nothing_follows)
             turns.done(turn, outcome)
 
-    async def _claimed(self, turn: _Turn, *, take_over: bool = False) -> _Claimed:
+    async def _claimed(self, turn: _Turn, *, take_over: bool = False) -> _ClaimedTurn:
         asked_at = time.monotonic()
-        return _Claimed(turn, await self.claims.claim(turn.ticket, take_over=take_over), asked_at)
+        return _ClaimedTurn(
+            turn, await self.claims.claim(turn.ticket, take_over=take_over), asked_at
+        )
 
-    async def _handle(self, claimed: _Claimed, turns: _Turns) -> tuple[JobOutcome, _Claimed | None]:
+    async def _handle(
+        self, claimed: _ClaimedTurn, turns: _Turns
+    ) -> tuple[JobOutcome, _ClaimedTurn | None]:
         """The outcome of one turn, and the next turn when recording it claimed one."""
         delivery_id = claimed.turn.delivery_id
         match claimed.claim:
@@ -222,7 +224,7 @@ class Deliverer:
 
     async def _attempt(
         self, claim: Claimed, claimed_at: float, turns: _Turns
-    ) -> tuple[JobOutcome, _Claimed | None]:
+    ) -> tuple[JobOutcome, _ClaimedTurn | None]:
         record = claim.record
         started = self.clock()
         pending = [r.address for r in record.recipients if r.status.needs_sending]
@@ -237,7 +239,7 @@ class Deliverer:
                     raise ConfigurationError(NOT_CONFIGURED)
                 account = stored.settings.sending_account
                 admitted = await self._admission(record, stored, account, claim.pause, pending)
-                if isinstance(admitted, _Wait):
+                if isinstance(admitted, Wait):
                     return await self._wait(claim, admitted)
                 pending = admitted
                 result = await self._send(record, stored, pending, lease)
@@ -254,19 +256,19 @@ class Deliverer:
             # lease lapses, and the sweeper publishes the delivery again.
             raise
         except Exception as exc:
-            # A bug or an unexpected library error fails this delivery, not the worker. Its
-            # text (and its traceback's) may quote what was sent: the stored secret is kept
-            # out of both the record and the log.
-            secrets = _secrets_of(stored)
-            text = scrub(f"{type(exc).__name__}: {exc}", secrets)
-            trace = scrub("".join(traceback.format_exception(exc)), secrets)
-            log.error("delivery %s: unexpected %s\n%s", record.id, text, trace)
-            error = PermanentError(f"internal error: {text}")
-        paused = await self._pause_for(account, result, error)
-        redirected_to = stored.settings.redirect_to if stored is not None else ()
-        return await self._record(
-            claim, started, pending, result, error, paused, turns, redirected_to
+            # A bug or an unexpected library error fails this delivery, not the worker.
+            error = _internal_error(record.id, exc, stored)
+        facts = AttemptFacts(
+            record,
+            pending,
+            started=started,
+            ended=self.clock(),
+            result=result,
+            error=error,
+            pause=await self._pause_for(account, result, error),
+            redirect_to=stored.settings.redirect_to if stored is not None else (),
         )
+        return await self._record(claim, decide(facts, self.policy), turns)
 
     @contextlib.asynccontextmanager
     async def _claim_kept(self, claim: Claimed, claimed_at: float) -> AsyncIterator[_Lease]:
@@ -305,13 +307,13 @@ class Deliverer:
         account: str,
         pause: AccountPause | None,
         pending: list[str],
-    ) -> list[str] | _Wait:
+    ) -> list[str] | Wait:
         """The recipients to send to now, or what the delivery must wait for: the account's
         pause (read with the claim), then its sending limits (one round trip, only when
         limits are set)."""
         settings = stored.settings
         if pause is not None and pause.account == account:
-            return _Wait(pause.seconds_left, f"the provider's pause of {pause.reason}")
+            return Wait(pause.seconds_left, f"the provider's pause of {pause.reason}")
         if not settings.has_rate_limits or not pending:
             return pending
         per_minute = settings.max_messages_per_minute
@@ -332,10 +334,10 @@ class Deliverer:
             limits=settings.limits,
         )
         if isinstance(verdict, MustWait):
-            return _Wait(verdict.seconds, verdict.waiting_for)
+            return Wait(verdict.seconds, verdict.waiting_for)
         return pending
 
-    async def _wait(self, claim: Claimed, wait: _Wait) -> tuple[JobOutcome, None]:
+    async def _wait(self, claim: Claimed, wait: Wait) -> tuple[JobOutcome, None]:
         """Give the delivery back until it may go: no attempt, and no lane held meanwhile."""
         delivery_id = claim.record.id
         if not await self.claims.wait(claim, seconds=wait.seconds, waiting_for=wait.waiting_for):
@@ -357,7 +359,7 @@ class Deliverer:
 
     async def _pause_for(
         self, account: str | None, result: SendResult | None, error: DeliveryError | None
-    ) -> _Wait | None:
+    ) -> Wait | None:
         """After the provider refused for its quota: the account pauses for every worker
         (as long as the reply said, else the provider's documented window), and this
         delivery waits as long."""
@@ -379,84 +381,32 @@ class Deliverer:
             quota.code or "",
             enhanced_status(quota.reply) or "",
         )
-        return _Wait(seconds, f"the provider's pause of {reply}")
+        return Wait(seconds, f"the provider's pause of {reply}")
 
     async def _record(
-        self,
-        claim: Claimed,
-        started: float,
-        pending: list[str],
-        result: SendResult | None,
-        error: DeliveryError | None,
-        pause: _Wait | None,
-        turns: _Turns,
-        redirected_to: tuple[str, ...] = (),
-    ) -> tuple[JobOutcome, _Claimed | None]:
+        self, claim: Claimed, outcome: Outcome, turns: _Turns
+    ) -> tuple[JobOutcome, _ClaimedTurn | None]:
+        """Write the outcome, claiming the job's next turn in the same round trip."""
         record = claim.record
-        recipients = _merge(record.recipients, pending, result, error)
-        retry_delay: float | None = None
-        waiting = False
-        if any(r.status.needs_sending for r in recipients):
-            if pause is not None:
-                # Not the e-mail's fault: it waits out the pause, the attempt not counted.
-                retry_delay, waiting = pause.seconds, True
-            elif self.policy.allows_another_attempt(record.attempts_this_round):
-                retry_after = error.retry_after if isinstance(error, TransientError) else None
-                retry_delay = self.policy.delay(record.attempts_this_round, retry_after)
-            else:
-                recipients = tuple(
-                    replace(r, status=RecipientState.FAILED) if r.status.needs_sending else r
-                    for r in recipients
-                )
-        status = (
-            DeliveryStatus.WAITING
-            if waiting
-            else _status_for(recipients, retrying=retry_delay is not None)
-        )
-        ended = self.clock()
-        reply = error.reply if error else (result.reply if result else None)
-        attempt = Attempt(
-            number=record.attempt_count,
-            started_at=started,
-            duration_ms=round((ended - started) * 1000, 3),
-            outcome=AttemptOutcome.THROTTLED if waiting else _attempt_outcome(status, error),
-            code=error.code if error else (result.code if result else None),
-            reply=reply,
-            error=error.reason if error else _refusals(recipients),
-            enhanced_code=enhanced_status(reply),
-        )
-
         asked_at = time.monotonic()
 
         async def finish(claim_next: ClaimTicket | None) -> Finished:
             nonlocal asked_at
             asked_at = time.monotonic()  # of the try that goes through: the next claim's age
-            return await self.claims.finish(
-                claim,
-                status=status,
-                attempt=attempt,
-                recipients=recipients,
-                last_error=attempt.error,
-                retry_in=retry_delay,
-                claim_next=claim_next,
-                waiting_for=pause.waiting_for if pause is not None and waiting else None,
-                captured_message=result.captured if result is not None else None,
-                # Only an attempt that reached the send: where it went, or would have gone.
-                redirected_to=redirected_to if result is not None or error is not None else (),
-            )
+            return await self.claims.finish(claim, outcome, claim_next=claim_next)
 
-        # The next turn comes now: it is claimed in the same round trip.
         following = turns.take()
         finished = await self._recorded(finish, following.ticket if following else None)
         if not finished.applied:
             log.warning("delivery %s: claim lost before the attempt was recorded", record.id)
+        status = outcome.status
         log.info("delivery %s attempt %d: %s", record.id, record.attempt_count, status.value)
         claimed_next = None
         if following is not None:
             if finished.next_claim is None:
                 turns.give_back(following)
             else:
-                claimed_next = _Claimed(following, finished.next_claim, asked_at)
+                claimed_next = _ClaimedTurn(following, finished.next_claim, asked_at)
         return JobOutcome.of(status), claimed_next
 
     async def _recorded(
@@ -484,17 +434,22 @@ class Deliverer:
         return await retrying(finish, following)
 
 
+def _internal_error(
+    delivery_id: str, exc: Exception, stored: StoredSettings | None
+) -> PermanentError:
+    """The error that fails a delivery an unexpected exception stopped, logged with its
+    traceback. Its text (and its traceback's) may quote what was sent: the stored secret is
+    kept out of both the record and the log."""
+    secrets = _secrets_of(stored)
+    text = scrub(f"{type(exc).__name__}: {exc}", secrets)
+    trace = scrub("".join(traceback.format_exception(exc)), secrets)
+    log.error("delivery %s: unexpected %s\n%s", delivery_id, text, trace)
+    return PermanentError(f"internal error: {text}")
+
+
 def _secrets_of(stored: StoredSettings | None) -> tuple[str, ...]:
     secret = stored.settings.secret() if stored is not None else None
     return (secret.get_secret_value(),) if secret is not None else ()
-
-
-@dataclass(frozen=True, slots=True)
-class _Wait:
-    """A delivery must wait ``seconds`` for the account, and what for (shown on its record)."""
-
-    seconds: float
-    waiting_for: str
 
 
 class _Lease:
@@ -538,7 +493,7 @@ class _Turn:
 
 
 @dataclass(frozen=True, slots=True)
-class _Claimed:
+class _ClaimedTurn:
     """A turn, what claiming its delivery gave, and when (``time.monotonic``) it was asked."""
 
     turn: _Turn
@@ -576,58 +531,3 @@ class _Turns:
         if len(done) != len(self._outcomes):
             raise RuntimeError("a job ended with deliveries not attempted")  # a lane's bug
         return done
-
-
-def _merge(
-    recipients: tuple[RecipientOutcome, ...],
-    pending: list[str],
-    result: SendResult | None,
-    error: DeliveryError | None,
-) -> tuple[RecipientOutcome, ...]:
-    """Every recipient's state after this attempt."""
-    outcomes = {r.address: r for r in recipients}
-    if result is not None:
-        outcomes.update((o.address, o) for o in result.recipients)
-    elif error is not None:
-        state = (
-            RecipientState.DEFERRED if isinstance(error, TransientError) else RecipientState.FAILED
-        )
-        outcomes.update(
-            (address, RecipientOutcome(address, state, error.code, error.reply))
-            for address in pending
-        )
-    return tuple(outcomes[r.address] for r in recipients)
-
-
-def _status_for(recipients: tuple[RecipientOutcome, ...], *, retrying: bool) -> DeliveryStatus:
-    if retrying:
-        return DeliveryStatus.RETRYING
-    sent = sum(r.status is RecipientState.SENT for r in recipients)
-    captured = sum(r.status is RecipientState.CAPTURED for r in recipients)
-    if sent + captured == len(recipients):
-        # Captured once any were (the mode changed between attempts): its message is kept.
-        return DeliveryStatus.CAPTURED if captured else DeliveryStatus.SENT
-    return DeliveryStatus.PARTIALLY_SENT if sent + captured else DeliveryStatus.FAILED
-
-
-def _attempt_outcome(status: DeliveryStatus, error: DeliveryError | None) -> AttemptOutcome:
-    match error:
-        case TransientError():
-            return AttemptOutcome.TRANSIENT
-        case ConfigurationError():
-            return AttemptOutcome.CONFIGURATION
-        case PermanentError():
-            return AttemptOutcome.PERMANENT
-    if status is DeliveryStatus.RETRYING:
-        return AttemptOutcome.DEFERRED
-    return AttemptOutcome(status.value)
-
-
-def _refusals(recipients: tuple[RecipientOutcome, ...]) -> str | None:
-    refused = [
-        r for r in recipients if r.status not in (RecipientState.SENT, RecipientState.CAPTURED)
-    ]
-    if not refused:
-        return None
-    details = "; ".join(f"{r.address}: {r.code} {r.reply}" for r in refused)
-    return f"{len(refused)} of {len(recipients)} recipients not accepted ({details})"

@@ -19,7 +19,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from worker.records.captured import CAPTURED_MESSAGE_FIELD, REDIRECTED_TO_FIELD
 from worker.records.codec import encode_recipients
 from worker.records.group_commit import GroupCommit, ScriptRun
-from worker.records.model import Attempt, DeliveryStatus, RecipientOutcome
+from worker.records.model import DeliveryStatus, Outcome
 from worker.records.scripts import (
     CLAIM,
     RENEW,
@@ -118,23 +118,12 @@ class ClaimStore(Protocol):
     async def finish(
         self,
         claim: Claimed,
+        outcome: Outcome,
         *,
-        status: DeliveryStatus,
-        attempt: Attempt,
-        recipients: tuple[RecipientOutcome, ...],
-        last_error: str | None,
-        retry_in: float | None,
         claim_next: ClaimTicket | None = None,
-        waiting_for: str | None = None,
-        captured_message: bytes | None = None,
-        redirected_to: tuple[str, ...] = (),
     ) -> Finished:
-        """Record the attempt (a retry due ``retry_in`` seconds from now) and, when
-        ``claim_next`` is given, claim that delivery right after (its turn comes as this one
-        ends), in the same round trip. An attempt that ends ``waiting`` (the provider's
-        quota; ``waiting_for`` says so) does not count against the attempt limit. The
-        staging delivery modes' facts go with it: the ``captured_message`` (MIME) kept, the
-        addresses it was ``redirected_to``."""
+        """Record the attempt's outcome and, when ``claim_next`` is given, claim that delivery
+        right after (its turn comes as this one ends), in the same round trip."""
 
     async def wait(self, claim: Claimed, *, seconds: float, waiting_for: str) -> bool:
         """Give the claim back without an attempt: the delivery waits ``seconds`` (the
@@ -212,33 +201,26 @@ class RedisClaims:
     async def finish(
         self,
         claim: Claimed,
+        outcome: Outcome,
         *,
-        status: DeliveryStatus,
-        attempt: Attempt,
-        recipients: tuple[RecipientOutcome, ...],
-        last_error: str | None,
-        retry_in: float | None,
         claim_next: ClaimTicket | None = None,
-        waiting_for: str | None = None,
-        captured_message: bytes | None = None,
-        redirected_to: tuple[str, ...] = (),
     ) -> Finished:
         transition = transition_call(
             claim.record.id,
             guard=("status", DeliveryStatus.SENDING.value),
             claim_token=claim.token,
-            status=status,
-            expire_seconds=self._retention_seconds if status.is_final else 0,
+            status=outcome.status,
+            expire_seconds=self._retention_seconds if outcome.status.is_final else 0,
             # A retry is due then (the script writes next_attempt_at): the sweeper publishes it.
-            due_in=retry_in,
-            attempt=attempt,
+            due_in=outcome.retry_in,
+            attempt=outcome.attempt,
             fields={
-                "recipients": encode_recipients(recipients),
-                "last_error": last_error or "",
+                "recipients": encode_recipients(outcome.recipients),
+                "last_error": outcome.last_error or "",
                 "lease_until": "0",
-                **_due_fields(retry_in),
-                **_waiting_fields(claim, status, waiting_for),
-                **_staging_fields(captured_message, redirected_to),
+                **_due_fields(outcome.retry_in),
+                **_waiting_fields(claim, outcome.status, outcome.waiting_for),
+                **_staging_fields(outcome.captured_message, outcome.redirected_to),
             },
         )
         if claim_next is None:

@@ -23,6 +23,7 @@ from worker.records.model import (
     AttemptOutcome,
     DeliveryRecord,
     DeliveryStatus,
+    Outcome,
     RecipientOutcome,
     RecipientState,
 )
@@ -203,39 +204,33 @@ class MemoryClaims:
     async def finish(
         self,
         claim: Claimed,
+        outcome: Outcome,
         *,
-        status: DeliveryStatus,
-        attempt: Attempt,
-        recipients: tuple[RecipientOutcome, ...],
-        last_error: str | None,
-        retry_in: float | None,
         claim_next: ClaimTicket | None = None,
-        waiting_for: str | None = None,
-        captured_message: bytes | None = None,
-        redirected_to: tuple[str, ...] = (),
     ) -> Finished:
         guard = self._guard(claim.record.id, claim.token)
         if guard is _Guard.APPLY:
             now = self.clock()
             current = self.records[claim.record.id]
-            waiting = status is DeliveryStatus.WAITING
+            waiting = outcome.status is DeliveryStatus.WAITING
+            retry_in = outcome.retry_in
             self._ended(
                 claim.record.id,
                 replace(
                     current,
-                    status=status,
+                    status=outcome.status,
                     updated_at=now,
-                    recipients=recipients,
-                    last_error=last_error,
+                    recipients=outcome.recipients,
+                    last_error=outcome.last_error,
                     next_attempt_at=now + retry_in if retry_in is not None else None,
-                    attempts=(*current.attempts, attempt),
+                    attempts=(*current.attempts, outcome.attempt),
                     retry_base=current.retry_base + 1 if waiting else current.retry_base,
-                    waiting_for=waiting_for if waiting else None,
-                    redirected_to=redirected_to or current.redirected_to,
+                    waiting_for=outcome.waiting_for if waiting else None,
+                    redirected_to=outcome.redirected_to or current.redirected_to,
                 ),
             )
-            if captured_message is not None:
-                self.captured[claim.record.id] = captured_message
+            if outcome.captured_message is not None:
+                self.captured[claim.record.id] = outcome.captured_message
         next_claim = None if claim_next is None else await self.claim(claim_next)
         return Finished(guard is not _Guard.LOST, next_claim)
 

@@ -16,6 +16,7 @@ __all__ = [
     "AttemptOutcome",
     "DeliveryRecord",
     "DeliveryStatus",
+    "Outcome",
     "Priority",
     "RecipientOutcome",
     "RecipientState",
@@ -122,6 +123,29 @@ class Attempt:
     error: str | None = None
     # The reply's enhanced status code (RFC 3463), e.g. "5.2.0"; None when it had none.
     enhanced_code: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What an attempt ends in, as the record store writes it: the delivery's new status, the
+    attempt's row, every recipient's state, and when it is tried next (``retry_in`` seconds
+    from now; None: not again). An outcome that ends ``waiting`` (the provider's quota;
+    ``waiting_for`` says so) does not count against the attempt limit. The staging delivery
+    modes' facts go with it: the ``captured_message`` (MIME) kept, the addresses it was
+    ``redirected_to``."""
+
+    status: DeliveryStatus
+    attempt: Attempt
+    recipients: tuple[RecipientOutcome, ...]
+    retry_in: float | None = None
+    waiting_for: str | None = None
+    captured_message: bytes | None = None
+    redirected_to: tuple[str, ...] = ()
+
+    @property
+    def last_error(self) -> str | None:
+        """What the record shows as its last error: the attempt's."""
+        return self.attempt.error
 
 
 @dataclass(frozen=True, slots=True)
