@@ -35,9 +35,9 @@
 
 Library exceptions are translated into these once per library, with ``raise ... from exc``:
 SMTP (aiosmtplib, ssl, socket) in ``worker.transports.smtp.errors``, HTTP (httpx) in
-``worker.http_errors``, msal's results in ``worker.tokens``, Redis and broker failures in
-``config.redis_location.RedisLocation.unavailable``, pydantic's validation errors at the
-edges. The command line maps the branches to exit codes in one table
+``worker.transports.graph.errors``, msal's results in ``worker.transports.graph.tokens``,
+Redis and broker failures in ``config.redis_location.RedisLocation.unavailable``, pydantic's
+validation errors at the edges. The command line maps the branches to exit codes in one table
 (``tasks.cli.errors``), the HTTP API to statuses in another (``api.errors``).
 """
 

@@ -22,7 +22,7 @@ __all__ = [
     "run_outbox",
 ]
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the environment outbox is installed in
 OUTBOX = str(BIN / "outbox")
 

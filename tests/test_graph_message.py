@@ -7,8 +7,8 @@ import base64
 import pytest
 
 from config.errors import PermanentError
-from worker.graph_message import INLINE_ATTACHMENT_LIMIT, build_graph_message
 from worker.message import Attachment, OutgoingMessage
+from worker.transports.graph.message import INLINE_ATTACHMENT_LIMIT, build_graph_message
 
 MESSAGE = OutgoingMessage(
     message_id="<id-1@outbox.test>",

@@ -9,14 +9,14 @@ import redis.asyncio as aioredis
 
 from config.mail_settings import DeliveryMode, OAuthSettings, SmtpAuth, SmtpSettings
 from config.process import ProcessSettings
+from config.redis_keys import GRAPH_SLOTS
 from worker.concurrency import ConcurrencyLimit, LocalLimit, SharedLimit
 from worker.tls import TlsContexts, build_tls_contexts
-from worker.tokens import ClientCredentials, TokenSource
 from worker.transports.base import Transport
 from worker.transports.capture import CaptureTransport
-from worker.transports.graph import GraphTransport
+from worker.transports.graph import ClientCredentials, GraphTransport, TokenSource
 from worker.transports.redirect import RedirectTransport
-from worker.transports.smtp import SmtpTransport
+from worker.transports.smtp import SessionOptions, SmtpTransport
 
 __all__ = ["HttpClients", "TransportOptions", "create_transport", "transport_options"]
 
@@ -106,10 +106,12 @@ def _protocol_transport(
         oauth2 = settings.auth is SmtpAuth.OAUTH2
         return SmtpTransport(
             settings,
-            tls=options.tls,
-            timeout=options.smtp_timeout_seconds,
+            SessionOptions(
+                tls=options.tls,
+                timeout=options.smtp_timeout_seconds,
+                local_hostname=options.local_hostname,
+            ),
             max_connections=options.smtp_max_connections,
-            local_hostname=options.local_hostname,
             # One token per process and settings version, shared by its connections.
             tokens=(
                 TokenSource(ClientCredentials.for_smtp(settings), http.identity) if oauth2 else None
@@ -119,7 +121,7 @@ def _protocol_transport(
     if shared_state is not None:
         limit = SharedLimit(
             shared_state,
-            f"outbox:graph-slots:{settings.from_mailbox}",
+            GRAPH_SLOTS.name(mailbox=settings.from_mailbox),
             options.graph_max_concurrency,
             # A slot outlives the longest request it guards, so only a lost worker frees it late.
             lease_seconds=2 * options.graph_timeout_seconds,

@@ -1,4 +1,11 @@
-"""OAuth 2.0 client-credentials tokens from msal, one application per settings version."""
+"""OAuth 2.0 client-credentials tokens from msal, one application per settings version.
+
+SMTP's XOAUTH2 login uses them as much as Graph does, yet they live here, in the Graph
+package: they come from the Microsoft identity platform over the same httpx clients, with
+the same translation of HTTP failures (``errors.transport_error``). A shared
+``worker/transports/oauth.py`` would need the Graph package for that translation while the
+Graph package needs it for its tokens: an import cycle.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +19,8 @@ from pydantic import SecretStr
 
 from config.errors import ConfigurationError, DeliveryError, TransientError
 from config.mail_settings import OAuthSettings, SmtpSettings
-from worker.http_errors import transport_error
 from worker.scrubbing import scrub
+from worker.transports.graph.errors import transport_error
 
 __all__ = ["ClientCredentials", "TokenSource"]
 

@@ -13,13 +13,13 @@ import httpx
 from config.errors import DeliveryError, TransientError
 from config.mail_settings import OAuthSettings
 from worker.concurrency import ConcurrencyLimit
-from worker.graph_message import GraphMessage, build_graph_message
-from worker.http_errors import graph_error, transport_error
 from worker.message import Attachment, OutgoingMessage
 from worker.records import RecipientOutcome, RecipientState
 from worker.scrubbing import scrub_error
-from worker.tokens import TokenSource
 from worker.transports.base import BeforeData, SendResult, go_ahead
+from worker.transports.graph.errors import graph_error, transport_error
+from worker.transports.graph.message import GraphMessage, build_graph_message
+from worker.transports.graph.tokens import TokenSource
 
 __all__ = ["UPLOAD_CHUNK_BYTES", "GraphTransport"]
 
