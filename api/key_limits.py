@@ -8,9 +8,7 @@ costs what a minute's of ten does. A request is admitted only when *every* limit
 admits all its e-mails, and then counted against all of them in the same script: a refused
 request uses up nothing.
 
-Redis keys::
-
-    outbox:key-quota:{key name}:minute|day  string  the next arrival time (ms); expires idle
+Its key is ``KEY_QUOTA`` of the registry (``config.redis_keys``).
 """
 
 from __future__ import annotations
@@ -22,6 +20,7 @@ import redis
 
 from config.api_keys import ApiKey, KeyLimits
 from config.errors import InvalidInputError, RateLimitedError
+from config.redis_keys import KEY_QUOTA
 from tasks.message_input import MessageInput
 from worker.records import DeliveryStore
 
@@ -92,7 +91,8 @@ class KeyQuota:
         for limit in limits:
             args += [_PERIODS[limit.period] * 1000, limit.per_period]
         reply = self._admit(
-            keys=[f"outbox:key-quota:{key.name}:{limit.period}" for limit in limits], args=args
+            keys=[KEY_QUOTA.name(key_name=key.name, period=limit.period) for limit in limits],
+            args=args,
         )
         if int(reply[0]) == 0:
             return

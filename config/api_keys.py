@@ -3,11 +3,8 @@
 A key is 43 random url-safe characters behind an ``obx_`` prefix (256 bits), so a fast hash
 is enough: there is nothing to guess that a slow hash would protect.
 
-Redis keys::
-
-    outbox:apikeys                hash    name -> {"role", "created_at", "hash", limits} (JSON)
-    outbox:apikey:{sha256 of key} string  {"name", "role", limits} (JSON): one GET authenticates
-    outbox:apikeys:last-used      hash    name -> unix time of the last request
+Its keys are ``API_KEYS``, ``API_KEY`` and ``API_KEYS_LAST_USED`` of the registry
+(``config.redis_keys``).
 
 Revoking a key also ends its page sessions (``config.sessions``).
 """
@@ -26,13 +23,14 @@ from typing import Any
 import redis
 
 from config.errors import InvalidInputError, KeyNameTakenError, KeyNotFoundError
+from config.redis_keys import API_KEY, API_KEYS, API_KEYS_LAST_USED
 from config.sessions import sessions_of_key
 
 __all__ = ["KEY_PREFIX", "ApiKey", "ApiKeyStore", "KeyInfo", "KeyLimits", "Role"]
 
 KEY_PREFIX = "obx_"
-_KEYS = "outbox:apikeys"
-_LAST_USED = "outbox:apikeys:last-used"
+_KEYS = API_KEYS.pattern
+_LAST_USED = API_KEYS_LAST_USED.pattern
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # A domain as a recipient's address spells it after the '@' (IDNA already applied).
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$")
@@ -132,7 +130,7 @@ def _hash(key: str) -> str:
 
 
 def _lookup_key(key_hash: str) -> str:
-    return f"outbox:apikey:{key_hash}"
+    return API_KEY.name(sha256=key_hash)
 
 
 class ApiKeyStore:

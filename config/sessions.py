@@ -6,11 +6,7 @@ none is left) never revives an old cookie. It ends after ``idle_seconds`` withou
 and, whatever its use, ``lifetime_seconds`` after sign-in. Only a hash of the cookie's token
 is stored, so a Redis dump cannot be replayed as a cookie.
 
-Redis keys::
-
-    outbox:session:{sha256 of token}  string  {"key_name", "key_hash", "csrf_token",
-                                               "created_at"} (JSON); expires when idle
-    outbox:sessions-of:{key name}     set     that key's session keys, to end them on revoke
+Its keys are ``SESSION`` and ``SESSIONS_OF`` of the registry (``config.redis_keys``).
 """
 
 from __future__ import annotations
@@ -23,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
+
+from config.redis_keys import SESSION, SESSIONS_OF
 
 __all__ = [
     "DEFAULT_IDLE_SECONDS",
@@ -45,12 +43,12 @@ class Session:
 
 
 def _session_key(token: str) -> str:
-    return f"outbox:session:{hashlib.sha256(token.encode()).hexdigest()}"
+    return SESSION.name(sha256=hashlib.sha256(token.encode()).hexdigest())
 
 
 def sessions_of_key(key_name: str) -> str:
     """The set of a key's sessions (the key store ends them when it revokes the key)."""
-    return f"outbox:sessions-of:{key_name}"
+    return SESSIONS_OF.name(key_name=key_name)
 
 
 class SessionStore:

@@ -20,8 +20,8 @@ from config.mail_settings import (
     SmtpSettings,
     secret_field,
 )
+from config.redis_keys import PAUSE, SETTINGS, SETTINGS_HISTORY
 from config.secret_box import SecretBox
-from worker.records.keys import PAUSE_KEY  # written by the workers (worker.sending_limits)
 
 __all__ = [
     "HISTORY_KEY",
@@ -35,8 +35,9 @@ __all__ = [
     "kept_secret",
 ]
 
-SETTINGS_KEY = "outbox:settings"
-HISTORY_KEY = "outbox:settings:history"
+SETTINGS_KEY = SETTINGS.pattern
+HISTORY_KEY = SETTINGS_HISTORY.pattern
+PAUSE_KEY = PAUSE.pattern  # written by the workers (worker.sending_limits)
 HISTORY_LENGTH = 200
 
 

@@ -22,13 +22,8 @@ A pause (the provider refused for its quota, or throttled) stops the account for
 worker until it ends; the claim script reads it (``worker.records.scripts.CLAIM``), so
 checking it costs no round trip.
 
-Redis keys::
-
-    outbox:pause                     hash   until (Redis time), account, reason       until
-    outbox:limit:{account}:minute    zset   admissions and reservations -> time       window
-    outbox:limit:{account}:day       zset   "token|recipients" -> admission time      24 h
-    outbox:limit:{account}:day-total string recipients admitted in the last 24 hours   24 h
-    outbox:waits-by-reason           hash   reason -> waits and pauses (/metrics)     none
+Its keys are ``PAUSE``, ``LIMIT_*`` and ``WAIT_COUNTERS`` of the registry
+(``config.redis_keys``).
 """
 
 from __future__ import annotations
@@ -41,8 +36,9 @@ from typing import Protocol
 
 import redis.asyncio as aioredis
 
+from config import redis_keys as registry
 from config.mail_settings import SendingLimits
-from worker.records.keys import KEY_PREFIX, PAUSE_KEY
+from worker.records.keys import PAUSE_KEY
 
 __all__ = [
     "DAY_SECONDS",
@@ -58,8 +54,7 @@ __all__ = [
     "WaitReason",
 ]
 
-WAIT_COUNTERS = f"{KEY_PREFIX}waits-by-reason"
-_LIMIT_PREFIX = f"{KEY_PREFIX}limit:"
+WAIT_COUNTERS = registry.WAIT_COUNTERS.pattern
 DAY_SECONDS = 86_400.0
 MINUTE_SECONDS = 60.0
 # Added to the minute: the provider counts a message when its DATA ends, up to a
@@ -227,8 +222,12 @@ return tostring(seconds)
 
 
 def _keys(account: str) -> list[str]:
-    base = f"{_LIMIT_PREFIX}{account}"
-    return [f"{base}:minute", f"{base}:day", f"{base}:day-total", WAIT_COUNTERS]
+    return [
+        registry.LIMIT_MINUTE.name(account=account),
+        registry.LIMIT_DAY.name(account=account),
+        registry.LIMIT_DAY_TOTAL.name(account=account),
+        WAIT_COUNTERS,
+    ]
 
 
 class RedisGate:

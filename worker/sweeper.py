@@ -18,10 +18,10 @@ from typing import Protocol
 
 import redis.asyncio as aioredis
 
+from config.redis_keys import SWEEPER_LOCK
 from worker.records import (
     DUE_KEY,
     FINAL_STATUSES,
-    KEY_PREFIX,
     DeliveryStatus,
     Priority,
     SweepVerdict,
@@ -36,7 +36,7 @@ __all__ = ["PUBLISH_MARGIN_SECONDS", "Sweeper", "TaskQueue"]
 
 log = logging.getLogger(__name__)
 
-_LOCK_KEY = f"{KEY_PREFIX}sweeper"
+_LOCK_KEY = SWEEPER_LOCK.pattern
 # A queued delivery's score is when its record was stored (or last published); its task is
 # stamped when published, a little later, and the tasks of concurrent producers reach the
 # queue slightly out of stamp order. This margin covers both, so a waiting task is never

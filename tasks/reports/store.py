@@ -10,14 +10,14 @@ from typing import Any
 import redis
 
 from config.errors import InvalidInputError, ScheduleNotFoundError
+from config.redis_keys import SCHEDULE, SCHEDULE_LAST, SCHEDULE_RUN, SCHEDULES
 from tasks.reports.model import SCHEDULE_ID_PATTERN, RunStatus
 from tasks.reports.rules import Notification
-from worker.records import KEY_PREFIX
 from worker.records.codec import as_text
 
 __all__ = ["ScheduleStore"]
 
-_INDEX_KEY = f"{KEY_PREFIX}schedules"
+_INDEX_KEY = SCHEDULES.pattern
 
 # Records a run's result once and, in the same step, makes its status the schedule's last
 # unless a run that finished later is known already: a run posted twice, two posts of it
@@ -45,15 +45,15 @@ def _checked(schedule_id: str) -> str:
 
 
 def _notification_key(schedule_id: str) -> str:
-    return f"{KEY_PREFIX}schedule:{schedule_id}"
+    return SCHEDULE.name(schedule_id=schedule_id)
 
 
 def _last_status_key(schedule_id: str) -> str:
-    return f"{KEY_PREFIX}schedule:{schedule_id}:last"
+    return SCHEDULE_LAST.name(schedule_id=schedule_id)
 
 
 def _run_key(schedule_id: str, run_id: str) -> str:
-    return f"{KEY_PREFIX}schedule:{schedule_id}:run:{run_id}"
+    return SCHEDULE_RUN.name(schedule_id=schedule_id, run_id=run_id)
 
 
 class ScheduleStore:

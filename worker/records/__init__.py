@@ -1,60 +1,10 @@
 """Delivery records: what each e-mail's record holds, where it lives in Redis, and who may
 move it from one status to another.
 
-Redis keys (``outbox:`` prefix; ids are 32 hex digits)::
-
-    key                              type   holds                                   TTL
-    outbox:msg:{id}                  hash   the message (``message`` JSON, ``text``,  none while
-                                            ``html``, ``att:N``), ``status``,         in progress;
-                                            ``attempt_count``, ``recipients`` JSON,   retention
-                                            ``lease_until``, ``next_attempt_at``,     once final
-                                            ``last_error``, ``retry_base``,
-                                            ``idempotency_key``, ``updated_at``,
-                                            ``claim_token`` (the last claim's),
-                                            ``created_by`` (the API key's name),
-                                            ``captured_message`` (MIME, capture mode),
-                                            ``redirected_to`` JSON (redirect mode)
-    outbox:msg:{id}:attempts         list   one JSON ``Attempt`` per try              as the record
-    outbox:status:{status}           zset   ids in that status, scored by the time    none (the
-                                            they entered it (queued: when their task  sweeper drops
-                                            was last published)                       expired ids)
-    outbox:idempotency:{key}         string the id the key first created              retention
-    outbox:key-idempotency:{name}:{key} string the same, for an API key's own keys    retention
-    outbox:key-deliveries:{name}     zset   the ids an API key created, scored by     none (purge
-                                            creation: what a producer may list        drops ids)
-    outbox:settings                  hash   ``version``, ``document`` (mail settings, none
-                                            secret encrypted), ``saved_at``
-                                            (``config.settings_store``)
-    outbox:graph-slots:{mailbox}     zset   leases of Graph requests in flight        per member
-                                            (``worker.concurrency``)
-    outbox:due                       zset   retrying and sending ids, scored by when none
-                                            the sweeper should look: a retry's due
-                                            time, a claim's lease end
-    outbox:attempts-by-outcome       hash   outcome -> attempts recorded (/metrics)   none
-    outbox:sweeper                   string the sweeper's lock: the process sweeping   ~1 interval
-    outbox:pause                     hash   the sending account's pause: until (Redis until
-                                            time), account, reason
-                                            (``worker.sending_limits``)
-    outbox:limit:{account}:*         zset,  the account's sending windows (minute,    a window
-                                     string day, day-total)
-    outbox:waits-by-reason           hash   waits and pauses by reason (/metrics)     none
-    outbox:apikeys, outbox:apikey:*  hash,  API keys, stored hashed, with their       none
-                                     string limits (``config.api_keys``)
-    outbox:key-quota:{name}:*        string an API key's rate (minute, day) as GCRA's  its period
-                                            next arrival time (``api.key_limits``)
-    outbox:session:{hash}            string a signed-in page's session, bound to the   idle time,
-                                            key that signed in (``config.sessions``)  12 h at most
-    outbox:sessions-of:{name}        set    that key's sessions, ended on revoke      12 h
-    outbox:replication-marker        string written before a WAIT, so that it covers   none
-                                            every earlier write (``records.replication``)
-    outbox:webhooks                  hash   webhook endpoints: id -> JSON (URL, events,  none
-                                            key, secret encrypted) (``worker.webhooks``)
-    outbox:webhook-events            zset   "{id}:{status}:{attempts}" of outcomes to    none (the
-                                            announce, by when they became final        dispatcher
-                                                                                       takes them)
-
-The Celery broker (kombu) keeps its own keys beside these (the ``outbox`` queue list,
-``unacked`` and ``unacked_index``); they carry delivery ids only.
+Every Redis key (these and every other part's) is described in one registry,
+``config.redis_keys``, rendered as docs/redis-keys.md; a record is ``outbox:msg:{id}`` (a
+hash; ids are 32 hex digits) with its ``:attempts`` list, indexed by ``outbox:status:*`` and
+``outbox:due``.
 
 Status transitions, and who makes each one::
 

@@ -39,6 +39,7 @@ from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelConnec
 from redis.sentinel import SentinelConnectionPool
 
 from config.errors import TooFewReplicasError
+from config.redis_keys import REPLICATION_MARKER
 
 __all__ = [
     "HEALTHY_LAG_SECONDS",
@@ -56,7 +57,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # Written (INCR) after the writes an acknowledgement covers; its value means nothing.
-MARKER_KEY = "outbox:replication-marker"
+MARKER_KEY = REPLICATION_MARKER.pattern
 # A replica counts as in sync when it acknowledged the replication stream this recently
 # (replicas acknowledge every second); a partitioned one stays listed for repl-timeout (60 s).
 HEALTHY_LAG_SECONDS = 3

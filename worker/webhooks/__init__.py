@@ -8,14 +8,7 @@ per subscribed endpoint (stored before the event is dropped), takes due deliveri
 lease measured by Redis' clock, and sends them with its own HTTP client and its own bound on
 requests in flight, so a slow or dead endpoint never holds up an e-mail.
 
-Redis keys (besides ``outbox:webhooks`` and ``outbox:webhook-events``)::
-
-    outbox:webhook-delivery:{msg id}           hash  one event for one endpoint: body, status,
-                                                     attempt count, lease, next attempt
-    outbox:webhook-delivery:{msg id}:attempts  list  one JSON attempt per try
-    outbox:webhook-due                         zset  msg ids by when to send (or when a
-                                                     lease lapses)
-    outbox:webhook-recent                      zset  msg ids by creation, for listing
+Its keys are the ``WEBHOOK*`` entries of the registry (``config.redis_keys``).
 """
 
 from worker.webhooks.deliveries import WebhookDeliveries, WebhookDelivery, WebhookStatus

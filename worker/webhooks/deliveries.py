@@ -1,18 +1,8 @@
 """Webhook deliveries in Redis: one event for one endpoint, its status and every attempt,
 changed only by the scripts here (fan-out, take under a lease, finish an attempt).
 
-Keys (``outbox:`` prefix; a delivery is named by its ``webhook-id``)::
-
-    outbox:webhook-delivery:{msg id}           hash  endpoint, url, type, delivery_id,
-                                                     body (until finished), status,
-                                                     attempt_count,
-                                                     next_attempt_at, lease_token,
-                                                     lease_until, last_result, created_at,
-                                                     updated_at (Redis' clock)
-    outbox:webhook-delivery:{msg id}:attempts  list  one JSON attempt per try
-    outbox:webhook-due                         zset  msg id -> when to send it, or when
-                                                     its lease lapses
-    outbox:webhook-recent                      zset  msg id -> created at, for listing
+A delivery is named by its ``webhook-id``; its keys are the ``WEBHOOK_DELIVERY*``,
+``WEBHOOK_DUE`` and ``WEBHOOK_RECENT`` entries of the registry (``config.redis_keys``).
 
 A delivery is ``pending`` until its first attempt, ``sending`` while a worker holds its
 lease, ``retrying`` between attempts, and ends ``delivered`` (a 2xx answer) or ``failed``
@@ -30,7 +20,12 @@ from typing import Any
 
 import redis
 
-from worker.records import KEY_PREFIX
+from config.redis_keys import (
+    WEBHOOK_DELIVERY,
+    WEBHOOK_DELIVERY_ATTEMPTS,
+    WEBHOOK_DUE,
+    WEBHOOK_RECENT,
+)
 from worker.records.codec import as_text
 
 __all__ = [
@@ -47,9 +42,9 @@ __all__ = [
     "delivery_key",
 ]
 
-DELIVERY_PREFIX = f"{KEY_PREFIX}webhook-delivery:"
-DUE_KEY = f"{KEY_PREFIX}webhook-due"
-RECENT_KEY = f"{KEY_PREFIX}webhook-recent"
+DELIVERY_PREFIX = WEBHOOK_DELIVERY.prefix
+DUE_KEY = WEBHOOK_DUE.pattern
+RECENT_KEY = WEBHOOK_RECENT.pattern
 
 
 def delivery_key(msg_id: str) -> str:
@@ -57,7 +52,7 @@ def delivery_key(msg_id: str) -> str:
 
 
 def attempts_key(msg_id: str) -> str:
-    return f"{DELIVERY_PREFIX}{msg_id}:attempts"
+    return WEBHOOK_DELIVERY_ATTEMPTS.name(msg_id=msg_id)
 
 
 class WebhookStatus(StrEnum):
