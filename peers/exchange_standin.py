@@ -47,6 +47,7 @@ import base64
 import binascii
 import bisect
 import email.utils
+import itertools
 import re
 import socket
 import ssl
@@ -332,6 +333,38 @@ def exchange_reply(line: str) -> str:
     return f"{code}{separator}{code[:1]}.0.0 {text}".rstrip()
 
 
+@dataclass(slots=True)
+class _Logins:
+    """AUTH attempts, counted for tests."""
+
+    password: int = 0  # AUTH LOGIN / PLAIN, every one refused
+    xoauth2: int = 0  # successful AUTH XOAUTH2
+    xoauth2_failures: int = 0
+
+
+def _mailboxes_by_key(mailboxes: Iterable[str]) -> dict[str, str]:
+    """Each mailbox as configured, by its lower-cased address: Exchange matches addresses
+    without regard to case."""
+    by_key = {address.lower(): address for address in mailboxes}
+    if not by_key:
+        raise ValueError("an ExchangeStandIn needs at least one mailbox")
+    return by_key
+
+
+def _send_as_by_key(send_as: Mapping[str, Iterable[str]]) -> dict[str, frozenset[str]]:
+    """The other addresses each mailbox may send as, all lower-cased, as ``_mailboxes_by_key``."""
+    return {
+        mailbox.lower(): frozenset(address.lower() for address in addresses)
+        for mailbox, addresses in send_as.items()
+    }
+
+
+def _server_tls_context(certificate: trustme.LeafCert) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    certificate.configure_cert(context)
+    return context
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
@@ -379,14 +412,8 @@ class ExchangeStandIn:
         self.host = HOST
         self.port = port if port is not None else _free_port()
         self.identity = identity
-        # Exchange matches addresses without regard to case.
-        self._mailboxes = {address.lower(): address for address in mailboxes}
-        if not self._mailboxes:
-            raise ValueError("an ExchangeStandIn needs at least one mailbox")
-        self._send_as: dict[str, frozenset[str]] = {
-            mailbox.lower(): frozenset(address.lower() for address in addresses)
-            for mailbox, addresses in (send_as or {}).items()
-        }
+        self._mailboxes = _mailboxes_by_key(mailboxes)
+        self._send_as = _send_as_by_key(send_as or {})
         # [LIMITS] "Sending limits": recipient rate limit 10,000 recipients per day, message
         # rate limit 30 messages per minute, recipient limit 500 recipients per message.
         self.messages_per_minute = messages_per_minute
@@ -407,14 +434,10 @@ class ExchangeStandIn:
         self._refusals: list[Refusal] = []
         self._states: dict[str, _MailboxState] = {}
         self._throttles: deque[_Throttle] = deque()
-        self._password_logins = 0
-        self._xoauth2_logins = 0
-        self._xoauth2_failures = 0
-        self._internal_id = 0
+        self._logins = _Logins()
+        self._internal_ids = itertools.count(1)  # the InternalId of each accepted message
 
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        certificate.configure_cert(context)
-        self._tls_context = context
+        self._tls_context = _server_tls_context(certificate)
         self._controller: _ExchangeController | None = None
         self._live: set[_ExchangeSMTP] = set()
 
@@ -507,18 +530,18 @@ class ExchangeStandIn:
     def password_logins(self) -> int:
         """AUTH LOGIN / PLAIN attempts; every one is refused."""
         with self._lock:
-            return self._password_logins
+            return self._logins.password
 
     @property
     def xoauth2_logins(self) -> int:
         """Successful AUTH XOAUTH2."""
         with self._lock:
-            return self._xoauth2_logins
+            return self._logins.xoauth2
 
     @property
     def xoauth2_failures(self) -> int:
         with self._lock:
-            return self._xoauth2_failures
+            return self._logins.xoauth2_failures
 
     def max_messages_in_window(self, mailbox: str, window_seconds: float | None = None) -> int:
         """The most messages ``mailbox`` had accepted within any span of the window.
@@ -554,7 +577,7 @@ class ExchangeStandIn:
         # the credentials. smtp.office365.com does not offer PLAIN; a client that tries it
         # anyway gets the same refusal here.
         with self._lock:
-            self._password_logins += 1
+            self._logins.password += 1
         if isinstance(server, _ExchangeSMTP):
             server.refusal_detail = f"Basic auth refused (AUTH {mechanism})"
         return AuthResult(success=False, handled=False, message=self.basic_auth_reply)
@@ -582,9 +605,9 @@ class ExchangeStandIn:
                 mailbox, detail = self._mailboxes[user.lower()], ""
         with self._lock:
             if mailbox is None:
-                self._xoauth2_failures += 1
+                self._logins.xoauth2_failures += 1
             else:
-                self._xoauth2_logins += 1
+                self._logins.xoauth2 += 1
         return mailbox, detail
 
     def _next_throttle(self, command: ThrottleCommand) -> str | None:
@@ -644,38 +667,18 @@ class ExchangeStandIn:
             if throttled is not None:
                 return throttled, "scripted throttle"
             state = self._state(mailbox)
-            # [LIMITS]: "After the recipient rate limit is reached, messages can't be sent from
-            # the mailbox until the number of recipients that were sent messages in the past 24
-            # hours drops below the limit." [NDR] names that 5.1.90; [THROTTLE] and [QUOTA]
-            # give SUBMISSION_QUOTA_EXCEEDED for the same limit (daily_limit_reply chooses).
-            # Refused at the end of DATA, where Exchange's store driver submits the message.
-            sent = state.recipients_after(now - self.recipient_window_seconds)
-            if sent + len(recipients) > self.recipients_per_day:
-                return self.daily_limit_reply, (
-                    f"{sent} recipients in the window + {len(recipients)} > "
-                    f"{self.recipients_per_day}"
-                )
+            count = len(recipients)
+            refused = self._over_daily_limit(state, now, count) or self._over_rate(state, now)
+            if refused is not None:
+                return refused
             released = now
-            if self.over_rate == "refuse":
-                # [LIMITS] message rate limit, in the wording Microsoft's Q&A quoted from it
-                # in 2021: "If a user submits messages at a rate that exceeds the limit via
-                # SMTP client submission, the messages will be rejected and the client will
-                # need to retry." No reply text is documented for this limit; this is the
-                # store driver's submission-quota refusal. (The newer [THROTTLE] describes a
-                # delay instead: over_rate="delay".)
-                recent = state.arrivals_after(now - self.window_seconds)
-                if recent >= self.messages_per_minute:
-                    return SUBMISSION_QUOTA_EXCEEDED, (
-                        f"{recent} messages in the last {self.window_seconds}s"
-                    )
-            else:
+            if self.over_rate == "delay":
                 # [THROTTLE]: "If the mailbox exceeds the per minute limit, then email delivery
                 # delays occur. Any excess in message submissions is throttled and successively
                 # carried over to the following minutes."
                 released = state.release_time(now, self.messages_per_minute, self.window_seconds)
-            state.add(now, len(recipients), released)
-            self._internal_id += 1
-            internal_id = self._internal_id
+            state.add(now, count, released)
+            internal_id = next(self._internal_ids)
             self._accepted.append(
                 AcceptedMessage(
                     mailbox=mailbox,
@@ -693,6 +696,42 @@ class ExchangeStandIn:
             f"Hostname={SERVER_NAME}] Queued mail for delivery",
             "",
         )
+
+    def _over_daily_limit(
+        self, state: _MailboxState, now: float, recipients: int
+    ) -> tuple[str, str] | None:
+        """The refusal of a message whose recipients would go over the recipient rate limit.
+
+        [LIMITS]: "After the recipient rate limit is reached, messages can't be sent from the
+        mailbox until the number of recipients that were sent messages in the past 24 hours
+        drops below the limit." [NDR] names that 5.1.90; [THROTTLE] and [QUOTA] give
+        SUBMISSION_QUOTA_EXCEEDED for the same limit (daily_limit_reply chooses). Refused at
+        the end of DATA, where Exchange's store driver submits the message. Called with the
+        lock held.
+        """
+        sent = state.recipients_after(now - self.recipient_window_seconds)
+        if sent + recipients <= self.recipients_per_day:
+            return None
+        return self.daily_limit_reply, (
+            f"{sent} recipients in the window + {recipients} > {self.recipients_per_day}"
+        )
+
+    def _over_rate(self, state: _MailboxState, now: float) -> tuple[str, str] | None:
+        """With ``over_rate="refuse"``, the refusal of a message over the message rate limit.
+
+        [LIMITS] message rate limit, in the wording Microsoft's Q&A quoted from it in 2021:
+        "If a user submits messages at a rate that exceeds the limit via SMTP client
+        submission, the messages will be rejected and the client will need to retry." No reply
+        text is documented for this limit; this is the store driver's submission-quota
+        refusal. (The newer [THROTTLE] describes a delay instead: over_rate="delay".) Called
+        with the lock held.
+        """
+        if self.over_rate != "refuse":
+            return None
+        recent = state.arrivals_after(now - self.window_seconds)
+        if recent < self.messages_per_minute:
+            return None
+        return SUBMISSION_QUOTA_EXCEEDED, f"{recent} messages in the last {self.window_seconds}s"
 
     def _record_refusal(self, command: str, reply: str, mailbox: str | None, detail: str) -> None:
         with self._lock:

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import trustme
@@ -70,6 +70,25 @@ _UNREADABLE_JSON: Final = (
     "payload is of valid JSON format."
 )
 _ITEM_NOT_FOUND: Final = "The specified object was not found in the store."
+# The lists of login.microsoftonline.com's v2.0 OpenID configuration.
+_TOKEN_AUTH_METHODS: Final = ("client_secret_post", "private_key_jwt", "client_secret_basic")
+_OPENID_CLAIMS: Final = (
+    "sub",
+    "iss",
+    "aud",
+    "exp",
+    "iat",
+    "auth_time",
+    "acr",
+    "nonce",
+    "preferred_username",
+    "name",
+    "tid",
+    "ver",
+    "at_hash",
+    "c_hash",
+    "email",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +181,63 @@ def _recipient_addresses(message: dict[str, Any]) -> list[str] | None:
                 return None
             addresses.append(address)
     return addresses
+
+
+_GraphRoute = Literal["sendMail", "draft", "createUploadSession", "send"]
+
+
+def _graph_route(method: str, lowered: list[str]) -> _GraphRoute | None:
+    """The mail action a Graph path names (lower-cased, after "v1.0/"); None for any other.
+
+    Every action is a POST to users/{mailbox}/sendMail or users/{mailbox}/messages[/...].
+    """
+    if method != "POST" or lowered[:1] != ["users"]:
+        return None
+    match lowered[2:]:
+        case ["sendmail"]:
+            return "sendMail"
+        case ["messages"]:
+            return "draft"
+        case ["sendmail" | "messages", _, "attachments", "createuploadsession"]:
+            return "createUploadSession"
+        case ["sendmail" | "messages", _, "send"]:
+            return "send"
+    return None
+
+
+def _file_attachment(item: dict[str, Any], name: str) -> dict[str, Any]:
+    """The fileAttachment an upload session's AttachmentItem describes, without its bytes."""
+    content_type = _get_ci(item, "contentType")
+    attachment: dict[str, Any] = {
+        "@odata.type": "#microsoft.graph.fileAttachment",
+        "name": name,
+        "contentType": content_type
+        if isinstance(content_type, str)
+        else "application/octet-stream",
+    }
+    for optional in ("isInline", "contentId"):
+        value = _get_ci(item, optional)
+        if value is not None:
+            attachment[optional] = value
+    return attachment
+
+
+def _client_credentials(form: dict[str, str], authorization: str) -> tuple[str, str]:
+    """The client ID and secret of a token request: from the form (msal's way), or, when the
+    form has no secret, from HTTP Basic authentication (client_secret_basic, also valid at
+    Entra)."""
+    client_id = form.get("client_id", "")
+    secret = form.get("client_secret", "")
+    scheme, _, encoded = authorization.partition(" ")
+    if scheme.lower() == "basic" and not secret:
+        try:
+            pair = base64.b64decode(encoded, validate=True).decode("utf-8")
+        except ValueError:
+            pair = ""
+        basic_id, _, basic_secret = pair.partition(":")
+        client_id = client_id or unquote(basic_id.replace("+", " "))
+        secret = unquote(basic_secret.replace("+", " "))
+    return client_id, secret
 
 
 class GraphStandIn:
@@ -298,29 +374,35 @@ class GraphStandIn:
 
     def _identity(self, req: RecordedRequest, tenant: str, rest: list[str]) -> _Reply | None:
         if rest == ["oauth2", "v2.0", "token"]:
-            if req.method != "POST":
-                return self._aad_error(
-                    req,
-                    400,
-                    "invalid_request",
-                    900561,
-                    f"The endpoint only accepts POST, OPTIONS requests. Received a "
-                    f"{req.method} request.",
-                )
-            with self._lock:
-                self.token_requests += 1
-            if tenant.lower() != self.tenant.lower():
-                return self._unknown_tenant(req, "invalid_request", tenant)
-            return self._token(req)
+            return self._token_endpoint(req, tenant)
         if rest in (["v2.0", ".well-known", "openid-configuration"], ["discovery", "v2.0", "keys"]):
-            if req.method != "GET":
-                return _Reply(405, [("Allow", "GET")])
-            if tenant.lower() != self.tenant.lower():
-                return self._unknown_tenant(req, "invalid_tenant", tenant)
-            if rest[0] == "discovery":
-                return _Reply(200, [("Content-Type", AAD_JSON)], _json_bytes({"keys": []}))
-            return _Reply(200, [("Content-Type", AAD_JSON)], _json_bytes(self._openid_config()))
+            return self._discovery(req, tenant, signing_keys=rest[0] == "discovery")
         return None
+
+    def _token_endpoint(self, req: RecordedRequest, tenant: str) -> _Reply:
+        if req.method != "POST":
+            return self._aad_error(
+                req,
+                400,
+                "invalid_request",
+                900561,
+                f"The endpoint only accepts POST, OPTIONS requests. Received a "
+                f"{req.method} request.",
+            )
+        with self._lock:
+            self.token_requests += 1
+        if tenant.lower() != self.tenant.lower():
+            return self._unknown_tenant(req, "invalid_request", tenant)
+        return self._token(req)
+
+    def _discovery(self, req: RecordedRequest, tenant: str, *, signing_keys: bool) -> _Reply:
+        """The tenant's OpenID configuration, or its signing keys (none)."""
+        if req.method != "GET":
+            return _Reply(405, [("Allow", "GET")])
+        if tenant.lower() != self.tenant.lower():
+            return self._unknown_tenant(req, "invalid_tenant", tenant)
+        document = {"keys": []} if signing_keys else self._openid_config()
+        return _Reply(200, [("Content-Type", AAD_JSON)], _json_bytes(document))
 
     def _openid_config(self) -> dict[str, Any]:
         root = f"{self.base_url}{self.tenant}"
@@ -330,11 +412,7 @@ class GraphStandIn:
         # and issuer.
         return {
             "token_endpoint": f"{root}/oauth2/v2.0/token",
-            "token_endpoint_auth_methods_supported": [
-                "client_secret_post",
-                "private_key_jwt",
-                "client_secret_basic",
-            ],
+            "token_endpoint_auth_methods_supported": list(_TOKEN_AUTH_METHODS),
             "jwks_uri": f"{root}/discovery/v2.0/keys",
             "response_modes_supported": ["query", "fragment", "form_post"],
             "subject_types_supported": ["pairwise"],
@@ -349,23 +427,7 @@ class GraphStandIn:
             "http_logout_supported": True,
             "frontchannel_logout_supported": True,
             "end_session_endpoint": f"{root}/oauth2/v2.0/logout",
-            "claims_supported": [
-                "sub",
-                "iss",
-                "aud",
-                "exp",
-                "iat",
-                "auth_time",
-                "acr",
-                "nonce",
-                "preferred_username",
-                "name",
-                "tid",
-                "ver",
-                "at_hash",
-                "c_hash",
-                "email",
-            ],
+            "claims_supported": list(_OPENID_CLAIMS),
             "kerberos_endpoint": f"{root}/kerberos",
             "tenant_region_scope": "EU",
             "cloud_instance_name": "microsoftonline.com",
@@ -387,22 +449,21 @@ class GraphStandIn:
         )
 
     def _token(self, req: RecordedRequest) -> _Reply:
+        """The client credentials grant: an access token, or Entra's error for the first check
+        the request fails."""
         form = dict(parse_qsl(req.body.decode("utf-8", "replace"), keep_blank_values=True))
-        client_id = form.get("client_id", "")
-        secret = form.get("client_secret", "")
-        # client_secret_basic is also valid at Entra (msal uses the form body).
-        scheme, _, encoded = req.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "basic" and not secret:
-            try:
-                pair = base64.b64decode(encoded, validate=True).decode("utf-8")
-            except ValueError:
-                pair = ""
-            basic_id, _, basic_secret = pair.partition(":")
-            client_id = client_id or unquote(basic_id.replace("+", " "))
-            secret = unquote(basic_secret.replace("+", " "))
-        grant_type = form.get("grant_type", "")
+        client_id, secret = _client_credentials(form, req.headers.get("authorization", ""))
         scope = form.get("scope", "")
+        refused = (
+            self._check_grant_type(req, form.get("grant_type", ""))
+            or self._check_client(req, client_id, secret)
+            or self._check_scope(req, scope)
+        )
+        if refused is not None:
+            return refused
+        return self._issue_token(scope.split()[0])  # the one scope _check_scope let through
 
+    def _check_grant_type(self, req: RecordedRequest, grant_type: str) -> _Reply | None:
         if not grant_type:
             return self._missing_parameter(req, "grant_type")
         if grant_type != "client_credentials":
@@ -413,6 +474,9 @@ class GraphStandIn:
                 70003,
                 f"The app requested an unsupported grant type '{grant_type}'.",
             )
+        return None
+
+    def _check_client(self, req: RecordedRequest, client_id: str, secret: str) -> _Reply | None:
         if not client_id:
             return self._missing_parameter(req, "client_id")
         if client_id != self.client_id:
@@ -448,6 +512,9 @@ class GraphStandIn:
                 "is the client secret value, not the client secret ID, for a secret added to "
                 f"app '{self.client_id}'.",
             )
+        return None
+
+    def _check_scope(self, req: RecordedRequest, scope: str) -> _Reply | None:
         if not scope:
             return self._missing_parameter(req, "scope")
         scopes = scope.split()
@@ -461,11 +528,13 @@ class GraphStandIn:
                 "must have a scope value with /.default suffixed to the resource identifier "
                 "(application ID URI).",
             )
+        return None
 
+    def _issue_token(self, scope: str) -> _Reply:
         token = secrets.token_urlsafe(48)
         with self._lock:
             self._tokens[token] = time.monotonic() + self.token_lifetime_seconds
-            self._token_scopes[token] = scopes[0]
+            self._token_scopes[token] = scope
         body = {
             "token_type": "Bearer",
             "expires_in": self.token_lifetime_seconds,
@@ -526,21 +595,8 @@ class GraphStandIn:
                 "BadRequest",
                 "/me request is only valid with delegated authentication flow.",
             )
-        if req.method != "POST" or len(parts) < 3 or lowered[0] != "users":
-            return self._not_found(req)
-        mailbox, action = parts[1], lowered[2:]
-        message_id = parts[3] if len(parts) > 3 else ""
-        if action == ["sendmail"]:
-            route = "sendMail"
-        elif action == ["messages"]:
-            route = "draft"
-        elif len(action) == 4 and action[2:] == ["attachments", "createuploadsession"]:
-            route = "createUploadSession"
-        elif len(action) == 3 and action[2] == "send":
-            route = "send"
-        else:
-            route = ""
-        if not route or action[0] not in ("sendmail", "messages"):
+        route = _graph_route(req.method, lowered)
+        if route is None:
             return self._not_found(req)
         if "content-length" not in req.headers and "transfer-encoding" not in req.headers:
             # Graph's front end (HTTP.sys) answers 411 to a POST with neither
@@ -552,13 +608,22 @@ class GraphStandIn:
         denied = self._authenticate(req)
         if denied is not None:
             return denied
-        if route == "sendMail":
-            return self._send_mail(req, mailbox)
-        if route == "draft":
-            return self._create_draft(req, mailbox)
-        if route == "createUploadSession":
-            return self._create_upload_session(req, mailbox, message_id)
-        return self._send_draft(req, mailbox, message_id)
+        mailbox = parts[1]
+        message_id = parts[3] if len(parts) > 3 else ""
+        return self._route(route, req, mailbox, message_id)
+
+    def _route(
+        self, route: _GraphRoute, req: RecordedRequest, mailbox: str, message_id: str
+    ) -> _Reply:
+        match route:
+            case "sendMail":
+                return self._send_mail(req, mailbox)
+            case "draft":
+                return self._create_draft(req, mailbox)
+            case "createUploadSession":
+                return self._create_upload_session(req, mailbox, message_id)
+            case "send":
+                return self._send_draft(req, mailbox, message_id)
 
     def _not_found(self, req: RecordedRequest) -> _Reply:
         return self._graph_error(req, 404, "ResourceNotFound", f"Resource not found: {req.path}")
@@ -729,6 +794,30 @@ class GraphStandIn:
             draft = self._drafts.get((mailbox.lower(), message_id))
         if draft is None:
             return self._graph_error(req, 404, "ErrorItemNotFound", _ITEM_NOT_FOUND)
+        item = self._attachment_item(req, payload)
+        if isinstance(item, _Reply):
+            return item
+        attachment, size = item
+        session_id = secrets.token_urlsafe(24)
+        token = secrets.token_urlsafe(32)
+        expires = _graph_time(_now() + dt.timedelta(hours=2))
+        with self._lock:
+            self._sessions[session_id] = _UploadSession(
+                token, mailbox.lower(), message_id, attachment, size, expires
+            )
+        body = {
+            "@odata.context": f"{self.base_url}v1.0/$metadata#microsoft.graph.uploadSession",
+            "uploadUrl": f"{self.base_url}upload/{session_id}?token={token}",
+            "expirationDateTime": expires,
+            "nextExpectedRanges": ["0-"],
+        }
+        return self._graph_ok(req, 201, body)
+
+    def _attachment_item(
+        self, req: RecordedRequest, payload: dict[str, Any]
+    ) -> tuple[dict[str, Any], int] | _Reply:
+        """The file attachment an upload session adds (without its bytes yet) and its size,
+        from the request's AttachmentItem; or Graph's refusal of the item."""
         item = _get_ci(payload, "AttachmentItem")
         if not isinstance(item, dict):
             return self._graph_error(
@@ -758,38 +847,28 @@ class GraphStandIn:
                 "ErrorAttachmentSizeShouldNotBeLessThanMinimumSize",
                 "Attachment size must be greater than the minimum size.",
             )
-        content_type = _get_ci(item, "contentType")
-        attachment: dict[str, Any] = {
-            "@odata.type": "#microsoft.graph.fileAttachment",
-            "name": name,
-            "contentType": content_type
-            if isinstance(content_type, str)
-            else "application/octet-stream",
-        }
-        for optional in ("isInline", "contentId"):
-            value = _get_ci(item, optional)
-            if value is not None:
-                attachment[optional] = value
-        session_id = secrets.token_urlsafe(24)
-        token = secrets.token_urlsafe(32)
-        expires = _graph_time(_now() + dt.timedelta(hours=2))
-        with self._lock:
-            self._sessions[session_id] = _UploadSession(
-                token, mailbox.lower(), message_id, attachment, size, expires
-            )
-        body = {
-            "@odata.context": f"{self.base_url}v1.0/$metadata#microsoft.graph.uploadSession",
-            "uploadUrl": f"{self.base_url}upload/{session_id}?token={token}",
-            "expirationDateTime": expires,
-            "nextExpectedRanges": ["0-"],
-        }
-        return self._graph_ok(req, 201, body)
+        return _file_attachment(item, name), size
 
     def _upload(self, req: RecordedRequest, session_id: str) -> _Reply:
         with self._lock:
             session = self._sessions.get(session_id)
         if session is None or req.method not in ("PUT", "DELETE"):
             return self._not_found(req)
+        denied = self._authenticate_upload(req, session)
+        if denied is not None:
+            return denied
+        if req.method == "DELETE":
+            with self._lock:
+                self._sessions.pop(session_id, None)
+            return self._graph_ok(req, 204)
+        if self.upload_delay_seconds > 0:
+            time.sleep(self.upload_delay_seconds)  # a slow link: each chunk takes this long
+        start = self._chunk_start(req, session)
+        if isinstance(start, _Reply):
+            return start
+        return self._store_chunk(req, session_id, session, start)
+
+    def _authenticate_upload(self, req: RecordedRequest, session: _UploadSession) -> _Reply | None:
         if "authorization" in req.headers:
             # The upload URL is pre-authenticated; Graph refuses a bearer
             # token on it.
@@ -799,12 +878,11 @@ class GraphStandIn:
             )
         if not secrets.compare_digest(req.query.get("token", "").encode(), session.token.encode()):
             return self._unauthorized(req, "The upload session token is invalid.")
-        if req.method == "DELETE":
-            with self._lock:
-                self._sessions.pop(session_id, None)
-            return self._graph_ok(req, 204)
-        if self.upload_delay_seconds > 0:
-            time.sleep(self.upload_delay_seconds)  # a slow link: each chunk takes this long
+        return None
+
+    def _chunk_start(self, req: RecordedRequest, session: _UploadSession) -> int | _Reply:
+        """Where the request's chunk starts in the attachment, once its size and Content-Range
+        agree with the body and the session; or Graph's refusal."""
         if len(req.body) > MAX_UPLOAD_CHUNK_BYTES:
             return self._graph_error(
                 req,
@@ -832,6 +910,13 @@ class GraphStandIn:
                 "ErrorInvalidRequest",
                 "Content-Range does not match the number of bytes in the request body.",
             )
+        return start
+
+    def _store_chunk(
+        self, req: RecordedRequest, session_id: str, session: _UploadSession, start: int
+    ) -> _Reply:
+        """Append the chunk if it is the next one; the last one adds the attachment to its
+        draft and ends the session."""
         with self._lock:
             expected = len(session.received)
             if start != expected:
@@ -845,11 +930,7 @@ class GraphStandIn:
             complete = len(session.received) == session.size
             if complete:
                 self._sessions.pop(session_id, None)
-                draft = self._drafts.get((session.mailbox, session.message_id))
-                if draft is not None:
-                    attachment = dict(session.attachment)
-                    attachment["contentBytes"] = base64.b64encode(session.received).decode("ascii")
-                    draft.uploaded.append(attachment)
+                self._attach_upload(session)
         if complete:
             location = (
                 f"{self.base_url}v1.0/users('{session.mailbox}')/messages('{session.message_id}')"
@@ -870,6 +951,14 @@ class GraphStandIn:
                 "nextExpectedRanges": [str(len(session.received))],
             },
         )
+
+    def _attach_upload(self, session: _UploadSession) -> None:
+        # Called with the lock held. A draft sent or gone meanwhile just loses the upload.
+        draft = self._drafts.get((session.mailbox, session.message_id))
+        if draft is not None:
+            attachment = dict(session.attachment)
+            attachment["contentBytes"] = base64.b64encode(session.received).decode("ascii")
+            draft.uploaded.append(attachment)
 
     def _send_draft(self, req: RecordedRequest, mailbox: str, message_id: str) -> _Reply:
         key = (mailbox.lower(), message_id)

@@ -62,7 +62,7 @@ def message_to_fields(message: OutgoingMessage, **extra: Any) -> dict[str, str |
         "attachments": [[a.name, a.content_type] for a in message.attachments],
     }
     # Empty lists stay out: every queued message pays for each byte kept in Redis.
-    document = {name: value for name, value in document.items() if value != () and value != []}
+    document = {name: value for name, value in document.items() if value not in ((), [])}
     fields: dict[str, str | bytes] = {"message": json.dumps(document, separators=(",", ":"))}
     if message.text is not None:
         fields["text"] = message.text.encode()

@@ -160,15 +160,10 @@ def _plain_body(message: OutgoingMessage, policy: _Policy) -> _PlainBody | None:
     content manager re-parses the Content-Type it has just written, and its generator writes
     the body a line at a time, which together cost most of a message's build.
     """
-    if message.attachments:
+    part = _single_text_part(message)
+    if part is None:
         return None
-    match message.text, message.html:
-        case str() as text, None:
-            subtype = "plain"
-        case None, str() as text:
-            subtype = "html"
-        case _:
-            return None  # both (an alternative) or neither (the stdlib's empty body)
+    subtype, text = part
     try:
         encoded = text.encode("utf-8")
     except UnicodeEncodeError:
@@ -182,6 +177,20 @@ def _plain_body(message: OutgoingMessage, policy: _Policy) -> _PlainBody | None:
     if policy.cte_type != "8bit":
         return None  # the stdlib would pick quoted-printable or base64
     return _PlainBody(subtype, "8bit", lines)
+
+
+def _single_text_part(message: OutgoingMessage) -> tuple[str, str] | None:
+    """The subtype ("plain" or "html") and text of a message that is one text part; None when
+    it has attachments, both bodies (an alternative) or neither (the stdlib's empty body)."""
+    if message.attachments:
+        return None
+    match message.text, message.html:
+        case str() as text, None:
+            return "plain", text
+        case None, str() as text:
+            return "html", text
+        case _:
+            return None
 
 
 def _flatten_plain(mime: EmailMessage, policy: _Policy, body: _PlainBody) -> bytes:

@@ -114,45 +114,11 @@ class WorkerRuntime:
         # A stalled Redis fails a job (the sweeper runs it again later) instead of hanging it;
         # the next command reconnects when Redis is back.
         self._redis = worker_redis(location)
-        options = transport_options(settings)
-        self._http = HttpClients.build(options)
-
-        def transport_for(stored: StoredSettings) -> Transport:
-            # Built once per settings version: what the administrator chose to weaken is
-            # logged once for it.
-            for warning in stored.settings.warnings():
-                log.warning("mail settings version %d: %s", stored.version, warning)
-            return create_transport(stored.settings, options, self._http, self._redis)
-
-        self._transports = TransportCache(transport_for)
-        self._deliverer = Deliverer(
-            claims=RedisClaims(
-                self._redis,
-                settings_key=SETTINGS_KEY,
-                lease_seconds=settings.claim_lease_seconds,
-                max_attempts=settings.max_attempts,
-                retention_seconds=settings.retention_seconds,
-            ),
-            settings=SettingsCache(self._redis, box),
-            transports=self._transports,
-            policy=RetryPolicy(
-                base_seconds=settings.retry_base_seconds,
-                max_seconds=settings.retry_max_seconds,
-                max_attempts=settings.max_attempts,
-            ),
-            gate=RedisGate(self._redis, rate_pause_seconds=settings.provider_pause_seconds),
-            in_flight=asyncio.Semaphore(
-                IN_FLIGHT_PER_CONNECTION
-                * max(settings.smtp_max_connections, settings.graph_max_concurrency)
-            ),
-        )
-
-        target = location.sentinel
-        self._failovers = (
-            AsyncFailoverWatch(location.async_sentinel_clients(), target.master_name)
-            if target is not None
-            else None
-        )
+        self._options = transport_options(settings)
+        self._http = HttpClients.build(self._options)
+        self._transports = TransportCache(self._transport_for)
+        self._deliverer = _deliverer(settings, self._redis, box, self._transports)
+        self._failovers = _failover_watch(location)
         self._replicas = AsyncReplicaWait(
             self._redis,
             min_replicas=settings.min_replicas,
@@ -169,11 +135,18 @@ class WorkerRuntime:
         self._sweeping = self._loop.submit(self._sweeper.run_forever())
         # Webhooks have their own HTTP client and bound on requests in flight, not the
         # e-mails': an endpoint that hangs never holds up an e-mail.
-        self._webhook_http = webhook_client(options.tls.verified)
+        self._webhook_http = webhook_client(self._options.tls.verified)
         self._webhooks = WebhookDispatcher(
             self._redis, box, self._webhook_http, retention_seconds=settings.retention_seconds
         )
         self._dispatching = self._loop.submit(self._webhooks.run_forever())
+
+    def _transport_for(self, stored: StoredSettings) -> Transport:
+        # Built once per settings version (the cache keeps it): what the administrator chose
+        # to weaken is logged once for it.
+        for warning in stored.settings.warnings():
+            log.warning("mail settings version %d: %s", stored.version, warning)
+        return create_transport(stored.settings, self._options, self._http, self._redis)
 
     def sweep_now(self) -> list[str]:
         """Sweep at once (the loop also sweeps every interval); returns what it published."""
@@ -206,3 +179,39 @@ class WorkerRuntime:
         await self._redis.aclose()
         if self._failovers is not None:
             await self._failovers.aclose()
+
+
+def _deliverer(
+    settings: ProcessSettings, client: aioredis.Redis, box: SecretBox, transports: TransportCache
+) -> Deliverer:
+    """The process's ``Deliverer``: claims, settings and sending limits in Redis, the retry
+    policy, and a bound on deliveries in flight."""
+    return Deliverer(
+        claims=RedisClaims(
+            client,
+            settings_key=SETTINGS_KEY,
+            lease_seconds=settings.claim_lease_seconds,
+            max_attempts=settings.max_attempts,
+            retention_seconds=settings.retention_seconds,
+        ),
+        settings=SettingsCache(client, box),
+        transports=transports,
+        policy=RetryPolicy(
+            base_seconds=settings.retry_base_seconds,
+            max_seconds=settings.retry_max_seconds,
+            max_attempts=settings.max_attempts,
+        ),
+        gate=RedisGate(client, rate_pause_seconds=settings.provider_pause_seconds),
+        in_flight=asyncio.Semaphore(
+            IN_FLIGHT_PER_CONNECTION
+            * max(settings.smtp_max_connections, settings.graph_max_concurrency)
+        ),
+    )
+
+
+def _failover_watch(location: RedisLocation) -> AsyncFailoverWatch | None:
+    """What watches the sentinels for a failover; None without Sentinel."""
+    target = location.sentinel
+    if target is None:
+        return None
+    return AsyncFailoverWatch(location.async_sentinel_clients(), target.master_name)

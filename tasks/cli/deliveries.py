@@ -18,7 +18,14 @@ from tasks.cli.errors import EXIT_FAILED, EXIT_USAGE, fail
 from tasks.context import OutboxContext
 from tasks.message_input import MessageInput, describe_validation_error
 from tasks.producer import cancel_summary
-from worker.records import ALL_OWNERS, DeliveryRecord, DeliveryStatus, Priority, record_summary
+from worker.records import (
+    ALL_OWNERS,
+    Created,
+    DeliveryRecord,
+    DeliveryStatus,
+    Priority,
+    record_summary,
+)
 
 __all__ = ["deliveries_app"]
 
@@ -44,56 +51,62 @@ def _read_text(path: Path | None, option: str) -> str | None:
         fail(f"{option} {path}: {exc}", EXIT_USAGE)
 
 
+# The options of `outbox send`, named here so that its signature reads as the interface.
+ToOption = Annotated[list[str] | None, typer.Option("--to", help="Recipient (repeatable).")]
+CcOption = Annotated[list[str] | None, typer.Option("--cc", help="Cc recipient.")]
+BccOption = Annotated[list[str] | None, typer.Option("--bcc", help="Bcc recipient.")]
+SubjectOption = Annotated[str | None, typer.Option(help="Subject line.")]
+TextOption = Annotated[str | None, typer.Option(help="Plain-text body.")]
+TextFileOption = Annotated[Path | None, typer.Option(help="Plain-text body from a file.")]
+HtmlFileOption = Annotated[Path | None, typer.Option(help="HTML body from a file.")]
+AttachOption = Annotated[list[Path] | None, typer.Option(help="Attach a file (repeatable).")]
+IdempotencyKeyOption = Annotated[
+    str | None, typer.Option(help="Same key, same delivery: never sent twice.")
+]
+PriorityOption = Annotated[
+    Priority, typer.Option(help="high: before any waiting normal or low e-mail.")
+]
+SendAtOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Send at this time (RFC 3339 with a time zone, e.g. 2026-12-24T08:00:00+01:00); "
+        "stored 'scheduled' until then."
+    ),
+]
+WaitOption = Annotated[
+    float | None,
+    typer.Option(help="Wait up to SECONDS for a final status; exit 0 if sent (or captured)."),
+]
+BatchOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Enqueue every JSON message of a .jsonl file, one per line; with --json, "
+        "one JSON result per line."
+    ),
+]
+
+
 @deliveries_app.command()
 def send(
-    to: Annotated[list[str] | None, typer.Option("--to", help="Recipient (repeatable).")] = None,
-    cc: Annotated[list[str] | None, typer.Option("--cc", help="Cc recipient.")] = None,
-    bcc: Annotated[list[str] | None, typer.Option("--bcc", help="Bcc recipient.")] = None,
-    subject: Annotated[str | None, typer.Option(help="Subject line.")] = None,
-    text: Annotated[str | None, typer.Option(help="Plain-text body.")] = None,
-    text_file: Annotated[Path | None, typer.Option(help="Plain-text body from a file.")] = None,
-    html_file: Annotated[Path | None, typer.Option(help="HTML body from a file.")] = None,
-    attach: Annotated[list[Path] | None, typer.Option(help="Attach a file (repeatable).")] = None,
-    idempotency_key: Annotated[
-        str | None, typer.Option(help="Same key, same delivery: never sent twice.")
-    ] = None,
-    priority: Annotated[
-        Priority, typer.Option(help="high: before any waiting normal or low e-mail.")
-    ] = Priority.NORMAL,
-    send_at: Annotated[
-        str | None,
-        typer.Option(
-            help="Send at this time (RFC 3339 with a time zone, e.g. 2026-12-24T08:00:00+01:00); "
-            "stored 'scheduled' until then."
-        ),
-    ] = None,
-    wait: Annotated[
-        float | None,
-        typer.Option(help="Wait up to SECONDS for a final status; exit 0 if sent (or captured)."),
-    ] = None,
-    batch: Annotated[
-        Path | None,
-        typer.Option(
-            help="Enqueue every JSON message of a .jsonl file, one per line; with --json, "
-            "one JSON result per line."
-        ),
-    ] = None,
+    to: ToOption = None,
+    cc: CcOption = None,
+    bcc: BccOption = None,
+    subject: SubjectOption = None,
+    text: TextOption = None,
+    text_file: TextFileOption = None,
+    html_file: HtmlFileOption = None,
+    attach: AttachOption = None,
+    idempotency_key: IdempotencyKeyOption = None,
+    priority: PriorityOption = Priority.NORMAL,
+    send_at: SendAtOption = None,
+    wait: WaitOption = None,
+    batch: BatchOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Enqueue an e-mail and print its delivery id."""
     if batch is not None:
-        if (
-            to
-            or cc
-            or bcc
-            or subject
-            or text
-            or text_file
-            or html_file
-            or attach
-            or send_at
-            or (priority is not Priority.NORMAL)
-        ):
+        message_options = (to, cc, bcc, subject, text, text_file, html_file, attach, send_at)
+        if any(message_options) or priority is not Priority.NORMAL:
             fail("--batch takes every message from the file; no other message options", EXIT_USAGE)
         _send_batch(batch, as_json)
         return
@@ -101,35 +114,53 @@ def send(
         fail("give --text or --text-file, not both", EXIT_USAGE)
     if subject is None:
         fail("subject: --subject is required", EXIT_USAGE)
-    raw: dict[str, Any] = {
-        "to": to or [],
-        "cc": cc or [],
-        "bcc": bcc or [],
-        "subject": subject,
-        "text": text if text is not None else _read_text(text_file, "--text-file"),
-        "html": _read_text(html_file, "--html-file"),
-        "attachments": [_attachment(path) for path in attach or []],
-        "idempotency_key": idempotency_key,
-        "priority": priority,
-        "send_at": send_at,
-    }
-    try:
-        message = MessageInput.model_validate(raw)
-    except ValidationError as exc:
-        raise InvalidInputError(describe_validation_error(exc)) from None
+    message = _validated_message(
+        {
+            "to": to or [],
+            "cc": cc or [],
+            "bcc": bcc or [],
+            "subject": subject,
+            "text": text if text is not None else _read_text(text_file, "--text-file"),
+            "html": _read_text(html_file, "--html-file"),
+            "attachments": [_attachment(path) for path in attach or []],
+            "idempotency_key": idempotency_key,
+            "priority": priority,
+            "send_at": send_at,
+        }
+    )
     context = load_context()
     created = producer_for(context).enqueue(message)
     if wait is None:
-        if as_json:
-            typer.echo(json.dumps({"id": created.id, "created": created.created}))
-        else:
-            typer.echo(created.id)
-        return
-    record = _wait_for_final(context, created.id, wait)
+        _print_created(created, as_json)
+    else:
+        _wait_and_report(context, created.id, wait, as_json)
+
+
+def _validated_message(raw: dict[str, Any]) -> MessageInput:
+    """The message the options describe; an invalid one is an error naming its field."""
+    try:
+        return MessageInput.model_validate(raw)
+    except ValidationError as exc:
+        raise InvalidInputError(describe_validation_error(exc)) from None
+
+
+def _print_created(created: Created, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps({"id": created.id, "created": created.created}))
+    else:
+        typer.echo(created.id)
+
+
+def _wait_and_report(
+    context: OutboxContext, delivery_id: str, seconds: float, as_json: bool
+) -> None:
+    """Print the delivery's status once final (or when ``seconds`` run out); exit 1 unless it
+    was sent."""
+    record = _wait_for_final(context, delivery_id, seconds)
     if as_json:
         typer.echo(json.dumps(record_summary(record), indent=2))
     else:
-        typer.echo(created.id)
+        typer.echo(delivery_id)
         typer.echo(
             f"{record.status.value}" + (f": {record.last_error}" if record.last_error else "")
         )

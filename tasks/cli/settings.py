@@ -125,38 +125,51 @@ def _save(context: OutboxContext, build: Callable[[], SmtpSettings | OAuthSettin
         typer.echo(f"note: no sending limits are set; this provider publishes {options}", err=True)
 
 
+# The options of `outbox settings set smtp`, named here so that its signature reads as the
+# interface; "oauth2:" marks those of --auth oauth2 (the token's).
+SmtpFromMailbox = Annotated[str, typer.Option(help="Sender address; test e-mails go here.")]
+SmtpServer = Annotated[str, typer.Option(help="SMTP server host name or IP.")]
+SmtpPort = Annotated[int, typer.Option(help="SMTP port.")]
+SmtpUsername = Annotated[str | None, typer.Option(help="Login name; none: no login.")]
+PasswordStdin = Annotated[
+    bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+]
+SmtpTls = Annotated[TlsMode, typer.Option(help="auto: 465 implicit, else STARTTLS if offered.")]
+AcceptAnyCertificate = Annotated[
+    bool,
+    typer.Option(
+        "--accept-any-certificate/--verify-certificate",
+        help="Accept invalid TLS certificates (off by default).",
+    ),
+]
+SmtpAuthOption = Annotated[
+    SmtpAuth, typer.Option(help="password, or oauth2 (AUTH XOAUTH2, e.g. Microsoft 365).")
+]
+SmtpTenant = Annotated[str | None, typer.Option(help="oauth2: directory (tenant) ID.")]
+SmtpClientId = Annotated[str | None, typer.Option(help="oauth2: application (client) ID.")]
+SmtpClientSecretStdin = Annotated[
+    bool,
+    typer.Option("--client-secret-stdin", help="oauth2: read the client secret from stdin."),
+]
+SmtpInstance = Annotated[str, typer.Option(help="oauth2: identity platform URL.")]
+SmtpScope = Annotated[str, typer.Option(help="oauth2: the token's scope.")]
+
+
 @set_app.command("smtp")
 def settings_set_smtp(
-    from_mailbox: Annotated[str, typer.Option(help="Sender address; test e-mails go here.")],
-    server: Annotated[str, typer.Option(help="SMTP server host name or IP.")] = "localhost",
-    port: Annotated[int, typer.Option(help="SMTP port.")] = 587,
-    username: Annotated[str | None, typer.Option(help="Login name; none: no login.")] = None,
-    password_stdin: Annotated[
-        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
-    ] = False,
-    tls: Annotated[TlsMode, typer.Option(help="auto: 465 implicit, else STARTTLS if offered.")] = (
-        TlsMode.AUTO
-    ),
-    accept_any_certificate: Annotated[
-        bool,
-        typer.Option(
-            "--accept-any-certificate/--verify-certificate",
-            help="Accept invalid TLS certificates (off by default).",
-        ),
-    ] = False,
-    auth: Annotated[
-        SmtpAuth, typer.Option(help="password, or oauth2 (AUTH XOAUTH2, e.g. Microsoft 365).")
-    ] = SmtpAuth.PASSWORD,
-    tenant: Annotated[str | None, typer.Option(help="oauth2: directory (tenant) ID.")] = None,
-    client_id: Annotated[str | None, typer.Option(help="oauth2: application (client) ID.")] = None,
-    client_secret_stdin: Annotated[
-        bool,
-        typer.Option("--client-secret-stdin", help="oauth2: read the client secret from stdin."),
-    ] = False,
-    instance: Annotated[
-        str, typer.Option(help="oauth2: identity platform URL.")
-    ] = DEFAULT_INSTANCE,
-    scope: Annotated[str, typer.Option(help="oauth2: the token's scope.")] = DEFAULT_SMTP_SCOPE,
+    from_mailbox: SmtpFromMailbox,
+    server: SmtpServer = "localhost",
+    port: SmtpPort = 587,
+    username: SmtpUsername = None,
+    password_stdin: PasswordStdin = False,
+    tls: SmtpTls = TlsMode.AUTO,
+    accept_any_certificate: AcceptAnyCertificate = False,
+    auth: SmtpAuthOption = SmtpAuth.PASSWORD,
+    tenant: SmtpTenant = None,
+    client_id: SmtpClientId = None,
+    client_secret_stdin: SmtpClientSecretStdin = False,
+    instance: SmtpInstance = DEFAULT_INSTANCE,
+    scope: SmtpScope = DEFAULT_SMTP_SCOPE,
     max_messages_per_minute: MaxMessagesPerMinute = None,
     max_recipients_per_day: MaxRecipientsPerDay = None,
     max_recipients_per_message: MaxRecipientsPerMessage = None,
@@ -169,13 +182,7 @@ def settings_set_smtp(
     unchanged; otherwise it must be given again."""
     context = load_context()
     _check_redirect(delivery_mode, redirect_to)
-    if password_stdin and client_secret_stdin:
-        fail("give --password-stdin or --client-secret-stdin, not both", EXIT_USAGE)
-    secret = _read_secret_from_stdin() if password_stdin or client_secret_stdin else None
-    oauth2 = auth is SmtpAuth.OAUTH2
-    if secret and oauth2 != client_secret_stdin:
-        wanted = "--client-secret-stdin" if oauth2 else "--password-stdin"
-        fail(f"with --auth {auth.value} the secret is read with {wanted}", EXIT_USAGE)
+    password, client_secret = _smtp_secrets(auth, password_stdin, client_secret_stdin)
     _save(
         context,
         lambda: SmtpSettings(
@@ -183,13 +190,13 @@ def settings_set_smtp(
             port=port,
             from_mailbox=from_mailbox,
             username=username,
-            password=SecretStr(secret) if secret and not oauth2 else None,
+            password=password,
             tls=tls,
             accept_any_certificate=accept_any_certificate,
             auth=auth,
             tenant=tenant,
             client_id=client_id,
-            client_secret=SecretStr(secret) if secret and oauth2 else None,
+            client_secret=client_secret,
             instance=instance,
             scope=scope,
             max_messages_per_minute=max_messages_per_minute,
@@ -199,6 +206,24 @@ def settings_set_smtp(
             redirect_to=tuple(redirect_to or ()),
         ),
     )
+
+
+def _smtp_secrets(
+    auth: SmtpAuth, password_stdin: bool, client_secret_stdin: bool
+) -> tuple[SecretStr | None, SecretStr | None]:
+    """The password and the client secret given on standard input (None: keep the stored
+    one). Only one secret is read, and its option must be the one ``auth`` uses: a password
+    saved as a client secret would fail only at the first delivery."""
+    if password_stdin and client_secret_stdin:
+        fail("give --password-stdin or --client-secret-stdin, not both", EXIT_USAGE)
+    secret = _read_secret_from_stdin() if password_stdin or client_secret_stdin else None
+    oauth2 = auth is SmtpAuth.OAUTH2
+    if secret and oauth2 != client_secret_stdin:
+        wanted = "--client-secret-stdin" if oauth2 else "--password-stdin"
+        fail(f"with --auth {auth.value} the secret is read with {wanted}", EXIT_USAGE)
+    password = SecretStr(secret) if secret and not oauth2 else None
+    client_secret = SecretStr(secret) if secret and oauth2 else None
+    return password, client_secret
 
 
 @set_app.command("oauth")

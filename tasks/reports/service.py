@@ -103,28 +103,13 @@ class ReportService:
         if recorded is not None:
             return RunResult.model_validate({**recorded, "repeated": True})
         notification, previous, messages = self._emails(report)
-        delivery_ids: dict[int, str] = {}
-        if messages:
-            admit(list(messages.values()))
-            # Their idempotency keys name the run, whoever posts it: shared, not the key's own.
-            created = self._producer.enqueue_many(
-                list(messages.values()), created_by=created_by, shared_idempotency=True
-            )
-            delivery_ids = {index: c.id for index, c in zip(messages, created, strict=True)}
+        delivery_ids = self._enqueue(messages, created_by, admit)
         result = RunResult(
             schedule_id=report.schedule_id,
             run_id=report.run_id,
             status=report.status,
             previous_status=previous,
-            lists=[
-                ListResult(
-                    rule=recipients.rule,
-                    to=recipients.to,
-                    matched=index in delivery_ids,
-                    delivery_id=delivery_ids.get(index),
-                )
-                for index, recipients in enumerate(notification.lists)
-            ],
+            lists=_list_results(notification, delivery_ids),
         )
         if not self._schedules.record_run(
             report.schedule_id,
@@ -137,6 +122,23 @@ class ReportService:
             # (same idempotency keys), so its answer is ours.
             return self.post(report)
         return result
+
+    def _enqueue(
+        self,
+        messages: dict[int, MessageInput],
+        created_by: str | None,
+        admit: Callable[[list[MessageInput]], None],
+    ) -> dict[int, str]:
+        """The delivery id of each list's e-mail (by the list's index), once ``admit`` let
+        them all in."""
+        if not messages:
+            return {}
+        admit(list(messages.values()))
+        # Their idempotency keys name the run, whoever posts it: shared, not the key's own.
+        created = self._producer.enqueue_many(
+            list(messages.values()), created_by=created_by, shared_idempotency=True
+        )
+        return {index: c.id for index, c in zip(messages, created, strict=True)}
 
     def preview(self, report: RunReport) -> RunPreview:
         """What ``post`` would send for the run, per list, without sending, storing or
@@ -198,6 +200,19 @@ class ReportService:
         for message in messages.values():
             self._producer.check_limits(message)
         return notification, previous, messages
+
+
+def _list_results(notification: Notification, delivery_ids: dict[int, str]) -> list[ListResult]:
+    """Each list of the schedule: matched when its e-mail was enqueued, with its delivery id."""
+    return [
+        ListResult(
+            rule=recipients.rule,
+            to=recipients.to,
+            matched=index in delivery_ids,
+            delivery_id=delivery_ids.get(index),
+        )
+        for index, recipients in enumerate(notification.lists)
+    ]
 
 
 def _preview(message: MessageInput) -> PreviewEmail:

@@ -79,18 +79,28 @@ async def _send(client: aioredis.Redis, batch: list[_Waiting]) -> None:
         for script, call in waiting.runs:
             pipe.evalsha(script.sha, len(call.keys), *call.keys, *call.args)
     try:
-        replies = iter(await pipe.execute(raise_on_error=False))
+        replies = await pipe.execute(raise_on_error=False)
     except Exception as exc:  # Redis unreachable: each caller decides what to do about it
-        for waiting in batch:
-            if not waiting.replies.done():
-                waiting.replies.set_exception(exc)
+        _fail(batch, exc)
         return
     except BaseException:  # cancelled with the loop: so are its callers
         for waiting in batch:
             waiting.replies.cancel()
         raise
+    _answer(batch, replies)
+
+
+def _fail(batch: list[_Waiting], exc: Exception) -> None:
     for waiting in batch:
-        mine = [next(replies) for _ in waiting.runs]
+        if not waiting.replies.done():
+            waiting.replies.set_exception(exc)
+
+
+def _answer(batch: list[_Waiting], replies: list[Any]) -> None:
+    """Hands each caller its own replies: the pipeline's, in the order the calls went in."""
+    remaining = iter(replies)
+    for waiting in batch:
+        mine = [next(remaining) for _ in waiting.runs]
         if not waiting.replies.done():  # a caller cancelled meanwhile is not answered
             waiting.replies.set_result(mine)
 
