@@ -12,6 +12,7 @@ from fastapi.templating import Jinja2Templates
 
 from api.auth import CSRF_HEADER, SESSION_COOKIE, csrf_matches, page_session
 from api.services import ApiServices, services
+from api.settings_fields import SETTINGS_FORM, STORED_PLACEHOLDER
 from config.api_keys import Role
 
 __all__ = ["TEMPLATES", "router"]
@@ -56,7 +57,14 @@ def home() -> RedirectResponse:
 
 @router.get("/settings/mail", response_class=HTMLResponse)
 def mail_settings_page(request: Request, found: Services) -> Response:
-    return _page(request, found, "settings.html", active="settings")
+    return _page(
+        request,
+        found,
+        "settings.html",
+        active="settings",
+        settings_form=SETTINGS_FORM,
+        stored_placeholder=STORED_PLACEHOLDER,
+    )
 
 
 @router.get("/deliveries", response_class=HTMLResponse)

@@ -39,7 +39,7 @@
 
   // ---- small builders ---------------------------------------------------------------
 
-  const { element, cell, badge } = Outbox;
+  const { element, cell, badge, button } = Outbox;
 
   function statusLabel(status) {
     return String(status).replace("_", " ");
@@ -89,12 +89,11 @@
     return [element("span", "meta redirected", `redirected to ${to.join(", ")}`)];
   }
 
+  // data-action: which button of the row had the focus, to give it back after a refresh.
   function actionButton(label, action, onClick) {
-    const button = element("button", "small", label);
-    button.type = "button";
-    button.dataset.action = action;
-    button.addEventListener("click", () => onClick(button));
-    return button;
+    const node = button(label, onClick);
+    node.dataset.action = action;
+    return node;
   }
 
   function rowFor(item) {
@@ -102,19 +101,17 @@
     tr.dataset.id = item.id;
     if (item.id === state.openId) tr.classList.add("selected");
 
-    const open = element("button", "link", subjectOf(item));
-    open.type = "button";
+    const open = button(subjectOf(item), () => openDetail(item.id), "link");
     open.dataset.action = "open";
     open.setAttribute("aria-controls", "detail");
-    open.addEventListener("click", () => openDetail(item.id));
 
     const actions = cell("");
     actions.classList.add("actions-cell");
     if (RETRYABLE.has(item.status)) {
-      actions.append(actionButton("Retry", "retry", (button) => retryDelivery(item, button)));
+      actions.append(actionButton("Retry", "retry", (clicked) => retryDelivery(item, clicked)));
     }
     if (CANCELLABLE.has(item.status)) {
-      actions.append(actionButton("Cancel", "cancel", (button) => cancelDelivery(item, button)));
+      actions.append(actionButton("Cancel", "cancel", (clicked) => cancelDelivery(item, clicked)));
     }
 
     const notes = [...waitingNote(item), ...scheduledNote(item), ...redirectNote(item)];
@@ -136,8 +133,7 @@
     const focused = document.activeElement;
     const row = focused && focused.closest ? focused.closest("tr[data-id]") : null;
     const keep = row ? { id: row.dataset.id, action: focused.dataset.action } : null;
-    rows.replaceChildren(...state.items.map(rowFor));
-    $("empty").hidden = state.items.length > 0;
+    Outbox.showRows(rows, state.items.map(rowFor), $("empty"));
     $("empty").textContent = filter.value
       ? `No ${statusLabel(filter.value)} deliveries.`
       : "No deliveries yet.";
@@ -226,14 +222,14 @@
     if (target) target.focus();
   }
 
-  async function retryDelivery(item, button) {
-    button.disabled = true;
+  async function retryDelivery(item, clicked) {
+    clicked.disabled = true;
     const url = `${URL_EMAILS}/${encodeURIComponent(item.id)}/retry`;
     const response = await Outbox.api("POST", url);
     if (response.ok) {
       Outbox.say(listStatus, `“${subjectOf(item)}” is queued to be sent again.`, "ok");
     } else {
-      button.disabled = false;
+      clicked.disabled = false;
       Outbox.say(listStatus, `Retry failed: ${response.data.detail}`, "fail");
     }
     await refresh();
@@ -242,13 +238,13 @@
 
   // Cancel a delivery not sent yet; one that is being sent, or final, by now answers 409
   // saying why, and that is shown.
-  async function cancelDelivery(item, button) {
-    button.disabled = true;
+  async function cancelDelivery(item, clicked) {
+    clicked.disabled = true;
     const response = await Outbox.api("DELETE", `${URL_EMAILS}/${encodeURIComponent(item.id)}`);
     if (response.ok) {
       Outbox.say(listStatus, `“${subjectOf(item)}” is cancelled: it will not be sent.`, "ok");
     } else {
-      button.disabled = false;
+      clicked.disabled = false;
       Outbox.say(listStatus, `Cancel failed: ${response.data.detail}`, "fail");
     }
     await refresh();
@@ -308,10 +304,9 @@
   }
 
   function renderAttempts(record) {
-    $("detail-no-attempts").hidden = record.attempts.length > 0;
-    $("detail-attempts-table").hidden = record.attempts.length === 0;
-    $("detail-attempts").replaceChildren(
-      ...record.attempts.map((attempt) => {
+    Outbox.showRows(
+      $("detail-attempts"),
+      record.attempts.map((attempt) => {
         const tr = element("tr");
         const took = element("span", "meta", `${Math.round(attempt.duration_ms)} ms`);
         const said = reply(attempt.code, attempt.reply) || attempt.error || "";
@@ -324,6 +319,8 @@
         tr.cells[0].classList.add("number");
         return tr;
       }),
+      $("detail-no-attempts"),
+      $("detail-attempts-table"),
     );
   }
 

@@ -1,5 +1,5 @@
 // Shared by the pages: calls to outbox's JSON API with the session, local times, small DOM
-// builders, and the staging banner.
+// builders, problems said beside their fields, and the staging banner.
 "use strict";
 
 // base.html loads this on every signed-in screen (for the staging banner); a page that loads
@@ -112,6 +112,71 @@ function makeOutbox() {
     return element("span", `badge status-${status}`, String(status).replace("_", " "));
   }
 
+  // A button that does something on the page (type "button": it submits no form).
+  function button(text, onClick, className = "small") {
+    const node = element("button", className, text);
+    node.type = "button";
+    node.addEventListener("click", () => onClick(node));
+    return node;
+  }
+
+  // A table's body shows these rows; when there are none, the "nothing yet" note instead (and
+  // the table, with its header, goes, when given).
+  function showRows(body, rows, empty, table) {
+    body.replaceChildren(...rows);
+    empty.hidden = rows.length > 0;
+    if (table) table.hidden = rows.length === 0;
+  }
+
+  // ---- problems said beside their fields ----------------------------------------------
+
+  // The problems of an error answer, each {field, detail}: a 422 lists them in "errors".
+  function problemsOf(problem) {
+    return problem.errors || [{ field: problem.field, detail: problem.detail }];
+  }
+
+  function describedBy(control, id, on) {
+    const ids = new Set((control.getAttribute("aria-describedby") || "").split(/\s+/));
+    ids.delete("");
+    if (on) ids.add(id);
+    else ids.delete(id);
+    if (ids.size) control.setAttribute("aria-describedby", [...ids].join(" "));
+    else control.removeAttribute("aria-describedby");
+  }
+
+  // Say a problem in a field's error element, after any other of the same field (two wrong
+  // addresses are both named); the control is marked invalid and described by it, so that a
+  // screen reader reads the problem with the field.
+  function markField(control, error, text) {
+    error.textContent = error.hidden ? text : `${error.textContent}; ${text}`;
+    error.hidden = false;
+    control.setAttribute("aria-invalid", "true");
+    describedBy(control, error.id, true);
+  }
+
+  function unmarkField(control, error) {
+    error.hidden = true;
+    error.textContent = "";
+    control.removeAttribute("aria-invalid");
+    describedBy(control, error.id, false);
+  }
+
+  // The keyboard goes to the first marked field (of a marked group of choices, its first).
+  function focusFirstMarked(container) {
+    const first = container.querySelector('[aria-invalid="true"]');
+    if (first) (first.querySelector("input") || first).focus();
+  }
+
+  // An action's failure, in region: "what: check the marked field." when showProblems (given
+  // the answer's problems, it returns how many it said beside their fields) said some, else
+  // "what: " and the answer's detail.
+  function sayFailed(region, what, response, showProblems) {
+    const problem = response.data || {};
+    const marked = response.status === 422 && showProblems(problemsOf(problem)) > 0;
+    const why = marked ? "check the marked field." : problem.detail || problem.message;
+    say(region, `${what}: ${why}`, "fail");
+  }
+
   // ---- the staging banner, on every screen ------------------------------------------
 
   // The saved delivery mode, while it is not "deliver": nothing leaves outbox (capture), or
@@ -164,5 +229,20 @@ function makeOutbox() {
 
   showStaging();
 
-  return { api, localTime, timeElement, say, element, cell, badge, showStaging };
+  return {
+    api,
+    localTime,
+    timeElement,
+    say,
+    element,
+    cell,
+    badge,
+    button,
+    showRows,
+    markField,
+    unmarkField,
+    focusFirstMarked,
+    sayFailed,
+    showStaging,
+  };
 }

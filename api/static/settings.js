@@ -6,28 +6,8 @@
 
 (() => {
   const URL_SETTINGS = "/api/settings/mail";
-  const FIELDS = {
-    smtp: ["server", "port", "tls", "accept_any_certificate", "auth"],
-    oauth: ["instance", "api_url", "tenant", "client_id", "client_secret"],
-  };
-  // SMTP's fields of each way to log in. The OAuth 2.0 ones share their names with the OAuth
-  // protocol's, so their elements' ids start with "oauth2_".
-  const AUTH_FIELDS = {
-    password: ["username", "password"],
-    oauth2: ["username", "tenant", "client_id", "client_secret", "instance", "scope"],
-  };
-  // Both protocols have them; one set of fields shows the chosen protocol's.
-  const LIMITS = [
-    "max_messages_per_minute",
-    "max_recipients_per_day",
-    "max_recipients_per_message",
-  ];
-  const NUMBERS = new Set(["port", ...LIMITS]);
   // The delivery mode is the installation's, not a protocol's: switching protocol keeps it.
   const DEFAULT_MODE = "deliver";
-  const SECRET = { smtp: "password", oauth: "client_secret" };
-  const AUTH_SECRET = { password: "password", oauth2: "client_secret" };
-  const KEEP_SECRET = "saved; leave empty to keep";
 
   const form = document.getElementById("mail-settings");
   const protocolSelect = document.getElementById("protocol");
@@ -42,27 +22,61 @@
   // nobody changed them), or null.
   const state = { saved: null, defaults: { smtp: {}, oauth: {} }, prefilled: null, timer: null };
 
-  const input = (name) => document.getElementById(name);
+  const input = (id) => document.getElementById(id);
 
-  // The id of a field's element in the form as it stands (the chosen protocol and
-  // authentication).
-  function fieldId(name) {
-    // One input holds every redirect address: "redirect_to[1]" is marked there.
-    if (/^redirect_to(\[\d+\])?$/.test(name)) return "redirect_to";
-    const oauth2 = protocolSelect.value === "smtp" && authSelect.value === "oauth2";
-    return oauth2 && AUTH_FIELDS.oauth2.includes(name) ? `oauth2_${name}` : name;
-  }
+  // ---- the fields, as the page renders them -----------------------------------------
 
-  function secretOf(protocol) {
-    return protocol === "smtp" ? AUTH_SECRET[authSelect.value] : SECRET[protocol];
+  // The server renders the form from its one table of fields (api/settings_fields.py), so
+  // this script keeps no list of its own: a control's name is its settings field, data-kind
+  // says how it is edited, and the fieldset around it whose protocol (data-protocol) or SMTP
+  // authentication (data-auth) it belongs to. SMTP's OAuth 2.0 fields share their names with
+  // the OAuth protocol's, so the ids differ ("oauth2_tenant"), never the names.
+  const CONTROLS = [...form.querySelectorAll("[data-kind]")];
+  const LIMITS = [...form.querySelectorAll('[data-group="limits"] [data-kind]')];
+  const AUTHS = [...authSelect.options].map((option) => option.value);
+
+  const kindOf = (control) => control.dataset.kind;
+  const choiceOf = (control, key) => {
+    const group = control.closest(`[data-${key}]`);
+    return group ? group.dataset[key] : null;
+  };
+
+  // A protocol's own fields (for SMTP, those of neither authentication), or an
+  // authentication's.
+  const protocolFields = (protocol) =>
+    CONTROLS.filter((c) => choiceOf(c, "protocol") === protocol && !choiceOf(c, "auth"));
+  const authFields = (auth) => CONTROLS.filter((c) => choiceOf(c, "auth") === auth);
+
+  // The fields of the form as it stands are those it shows: the chosen protocol's, the
+  // chosen authentication's, and Redirect to only with redirect.
+  const shownFields = () => CONTROLS.filter((control) => !control.closest("[hidden]"));
+
+  // The control a problem's field is about; "redirect_to[1]" (the second address) is marked
+  // at the one input of every address.
+  function controlOf(field) {
+    const name = field.replace(/\[\d+\]$/, "");
+    return shownFields().find((control) => control.name === name) || null;
   }
 
   // ---- filling the form -------------------------------------------------------------
 
-  function setValue(name, value, id = name) {
-    const element = input(id);
-    if (element.type === "checkbox") element.checked = Boolean(value);
-    else element.value = value === null || value === undefined ? "" : String(value);
+  function setValue(control, value) {
+    if (kindOf(control) === "checkbox") control.checked = Boolean(value);
+    else if (kindOf(control) === "addresses") control.value = (value || []).join(", ");
+    else control.value = value === null || value === undefined ? "" : String(value);
+  }
+
+  // A secret is never filled in; while one is stored, its placeholder says that leaving it
+  // empty keeps it.
+  function fill(controls, values) {
+    for (const control of controls) {
+      if (kindOf(control) !== "secret") setValue(control, values[control.name]);
+      else {
+        const stored = values[`${control.name}_set`];
+        control.value = "";
+        control.placeholder = stored ? control.dataset.storedPlaceholder : "";
+      }
+    }
   }
 
   // The values a protocol's fields start with: the saved ones when the saved settings are of
@@ -76,17 +90,11 @@
   // when they log in that way, else the defaults.
   function startingAuthValues(auth) {
     const values = startingValues("smtp");
-    return (values.auth || "password") === auth ? values : state.defaults.smtp;
+    return (values.auth || AUTHS[0]) === auth ? values : state.defaults.smtp;
   }
 
   function fillAuth(auth) {
-    const values = startingAuthValues(auth);
-    const secret = AUTH_SECRET[auth];
-    const id = (name) => (auth === "oauth2" ? `oauth2_${name}` : name);
-    for (const name of AUTH_FIELDS[auth]) {
-      setValue(name, name === secret ? "" : values[name], id(name));
-    }
-    input(id(secret)).placeholder = values[`${secret}_set`] ? KEEP_SECRET : "";
+    fill(authFields(auth), startingAuthValues(auth));
   }
 
   function showAuth(auth) {
@@ -96,28 +104,19 @@
     }
   }
 
-  function fillLimits(values) {
-    for (const name of LIMITS) setValue(name, values[name]);
-  }
-
   function limitValues() {
-    return LIMITS.map((name) => input(name).value.trim()).join(" ");
+    return LIMITS.map((control) => control.value.trim()).join(" ");
   }
 
   // The fields of a protocol, and the limits: the protocol filled last shows its own.
   function fillProtocol(protocol) {
     const values = startingValues(protocol);
+    fill(protocolFields(protocol), values);
     if (protocol === "smtp") {
-      for (const name of FIELDS.smtp) setValue(name, values[name]);
-      fillAuth("password");
-      fillAuth("oauth2");
-      showAuth(values.auth || "password");
-    } else {
-      const secret = SECRET[protocol];
-      for (const name of FIELDS[protocol]) setValue(name, name === secret ? "" : values[name]);
-      input(secret).placeholder = values[`${secret}_set`] ? KEEP_SECRET : "";
+      for (const auth of AUTHS) fillAuth(auth);
+      showAuth(values.auth || AUTHS[0]);
     }
-    fillLimits(values);
+    fill(LIMITS, values);
     state.prefilled = null;
   }
 
@@ -135,14 +134,14 @@
   }
 
   function fillMode(values) {
-    setValue("redirect_to", (values.redirect_to || []).join(", "));
+    setValue(input("redirect_to"), values.redirect_to);
     showMode(values.delivery_mode || DEFAULT_MODE);
   }
 
   // The saved settings again (or a new form when nothing is saved).
   function resetForm() {
     const protocol = state.saved ? state.saved.protocol : "smtp";
-    setValue("from_mailbox", state.saved ? state.saved.from_mailbox : "");
+    setValue(input("from_mailbox"), state.saved ? state.saved.from_mailbox : "");
     fillProtocol(protocol === "smtp" ? "oauth" : "smtp");
     fillProtocol(protocol);
     showProtocol(protocol);
@@ -180,17 +179,6 @@
 
   // ---- reading the form -------------------------------------------------------------
 
-  // A number field's value; empty is null (for a limit: none).
-  function numberValue(element) {
-    const raw = element.value.trim();
-    return raw === "" ? null : Number(raw);
-  }
-
-  function formFields(protocol) {
-    const auth = protocol === "smtp" ? AUTH_FIELDS[authSelect.value] : [];
-    return [...FIELDS[protocol], ...auth, ...LIMITS];
-  }
-
   // "a@x, b@y" (commas, semicolons or line breaks between them) as a list of addresses.
   function addressList(text) {
     return text
@@ -199,101 +187,70 @@
       .filter((address) => address !== "");
   }
 
-  // The request body: the form's current values of the chosen protocol (and, for SMTP, of
-  // the chosen authentication), and the delivery mode. An empty secret is left out, so the
-  // saved one is kept (or used, for a test). The redirect addresses go only with redirect
-  // (what the hidden field holds stays in the form until Cancel or a save).
+  // What a control sends: a number's empty is null (for a limit: none).
+  function valueOf(control) {
+    const raw = control.value.trim();
+    switch (kindOf(control)) {
+      case "checkbox":
+        return control.checked;
+      case "number":
+        return raw === "" ? null : Number(raw);
+      case "addresses":
+        return addressList(control.value);
+      case "secret":
+        return control.value;
+      default:
+        return raw;
+    }
+  }
+
+  // The request body: the fields the form shows, with their current values. An empty secret
+  // is left out, so the saved one is kept (or used, for a test). What a hidden field holds
+  // (another protocol's, or the redirect addresses without redirect) stays in the form until
+  // Cancel or a save, but is not sent.
   function formBody() {
-    const protocol = protocolSelect.value;
-    const mode = modeSelect.value;
-    const body = {
-      protocol,
-      from_mailbox: input("from_mailbox").value.trim(),
-      delivery_mode: mode,
-      redirect_to: mode === "redirect" ? addressList(input("redirect_to").value) : [],
-    };
-    for (const name of formFields(protocol)) {
-      const element = input(fieldId(name));
-      if (element.type === "checkbox") body[name] = element.checked;
-      else if (NUMBERS.has(name)) body[name] = numberValue(element);
-      else if (name === secretOf(protocol)) {
-        if (element.value !== "") body[name] = element.value;
-      } else body[name] = element.value.trim();
+    const body = {};
+    for (const control of shownFields()) {
+      const value = valueOf(control);
+      if (kindOf(control) !== "secret" || value !== "") body[control.name] = value;
     }
     return body;
   }
 
   // ---- errors next to their fields --------------------------------------------------
 
-  function errorElement(field) {
-    return document.getElementById(`error-${field}`);
-  }
-
-  function describedBy(element, id, on) {
-    const ids = new Set((element.getAttribute("aria-describedby") || "").split(/\s+/));
-    ids.delete("");
-    if (on) ids.add(id);
-    else ids.delete(id);
-    if (ids.size) element.setAttribute("aria-describedby", [...ids].join(" "));
-    else element.removeAttribute("aria-describedby");
-  }
-
   // "redirect_to[1]" is about the second address in the field: the message names it.
-  function aboutWhich(field, text) {
-    const index = /^redirect_to\[(\d+)\]$/.exec(field);
-    const address = index && addressList(input("redirect_to").value)[Number(index[1])];
+  function aboutWhich(field, control, text) {
+    const index = /\[(\d+)\]$/.exec(field);
+    const address = index && kindOf(control) === "addresses" && valueOf(control)[Number(index[1])];
     return address ? `${address}: ${text}` : text;
-  }
-
-  // Several problems of one field (two wrong redirect addresses) are all shown.
-  function showFieldError(field, text) {
-    const element = input(fieldId(field));
-    const error = errorElement(fieldId(field));
-    if (!element || !error) return false;
-    const said = aboutWhich(field, text);
-    error.textContent = error.hidden ? said : `${error.textContent}; ${said}`;
-    error.hidden = false;
-    element.setAttribute("aria-invalid", "true");
-    describedBy(element, error.id, true);
-    return true;
   }
 
   function clearErrors() {
     for (const error of form.querySelectorAll(".field-error")) {
-      const field = error.id.slice("error-".length);
-      error.hidden = true;
-      error.textContent = "";
-      input(field).removeAttribute("aria-invalid");
-      describedBy(input(field), error.id, false);
+      Outbox.unmarkField(input(error.id.slice("error-".length)), error);
     }
   }
 
-  // A 422 lists every problem in "errors", each with the field it is about; each one that
-  // names a field of the form is shown next to it.
-  function showProblem(problem) {
+  // Each problem that names a field the form shows is said next to it; the number shown.
+  function showProblems(problems) {
     let shown = 0;
-    for (const each of problem.errors || [{ field: problem.field, detail: problem.detail }]) {
-      if (each.field && showFieldError(each.field, each.detail)) shown += 1;
+    for (const { field, detail } of problems) {
+      const control = field && controlOf(field);
+      if (!control) continue;
+      Outbox.markField(control, input(`error-${control.id}`), aboutWhich(field, control, detail));
+      shown += 1;
       // The saved secret was not kept (e.g. the server changed): the placeholder must no
       // longer say that leaving it empty keeps it. Cancel or a save puts it back.
-      if (each.field === secretOf(protocolSelect.value)) {
-        input(fieldId(each.field)).placeholder = "";
-      }
+      if (kindOf(control) === "secret") control.placeholder = "";
     }
-    const first = form.querySelector('[aria-invalid="true"]');
-    if (first) first.focus();
+    Outbox.focusFirstMarked(form);
     return shown;
   }
 
   function failed(what, response) {
-    const problem = response.data || {};
-    if (response.status === 422 && showProblem(problem)) {
-      Outbox.say(result, `${what}: check the marked field.`, "fail");
-    } else {
-      Outbox.say(result, `${what}: ${problem.detail || problem.message}`, "fail");
-    }
+    Outbox.sayFailed(result, what, response, showProblems);
   }
-
   // ---- the buttons ------------------------------------------------------------------
 
   // Run one action with every button disabled until its request is answered.
@@ -389,7 +346,7 @@
     const response = await Outbox.api("GET", `${URL_SETTINGS}/defaults?${query}`);
     // An answer overtaken by another edit (of the server or of a limit) is dropped.
     if (!response.ok || input("server").value.trim() !== server || !untouched()) return;
-    fillLimits(response.data);
+    fill(LIMITS, response.data);
     state.prefilled = limitValues();
   }
 

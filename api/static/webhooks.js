@@ -12,7 +12,7 @@
   // hours away is shown when the reader refreshes.
   const SOON_SECONDS = 60;
 
-  const { element, cell, badge } = Outbox;
+  const { element, cell, badge, button } = Outbox;
   const $ = (id) => document.getElementById(id);
   const form = $("add-endpoint");
   const endpointsStatus = $("endpoints-status");
@@ -31,10 +31,8 @@
   function endpointRow(endpoint) {
     const tr = element("tr");
     tr.dataset.id = endpoint.id;
-    const remove = element("button", "small", "Remove");
-    remove.type = "button";
+    const remove = button("Remove", (clicked) => removeEndpoint(endpoint, clicked));
     remove.setAttribute("aria-label", `Remove ${endpoint.url}`);
-    remove.addEventListener("click", () => removeEndpoint(endpoint, remove));
     const actions = cell("", remove);
     actions.classList.add("actions-cell");
     tr.append(
@@ -54,19 +52,18 @@
       return;
     }
     state.endpoints = response.data;
-    $("endpoint-rows").replaceChildren(...state.endpoints.map(endpointRow));
-    $("no-endpoints").hidden = state.endpoints.length > 0;
-    $("endpoints-table").hidden = state.endpoints.length === 0;
+    const rows = state.endpoints.map(endpointRow);
+    Outbox.showRows($("endpoint-rows"), rows, $("no-endpoints"), $("endpoints-table"));
   }
 
-  async function removeEndpoint(endpoint, button) {
+  async function removeEndpoint(endpoint, remove) {
     if (!window.confirm(`Remove ${endpoint.url}? Nothing more is sent to it.`)) return;
-    button.disabled = true;
+    remove.disabled = true;
     const response = await Outbox.api("DELETE", `${URL_WEBHOOKS}/${endpoint.id}`);
     if (response.ok) {
       Outbox.say(endpointsStatus, `${endpoint.url} is removed: nothing more is sent to it.`, "ok");
     } else {
-      button.disabled = false;
+      remove.disabled = false;
       Outbox.say(endpointsStatus, `Remove failed: ${response.data.detail}`, "fail");
     }
     await loadEndpoints();
@@ -105,28 +102,21 @@
 
   function clearErrors() {
     for (const [field, control] of Object.entries(FIELDS)) {
-      const error = $(`error-${field}`);
-      error.hidden = true;
-      error.textContent = "";
-      control.removeAttribute("aria-invalid");
+      Outbox.unmarkField(control, $(`error-${field}`));
     }
   }
 
   // A 422 names its field ("url", "events", "key"; pydantic's "events[0]" is the events):
   // the message goes beside it.
-  function showProblem(problem) {
+  function showProblems(problems) {
     let shown = 0;
-    for (const each of problem.errors || [{ field: problem.field, detail: problem.detail }]) {
+    for (const each of problems) {
       const field = (each.field || "").replace(/\[\d+\]$/, "");
       if (!(field in FIELDS)) continue;
-      const error = $(`error-${field}`);
-      error.textContent = error.hidden ? each.detail : `${error.textContent}; ${each.detail}`;
-      error.hidden = false;
-      FIELDS[field].setAttribute("aria-invalid", "true");
+      Outbox.markField(FIELDS[field], $(`error-${field}`), each.detail);
       shown += 1;
     }
-    const first = form.querySelector('[aria-invalid="true"]');
-    if (first) (first.querySelector("input") || first).focus();
+    Outbox.focusFirstMarked(form);
     return shown;
   }
 
@@ -166,10 +156,7 @@
     const response = await Outbox.api("POST", URL_WEBHOOKS, body);
     $("add").disabled = false;
     if (!response.ok) {
-      const problem = response.data || {};
-      const marked = response.status === 422 && showProblem(problem);
-      const why = marked ? "check the marked field." : problem.detail;
-      Outbox.say(endpointsStatus, `The endpoint was not added: ${why}`, "fail");
+      Outbox.sayFailed(endpointsStatus, "The endpoint was not added", response, showProblems);
       return;
     }
     form.reset();
@@ -258,9 +245,12 @@
     }
     Outbox.say(deliveriesStatus, "");
     const deliveries = response.data;
-    $("webhook-delivery-rows").replaceChildren(...deliveries.map(deliveryRow));
-    $("no-webhook-deliveries").hidden = deliveries.length > 0;
-    $("webhook-deliveries-table").hidden = deliveries.length === 0;
+    Outbox.showRows(
+      $("webhook-delivery-rows"),
+      deliveries.map(deliveryRow),
+      $("no-webhook-deliveries"),
+      $("webhook-deliveries-table"),
+    );
     const now = Date.now() / 1000;
     if (deliveries.some((delivery) => underWay(delivery, now))) {
       clearTimeout(state.timer);
