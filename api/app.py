@@ -24,7 +24,7 @@ from api.request_guard import BodyLimit, RequestGuard
 from api.services import ApiServices
 from tasks.context import OutboxContext
 
-__all__ = ["create_app"]
+__all__ = ["app_from_environment", "create_app"]
 
 # Pages load scripts and styles from this site only, and no other site may frame them.
 _SECURITY_HEADERS = {
@@ -83,3 +83,8 @@ def create_app(context: OutboxContext) -> FastAPI:
         return response
 
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app of the process's environment (OUTBOX_*): uvicorn's factory."""
+    return create_app(OutboxContext.from_environment())

@@ -34,9 +34,10 @@
           └── ReportTemplateError             a report template cannot be read or rendered
 
 Library exceptions are translated into these once per library, with ``raise ... from exc``:
-SMTP (aiosmtplib, ssl, socket) in ``worker.transports.smtp.errors``, HTTP (httpx) in
-``worker.transports.graph.errors``, msal's results in ``worker.transports.graph.tokens``,
-Redis and broker failures in ``config.redis_location.RedisLocation.unavailable``, pydantic's
+SMTP (aiosmtplib, ssl, socket) in ``worker.transports.smtp.errors``, Graph's answers in
+``worker.transports.graph.errors``, HTTP connection failures (httpx) in
+``worker.transports.http_failures``, msal's results in ``worker.transports.identity``, Redis
+and broker failures in ``config.redis_location.RedisLocation.unavailable``, pydantic's
 validation errors at the edges. The command line maps the branches to exit codes in one table
 (``tasks.cli.errors``), the HTTP API to statuses in another (``api.errors``).
 """

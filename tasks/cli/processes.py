@@ -56,6 +56,11 @@ def _exec_celery(arguments: list[str]) -> NoReturn:
     os.execv(sys.executable, command)  # noqa: S606
 
 
+# What `outbox api` hands uvicorn: an import string, not the app, so that the command (in
+# tasks/, a layer below api/) never imports it, and uvicorn can build one app per process.
+API_APP = "api.app:app_from_environment"
+
+
 @processes_app.command()
 def api(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = LOOPBACK,
@@ -64,13 +69,12 @@ def api(
     """Serve the HTTP API and the Mail Settings page (uvicorn)."""
     import uvicorn
 
-    from api.app import create_app
-
-    context = load_context()
+    context = load_context()  # the environment's errors, said here before uvicorn starts
     _print_first_admin_key(ApiKeyStore(context.redis), f"http://{host}:{port}/")
     trusted = context.settings.forwarded_allow_ips
     uvicorn.run(
-        create_app(context),
+        API_APP,
+        factory=True,
         host=host,
         port=port,
         log_level="info",

@@ -14,7 +14,8 @@ from worker.concurrency import ConcurrencyLimit, LocalLimit, SharedLimit
 from worker.tls import TlsContexts, build_tls_contexts
 from worker.transports.base import Transport
 from worker.transports.capture import CaptureTransport
-from worker.transports.graph import ClientCredentials, GraphTransport, TokenSource
+from worker.transports.graph import GraphTransport
+from worker.transports.identity import ClientCredentials, TokenSource
 from worker.transports.redirect import RedirectTransport
 from worker.transports.smtp import SessionOptions, SmtpTransport
 

@@ -1,8 +1,7 @@
-"""Microsoft Graph: the transport and everything of its protocol (message JSON, HTTP error
-translation, client-credentials tokens), behind the one ``Transport`` protocol of
-``worker.transports.base``."""
+"""Microsoft Graph: the transport and everything of its protocol (message JSON, its error
+answers), behind the one ``Transport`` protocol of ``worker.transports.base``; its tokens come
+from ``worker.transports.identity``, shared with SMTP's XOAUTH2."""
 
-from worker.transports.graph.tokens import ClientCredentials, TokenSource
 from worker.transports.graph.transport import GraphTransport
 
-__all__ = ["ClientCredentials", "GraphTransport", "TokenSource"]
+__all__ = ["GraphTransport"]

@@ -1,20 +1,14 @@
-"""Translation of HTTP failures (Graph and the identity platform) into delivery errors."""
+"""Translation of Microsoft Graph's error answers into delivery errors."""
 
 from __future__ import annotations
 
-import ssl
-
 import httpx
 
-from config.errors import (
-    ConfigurationError,
-    DeliveryError,
-    TransientError,
-)
+from config.errors import DeliveryError
 from worker.classify import FailureKind, HttpStatus, classify, delivery_error
 from worker.retry_after import parse_retry_after
 
-__all__ = ["graph_error", "transport_error"]
+__all__ = ["graph_error"]
 
 
 def graph_error(response: httpx.Response, now: float) -> DeliveryError:
@@ -34,18 +28,3 @@ def graph_error(response: httpx.Response, now: float) -> DeliveryError:
     return delivery_error(
         kind, reason, code=response.status_code, reply=reply, retry_after=retry_after
     )
-
-
-def transport_error(exc: httpx.TransportError, where: str) -> DeliveryError:
-    """Connection-level failures: untrusted certificates need an operator, the rest a retry."""
-    current: BaseException | None = exc
-    while current is not None:
-        if isinstance(current, ssl.SSLCertVerificationError):
-            return ConfigurationError(
-                f"certificate of {where} not trusted ({current.verify_message}); "
-                "trust its CA with OUTBOX_CA_BUNDLE"
-            )
-        current = current.__cause__ or current.__context__
-    if isinstance(exc, httpx.TimeoutException):
-        return TransientError(f"timed out talking to {where}")
-    return TransientError(f"cannot reach {where}: {type(exc).__name__}: {exc}")

@@ -17,9 +17,10 @@ from worker.message import Attachment, OutgoingMessage
 from worker.records import RecipientOutcome, RecipientState
 from worker.scrubbing import scrub_error
 from worker.transports.base import BeforeData, SendResult, go_ahead
-from worker.transports.graph.errors import graph_error, transport_error
+from worker.transports.graph.errors import graph_error
 from worker.transports.graph.message import GraphMessage, build_graph_message
-from worker.transports.graph.tokens import TokenSource
+from worker.transports.http_failures import transport_error
+from worker.transports.identity import TokenSource
 
 __all__ = ["UPLOAD_CHUNK_BYTES", "GraphTransport"]
 

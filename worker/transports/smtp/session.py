@@ -9,7 +9,7 @@ import aiosmtplib
 from config.errors import ConfigurationError, DeliveryError
 from config.mail_settings import SmtpAuth, SmtpSettings, TlsMode
 from worker.tls import TlsContexts
-from worker.transports.graph.tokens import TokenSource
+from worker.transports.identity import TokenSource
 from worker.transports.smtp.errors import SMTP_FAILURES, server_address, smtp_error
 from worker.transports.smtp.sent_secrets import SentSecrets
 

@@ -15,7 +15,7 @@ from worker.message import OutgoingMessage
 from worker.mime import build_mime
 from worker.records import RecipientOutcome, RecipientState
 from worker.transports.base import BeforeData, SendResult, go_ahead, refused_recipient
-from worker.transports.graph.tokens import TokenSource
+from worker.transports.identity import TokenSource
 from worker.transports.smtp.envelope import Submission
 from worker.transports.smtp.errors import SMTP_FAILURES, server_address
 from worker.transports.smtp.pool import SessionPool

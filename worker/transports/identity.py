@@ -1,11 +1,6 @@
-"""OAuth 2.0 client-credentials tokens from msal, one application per settings version.
-
-SMTP's XOAUTH2 login uses them as much as Graph does, yet they live here, in the Graph
-package: they come from the Microsoft identity platform over the same httpx clients, with
-the same translation of HTTP failures (``errors.transport_error``). A shared
-``worker/transports/oauth.py`` would need the Graph package for that translation while the
-Graph package needs it for its tokens: an import cycle.
-"""
+"""OAuth 2.0 client-credentials tokens from the Microsoft identity platform (msal), one
+application per settings version: for Graph and for SMTP's XOAUTH2 login alike, so they sit
+beside both packages and each stands alone."""
 
 from __future__ import annotations
 
@@ -20,7 +15,7 @@ from pydantic import SecretStr
 from config.errors import ConfigurationError, DeliveryError, TransientError
 from config.mail_settings import OAuthSettings, SmtpSettings
 from worker.scrubbing import scrub
-from worker.transports.graph.errors import transport_error
+from worker.transports.http_failures import transport_error
 
 __all__ = ["ClientCredentials", "TokenSource"]
 
