@@ -19,6 +19,7 @@ from worker.backoff import RetryPolicy
 from worker.deliver import Deliverer, JobOutcome, TransportCache
 from worker.records import RedisClaims
 from worker.records.replication import AsyncFailoverWatch, AsyncReplicaWait
+from worker.records.sweeps import SweepStore
 from worker.sending_limits import RedisGate
 from worker.settings_cache import SettingsCache
 from worker.sweeper import Sweeper, TaskQueue
@@ -126,7 +127,7 @@ class WorkerRuntime:
             failovers=self._failovers,
         )
         self._sweeper = Sweeper(
-            self._redis,
+            SweepStore(self._redis),
             task_queue,
             interval_seconds=settings.sweep_interval_seconds,
             stranded_after_seconds=settings.stranded_after_seconds,
