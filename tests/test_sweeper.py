@@ -16,7 +16,9 @@ from tasks.message_input import MessageInput
 from tasks.producer import Producer
 from tests.support.in_process_worker import CollectingQueue, InProcessWorker
 from worker.records import DUE_KEY, DeliveryStatus, Priority, record_key, status_index_key
+from worker.records.codec import as_text
 from worker.records.scripts import SWEEP, sweep_call
+from worker.records.sweeps import SweepStore
 from worker.runtime import worker_redis
 from worker.sweeper import Sweeper
 
@@ -136,7 +138,7 @@ def test_final_ids_leave_the_indexes_after_the_retention(
 
 def queued_ids(redis_client: redis.Redis) -> list[str]:
     return [
-        raw.decode() for raw in redis_client.zrange(status_index_key(DeliveryStatus.QUEUED), 0, -1)
+        as_text(raw) for raw in redis_client.zrange(status_index_key(DeliveryStatus.QUEUED), 0, -1)
     ]
 
 
@@ -147,7 +149,7 @@ def sweep_once(outbox_context: OutboxContext, clock: Callable[[], float]) -> lis
         client = worker_redis(outbox_context.redis_location)
         try:
             sweeper = Sweeper(
-                client,
+                SweepStore(client),
                 CollectingQueue(),
                 interval_seconds=1,
                 stranded_after_seconds=30,
