@@ -21,15 +21,15 @@ from api.app import create_app
 from config import redis_keys
 from config.api_keys import ApiKeyStore, KeyLimits, Role
 from config.mail_settings import SmtpSettings, TlsMode
-from config.process import ProcessSettings
 from config.redis_keys import REGISTRY, KeyType, describing, markdown_table
 from peers.processes import Service, run_outbox
 from peers.redis_server import RedisServer
 from peers.smtp_peer import SmtpPeer, smtp_peer
 from tasks.context import OutboxContext
-from tests.support.environment import fresh_environment
+from tests.support.environment import context_of, fresh_environment
 from tests.support.webhook_receiver import Receiver, webhook_receiver
 from worker.records import DeliveryStatus, attempts_key, idempotency_key, record_key
+from worker.records.codec import as_text
 from worker.webhooks import EndpointStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,8 +69,7 @@ def env(
 
 @pytest.fixture(scope="module")
 def context(env: dict[str, str]) -> OutboxContext:
-    fields = {name.removeprefix("OUTBOX_").lower(): value for name, value in env.items()}
-    return OutboxContext.from_settings(ProcessSettings.model_validate(fields))
+    return context_of(env)
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +108,7 @@ def keys_in(client: redis.Redis) -> dict[str, KeyType]:
     for raw in client.scan_iter(count=1000):
         kind = client.type(raw)
         if kind != b"none":  # expired between SCAN and TYPE
-            found[raw.decode()] = KeyType(kind.decode())
+            found[raw.decode()] = KeyType(as_text(kind))
     return found
 
 

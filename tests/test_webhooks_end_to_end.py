@@ -18,12 +18,11 @@ from standardwebhooks import Webhook
 from api.app import create_app
 from config.api_keys import ApiKeyStore, Role
 from config.mail_settings import SmtpSettings, TlsMode
-from config.process import ProcessSettings
 from peers.processes import Service, run_outbox
 from peers.redis_server import RedisServer
 from peers.smtp_peer import SmtpPeer, smtp_peer
 from tasks.context import OutboxContext
-from tests.support.environment import fresh_environment
+from tests.support.environment import context_of, fresh_environment
 from tests.support.webhook_receiver import Receiver, webhook_receiver
 from worker.records import DeliveryStatus
 from worker.webhooks import EndpointStore, WebhookDeliveries
@@ -48,8 +47,7 @@ def env(
 
 @pytest.fixture(scope="module")
 def context(env: dict[str, str]) -> OutboxContext:
-    fields = {name.removeprefix("OUTBOX_").lower(): value for name, value in env.items()}
-    return OutboxContext.from_settings(ProcessSettings.model_validate(fields))
+    return context_of(env)
 
 
 @pytest.fixture(scope="module")

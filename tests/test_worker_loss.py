@@ -12,12 +12,11 @@ import pytest
 from cryptography.fernet import Fernet
 
 from config.mail_settings import SmtpSettings, TlsMode
-from config.process import ProcessSettings
 from peers.processes import SenderKiller, Service, child_pids, run_outbox
 from peers.redis_server import RedisServer
 from peers.smtp_peer import SmtpPeer, smtp_peer
-from tasks.context import OutboxContext
 from tasks.message_input import MessageInput
+from tests.support.environment import context_of
 from worker.records import AttemptOutcome, DeliveryStatus
 
 
@@ -94,12 +93,6 @@ def test_killed_worker_process_job_is_redelivered_and_sent(
 POISON = "poison@example.com"
 INNOCENTS = 7  # with the poison, as many as one process has in flight
 MAX_ATTEMPTS = 3
-
-
-def context_of(env: dict[str, str]) -> OutboxContext:
-    """The context a process with ``env`` would build."""
-    fields = {name.removeprefix("OUTBOX_").lower(): value for name, value in env.items()}
-    return OutboxContext.from_settings(ProcessSettings.model_validate(fields))
 
 
 def test_a_message_that_kills_its_process_every_time_fails_alone(env: dict[str, str]) -> None:

@@ -15,13 +15,11 @@ import trustme
 from pydantic import SecretStr
 
 from config.mail_settings import SmtpSettings, TlsMode
-from config.process import ProcessSettings
 from peers.processes import Service, child_pids, rss_mb
 from peers.redis_server import RedisServer
 from peers.smtp_peer import SmtpPeer, smtp_peer
-from tasks.context import OutboxContext
 from tasks.message_input import MessageInput
-from tests.support.environment import outbox_environment
+from tests.support.environment import context_of, outbox_environment
 from worker.records import DeliveryStatus
 
 USER, PASSWORD = "robot", "fault-Suite-pa55"
@@ -184,9 +182,3 @@ def accepted_message_ids(peer: SmtpPeer) -> Iterable[bytes]:
         found = _MESSAGE_ID.search(message.data)
         if found:
             yield found.group(1)
-
-
-def context_of(env: dict[str, str]) -> OutboxContext:
-    """The context a process with ``env`` would build."""
-    fields = {name.removeprefix("OUTBOX_").lower(): value for name, value in env.items()}
-    return OutboxContext.from_settings(ProcessSettings.model_validate(fields))

@@ -8,6 +8,9 @@ import redis
 import trustme
 from cryptography.fernet import Fernet
 
+from config.process import ProcessSettings
+from tasks.context import OutboxContext
+
 
 def outbox_environment(
     redis_url: str, directory: Path, certificate_authority: trustme.CA, **overrides: str
@@ -41,3 +44,9 @@ def fresh_environment(
     finally:
         client.close()
     return outbox_environment(redis_url, directory, certificate_authority, **overrides)
+
+
+def context_of(env: dict[str, str]) -> OutboxContext:
+    """The context a process with the OUTBOX_* environment ``env`` would build."""
+    fields = {name.removeprefix("OUTBOX_").lower(): value for name, value in env.items()}
+    return OutboxContext.from_settings(ProcessSettings.model_validate(fields))
