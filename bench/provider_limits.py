@@ -7,13 +7,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-import redis
-import trustme
 from pydantic import SecretStr
 
-from config.mail_settings import SmtpSettings
+from bench.env import BenchEnv, Figures, outbox_workers
+from config.mail_settings import SmtpAuth, SmtpSettings
 from peers.exchange_standin import ExchangeStandIn, max_in_window
 from peers.graph_standin import (
     DEFAULT_CLIENT_ID,
@@ -21,10 +19,7 @@ from peers.graph_standin import (
     DEFAULT_TENANT,
     GraphStandIn,
 )
-from peers.processes import Service
-from tasks.context import OutboxContext
 from tasks.message_input import MessageInput
-from tasks.producer import Producer
 from worker.records import DeliveryStatus, status_index_key
 
 __all__ = ["LimitsRun", "measure_provider_limits"]
@@ -45,25 +40,16 @@ class LimitsRun:
     seconds: float
 
 
-def measure_provider_limits(
-    context: OutboxContext,
-    producer: Producer,
-    client: redis.Redis,
-    env: dict[str, str],
-    certificate: trustme.LeafCert,
-    *,
-    per_minute: int,
-    workers_ready: Callable[[int], bool],
-    log: Callable[[str], None],
-) -> dict[str, Any]:
+def measure_provider_limits(env: BenchEnv) -> Figures:
     """The figures with outbox's limit at the quota (``limit_*``) and without one
     (``quota_*``)."""
-    results: dict[str, Any] = {}
-    with GraphStandIn(certificate) as identity:
+    per_minute = env.options.provider_limit
+    runs: dict[bool, LimitsRun] = {}
+    with GraphStandIn(env.certificate) as identity:
         for configured in (True, False):
             # A new stand-in each time: its quota window starts empty.
             with ExchangeStandIn(
-                certificate,
+                env.certificate,
                 identity,
                 [MAILBOX],
                 messages_per_minute=per_minute,
@@ -73,20 +59,11 @@ def measure_provider_limits(
                 concurrent_submissions=None,
             ) as exchange:
                 label = "with outbox's limit" if configured else "without a limit"
-                log(f"provider limits: {3 * per_minute} e-mails, quota {per_minute}/min, {label}")
-                run = _run(
-                    context,
-                    producer,
-                    client,
-                    env,
-                    exchange,
-                    identity,
-                    per_minute,
-                    configured,
-                    workers_ready,
+                env.log(
+                    f"provider limits: {3 * per_minute} e-mails, quota {per_minute}/min, {label}"
                 )
-            results["limit" if configured else "quota"] = run
-    limited, unlimited = results["limit"], results["quota"]
+                runs[configured] = _run(env, exchange, identity, configured)
+    limited, unlimited = runs[True], runs[False]
     return {
         "limit_refusals": limited.refusals,
         "limit_failed": limited.failed,
@@ -102,42 +79,24 @@ def measure_provider_limits(
 
 
 def _run(
-    context: OutboxContext,
-    producer: Producer,
-    client: redis.Redis,
-    env: dict[str, str],
-    exchange: ExchangeStandIn,
-    identity: GraphStandIn,
-    per_minute: int,
-    configured: bool,
-    workers_ready: Callable[[int], bool],
+    env: BenchEnv, exchange: ExchangeStandIn, identity: GraphStandIn, configured: bool
 ) -> LimitsRun:
+    """A backlog of 3·N through two ``outbox worker`` instances sending to ``exchange``,
+    with outbox's limit at N if ``configured``."""
+    per_minute = env.options.provider_limit
+
     def counted(status: DeliveryStatus) -> int:
-        return int(client.zcard(status_index_key(status)))
+        return int(env.redis.zcard(status_index_key(status)))
 
     sent_before, failed_before = counted(DeliveryStatus.SENT), counted(DeliveryStatus.FAILED)
-    context.settings_store.save(
-        SmtpSettings(
-            server=exchange.host,
-            port=exchange.port,
-            from_mailbox=MAILBOX,
-            auth="oauth2",  # type: ignore[arg-type]
-            tenant=DEFAULT_TENANT,
-            client_id=DEFAULT_CLIENT_ID,
-            client_secret=SecretStr(DEFAULT_CLIENT_SECRET),
-            instance=identity.base_url,
-            max_messages_per_minute=per_minute if configured else None,
-        )
+    env.context.settings_store.save(
+        _settings(exchange, identity, per_minute if configured else None)
     )
-    workers = [
-        Service(["outbox", "worker", "--loglevel", "WARNING", "--hostname", f"limits{i}@%h"], env)
-        for i in range(2)
-    ]
     count = 3 * per_minute
-    try:
-        _wait_until(lambda: workers_ready(2), 60, "two outbox workers")
+    with outbox_workers(env, [f"limits{i}@%h" for i in range(2)]):
+        _wait_until(lambda: env.workers_ready(2), 60, "two outbox workers")
         started = time.monotonic()
-        producer.enqueue_many(
+        env.producer.enqueue_many(
             [
                 MessageInput(to=[f"qa{n}@example.com"], subject=f"run {n}", text="42 passed")
                 for n in range(count)
@@ -150,9 +109,6 @@ def _run(
 
         _wait_until(lambda: final() >= count, 20 * QUOTA_WINDOW_SECONDS, "the backlog")
         seconds = time.monotonic() - started
-    finally:
-        for worker in workers:
-            worker.stop()
     arrivals = sorted(m.arrived_at for m in exchange.accepted_messages(MAILBOX))
     refusal_times = [r.at for r in exchange.refusals()]
     return LimitsRun(
@@ -162,6 +118,23 @@ def _run(
         refusals_per_window=max_in_window(refusal_times, QUOTA_WINDOW_SECONDS),
         rate_vs_quota=_rate_vs_quota(arrivals, per_minute),
         seconds=seconds,
+    )
+
+
+def _settings(
+    exchange: ExchangeStandIn, identity: GraphStandIn, per_minute: int | None
+) -> SmtpSettings:
+    """SMTP with OAuth 2.0 to the stand-in, outbox's limit at ``per_minute`` (None: none)."""
+    return SmtpSettings(
+        server=exchange.host,
+        port=exchange.port,
+        from_mailbox=MAILBOX,
+        auth=SmtpAuth.OAUTH2,
+        tenant=DEFAULT_TENANT,
+        client_id=DEFAULT_CLIENT_ID,
+        client_secret=SecretStr(DEFAULT_CLIENT_SECRET),
+        instance=identity.base_url,
+        max_messages_per_minute=per_minute,
     )
 
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import math
 import os
@@ -399,15 +400,47 @@ def _spent(calls: _Calls) -> dict[str, list[float]]:
     return spent
 
 
+def _single_round(
+    run: _Run, calls: _Calls, singles: Sequence[MessageInput], round_number: int
+) -> dict[str, list[float]]:
+    """One round of single enqueues in blocks of ``BLOCK``, the cases alternating block by
+    block: each case's latencies (ms)."""
+    run.reset()
+    calls.clear()
+    times: dict[str, list[float]] = {case: [] for case in CASES}
+    for block_number, start in enumerate(range(0, len(singles), BLOCK)):
+        for case in _order(round_number + block_number):
+            times[case] += _singles(run.producers[case], singles[start : start + BLOCK])
+    return times
+
+
+def _batch_round(
+    run: _Run, calls: _Calls, batch: Sequence[MessageInput], batches: int, round_number: int
+) -> dict[str, float]:
+    """One round of ``batches`` batches per case, alternating batch by batch: each case's
+    seconds in all."""
+    seconds: dict[str, float] = dict.fromkeys(CASES, 0.0)
+    calls.clear()
+    for slot in range(batches):
+        run.reset()  # 11 MB per node and case per slot: no automatic AOF rewrite in one
+        for case in _order(round_number + slot):
+            seconds[case] += _batch(run.producers[case], batch)
+    return seconds
+
+
+def _keep_spent(spent: dict[str, list[float]], calls: _Calls) -> None:
+    for key, values in _spent(calls).items():
+        spent.setdefault(key, []).extend(values)
+
+
 def _measure_producer(run: _Run, args: argparse.Namespace, log: Callable[[str], None]) -> Any:
     """Per round and case: e-mails per second of ``args.singles`` single enqueues (run in
     blocks of ``BLOCK``, the cases alternating block by block, so both see the same moments
     of the machine) and of ``args.batches`` batches of 1,000 (alternating batch by batch)."""
     calls = _producer_calls(run)
-    producers = run.producers
     singles = [message(n) for n in range(args.singles)]
     batch = [message(n) for n in range(1000)]
-    for producer in producers.values():  # warm-up: connections, kombu's declarations, INFO
+    for producer in run.producers.values():  # warm-up: connections, kombu's declarations, INFO
         _singles(producer, singles[:100])
         _batch(producer, batch)
     rates: dict[str, dict[str, list[float]]] = {
@@ -418,29 +451,51 @@ def _measure_producer(run: _Run, args: argparse.Namespace, log: Callable[[str], 
     name = run.deployment.name
     for round_number in range(args.rounds):
         log(f"{name} round {round_number + 1}: {args.singles:,} single enqueues per case")
-        run.reset()
-        calls.clear()
-        times: dict[str, list[float]] = {case: [] for case in CASES}
-        for block_number, start in enumerate(range(0, len(singles), BLOCK)):
-            for case in _order(round_number + block_number):
-                times[case] += _singles(producers[case], singles[start : start + BLOCK])
+        times = _single_round(run, calls, singles, round_number)
         for case in CASES:
             rates["single"][case].append(len(singles) / (sum(times[case]) / 1000))
             latencies[case] += times[case]
-        for key, values in _spent(calls).items():
-            spent["single"].setdefault(key, []).extend(values)
+        _keep_spent(spent["single"], calls)
         log(f"{name} round {round_number + 1}: {args.batches} x enqueue_many(1000) per case")
-        seconds: dict[str, float] = dict.fromkeys(CASES, 0.0)
-        calls.clear()
-        for slot in range(args.batches):
-            run.reset()  # 11 MB per node and case per slot: no automatic AOF rewrite in one
-            for case in _order(round_number + slot):
-                seconds[case] += _batch(producers[case], batch)
+        seconds = _batch_round(run, calls, batch, args.batches, round_number)
         for case in CASES:
             rates["batch"][case].append(args.batches * len(batch) / seconds[case])
-        for key, values in _spent(calls).items():
-            spent["batch"].setdefault(key, []).extend(values)
+        _keep_spent(spent["batch"], calls)
     return rates, latencies, spent
+
+
+def _runtime(run: _Run, case: str, calls: _Calls) -> WorkerRuntime:
+    """``case``'s worker runtime, as tasks.celery_app's _ProcessRuntime builds it in a worker
+    process, its ``confirm`` (and on Sentinel ``wait_out``) timed into ``calls``."""
+    context = run.contexts[case]
+    runtime = WorkerRuntime(
+        context.settings,
+        location=context.redis_location,
+        box=context.secret_box,
+        task_queue=CeleryTaskQueue(run.apps[case], context.redis),
+    )
+    calls.time_async(runtime._replicas, "confirm", "confirm")
+    if runtime._failovers is not None:
+        calls.time_async(runtime._failovers, "wait_out", "wait_out")
+    return runtime
+
+
+def _job(run: _Run, runtime: WorkerRuntime, calls: _Calls, first: int) -> float:
+    """``CHUNK_SIZE`` new e-mails (numbered from ``first``) delivered as one job: ms."""
+    ids = [
+        created.id
+        for created in run.producers["without"].enqueue_many(
+            [message(n) for n in range(first, first + CHUNK_SIZE)]
+        )
+    ]
+    started = time.perf_counter()
+    outcomes = runtime.deliver(ids)
+    elapsed = (time.perf_counter() - started) * 1000
+    if outcomes != [JobOutcome.SENT] * len(ids):
+        raise RuntimeError(f"a benchmark job did not send everything: {outcomes}")
+    if calls.results["confirm"][-1] is not True:
+        raise RuntimeError("the replicas did not acknowledge a job's outcomes")
+    return elapsed
 
 
 def _measure_jobs(
@@ -457,47 +512,16 @@ def _measure_jobs(
         run.configure_smtp(sink)
         calls = {case: _Calls() for case in CASES}
         for case in CASES:
-            context = run.contexts[case]
-            # As tasks.celery_app's _ProcessRuntime builds it in a worker process.
-            runtime = WorkerRuntime(
-                context.settings,
-                location=context.redis_location,
-                box=context.secret_box,
-                task_queue=CeleryTaskQueue(run.apps[case], context.redis),
-            )
-            runtimes[case] = runtime
-            calls[case].time_async(runtime._replicas, "confirm", "confirm")
-            if runtime._failovers is not None:
-                calls[case].time_async(runtime._failovers, "wait_out", "wait_out")
-        producer = run.producers["without"]
-        number = 0
-
-        def job(case: str) -> float:
-            nonlocal number
-            ids = [
-                created.id
-                for created in producer.enqueue_many(
-                    [message(n) for n in range(number, number + CHUNK_SIZE)]
-                )
-            ]
-            number += CHUNK_SIZE
-            started = time.perf_counter()
-            outcomes = runtimes[case].deliver(ids)
-            elapsed = (time.perf_counter() - started) * 1000
-            if outcomes != [JobOutcome.SENT] * len(ids):
-                raise RuntimeError(f"a benchmark job did not send everything: {outcomes}")
-            if calls[case].results["confirm"][-1] is not True:
-                raise RuntimeError("the replicas did not acknowledge a job's outcomes")
-            return elapsed
-
+            runtimes[case] = _runtime(run, case, calls[case])
+        numbers = itertools.count(step=CHUNK_SIZE)
         for case in CASES:  # warm-up: SMTP connections, settings, scripts
-            job(case)
+            _job(run, runtimes[case], calls[case], next(numbers))
             calls[case].clear()
         log(f"{run.deployment.name} worker: {args.jobs} jobs of {CHUNK_SIZE} e-mails per case")
         durations: dict[str, list[float]] = {case: [] for case in CASES}
         for job_number in range(args.jobs):
             for case in _order(job_number):
-                durations[case].append(job(case))
+                durations[case].append(_job(run, runtimes[case], calls[case], next(numbers)))
         spent = {case: {name: list(ms) for name, ms in calls[case].ms.items()} for case in CASES}
         return durations, spent
     finally:
@@ -584,8 +608,8 @@ def _measure_deployment(
     for kind, label in (("single", "single_enqueue"), ("batch", "enqueue_many_1000")):
         results[f"{label}_per_s"] = _ratios(*(median(rates[kind][case]) for case in CASES))
         results[f"{label}_rounds_per_s"] = rates[kind]
-    for name, share in (("p50", 0.5), ("p99", 0.99)):
-        results[f"single_enqueue_{name}_ms"] = _ratios(
+    for percentile, share in (("p50", 0.5), ("p99", 0.99)):
+        results[f"single_enqueue_{percentile}_ms"] = _ratios(
             *(_percentile(latencies[case], share) for case in CASES)
         )
     for kind in ("single", "batch"):
@@ -667,7 +691,8 @@ def _share(spent_ms: float, whole_ms: float, what: str) -> str:
     )
 
 
-def _table(r: dict[str, Any], p: dict[str, Any]) -> str:
+def _figure_lines(r: dict[str, Any]) -> list[str]:
+    """The title, and each figure of the two cases with their ratio."""
     without_label, with_label = r["labels"]
     rows = [
         ("single enqueue, e-mails/s", r["single_enqueue_per_s"], ",.0f"),
@@ -683,10 +708,14 @@ def _table(r: dict[str, Any], p: dict[str, Any]) -> str:
             f"{label:38} {figures['without']:>13{spec}} {figures['with']:>13{spec}} "
             f"{figures['ratio']:>6.3f}"
         )
+    return lines
+
+
+def _producer_lines(r: dict[str, Any]) -> list[str]:
+    """The time inside the producers' timed calls, against the case without replicas."""
     single_ms = r["single_enqueue_p50_ms"]["without"]
     batch_ms = 1000 / r["enqueue_many_1000_per_s"]["without"] * 1000
-    lines.append("")
-    lines.append(f"time inside the calls, per call, against the case {without_label}:")
+    lines = ["", f"time inside the calls, per call, against the case {r['labels'][0]}:"]
     for kind, whole, what in (
         ("single", single_ms, "its p50"),
         ("batch", batch_ms, "a batch"),
@@ -703,8 +732,15 @@ def _table(r: dict[str, Any], p: dict[str, Any]) -> str:
         ):
             if name in spent:
                 lines.append(f"    {label:34} {_us(spent[name])}")
+    return lines
+
+
+def _job_lines(r: dict[str, Any]) -> list[str]:
+    """The time inside a worker job's timed calls, then each call timed alone."""
+    without_label, with_label = r["labels"]
     job_ms = r["job_of_50_ms"]["without"]
     jobs = r["job_calls_ms"]
+    lines = []
     before_ms = job_ms
     if "wait_out" in jobs["without"]:
         waited = jobs["without"]["wait_out"]
@@ -713,13 +749,11 @@ def _table(r: dict[str, Any], p: dict[str, Any]) -> str:
             f"  {'job, wait_out() at ' + without_label:36} {_us(waited)} (in its job too;"
             f" a job without it: {before_ms:.1f} ms)"
         )
-    added = sum(
-        jobs["with"][name]["p50"] for name in ("wait_out", "confirm") if name in jobs["with"]
-    )
-    for name in ("wait_out", "confirm"):
-        if name in jobs["with"]:
-            label = f"job, {name}() at {with_label}"
-            lines.append(f"  {label:36} {_us(jobs['with'][name])}")
+    timed = [name for name in ("wait_out", "confirm") if name in jobs["with"]]
+    added = sum(jobs["with"][name]["p50"] for name in timed)
+    for name in timed:
+        label = f"job, {name}() at {with_label}"
+        lines.append(f"  {label:36} {_us(jobs['with'][name])}")
     lines.append(
         f"  {'job, all of them at ' + with_label:36} p50 {added * 1000:>6,.0f} µs"
         f"{_share(added, before_ms, 'a job with none')} (measured:"
@@ -733,13 +767,18 @@ def _table(r: dict[str, Any], p: dict[str, Any]) -> str:
     ):
         if name in r["alone_ms"]:
             lines.append(f"  {label:36} {_us(r['alone_ms'][name])}")
-    lines.append("")
-    lines.append(
+    return lines
+
+
+def _run_lines(r: dict[str, Any], p: dict[str, Any]) -> list[str]:
+    """What was run, and each round's figures."""
+    lines = [
+        "",
         f"medians of {p['rounds']} rounds of {p['singles']:,} single enqueues and of "
         f"{p['batches_of_1000']} x 1,000 per case (latencies: all rounds); {p['jobs']} jobs "
         f"per case; {p['alone']:,} calls of each alone; {r['seconds']['total']:.0f} s "
-        f"(of which {r['seconds']['setup']:.1f} s starting Redis)"
-    )
+        f"(of which {r['seconds']['setup']:.1f} s starting Redis)",
+    ]
     for key, label, spec in (
         ("single_enqueue_rounds_per_s", "single enqueue, e-mails/s", ",.0f"),
         ("enqueue_many_1000_rounds_per_s", "enqueue_many(1000), e-mails/s", ",.0f"),
@@ -750,6 +789,11 @@ def _table(r: dict[str, Any], p: dict[str, Any]) -> str:
             for case, case_label in zip(CASES, r["labels"], strict=True)
         )
         lines.append(f"each run, {label}: {rounds}")
+    return lines
+
+
+def _table(r: dict[str, Any], p: dict[str, Any]) -> str:
+    lines = [*_figure_lines(r), *_producer_lines(r), *_job_lines(r), *_run_lines(r, p)]
     return "\n".join(lines)
 
 
