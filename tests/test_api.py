@@ -29,8 +29,8 @@ class RecordingClient(TestClient):
 
     bodies: list[str]
 
-    def request(self, *args: Any, **kwargs: Any) -> httpx.Response:  # type: ignore[override]
-        response = super().request(*args, **kwargs)
+    def request(self, *args: Any, **kwargs: Any) -> httpx.Response:
+        response: httpx.Response = super().request(*args, **kwargs)
         self.bodies.append(response.text)
         return response
 

@@ -21,6 +21,7 @@ from config.sessions import SessionStore
 from peers.processes import run_outbox
 from tasks.context import OutboxContext
 from tests.support.served_api import served_api
+from worker.records.codec import as_text
 
 MESSAGE = {"to": ["a@example.com"], "subject": "Run results", "text": "All green."}
 
@@ -43,7 +44,7 @@ def bearer(key: str) -> dict[str, str]:
 def sign_in(client: TestClient, key: str) -> str:
     """Sign in on the page; the session's CSRF token, read off the page as its script does."""
     client.post("/signin", data={"key": key})
-    page = client.get("/settings/mail").text
+    page: str = client.get("/settings/mail").text
     marker = 'name="csrf-token" content="'
     return page[page.index(marker) + len(marker) :].split('"', 1)[0]
 
@@ -73,8 +74,9 @@ def test_a_session_is_bound_to_its_key_even_if_it_outlives_the_revocation(
     sign_in(client, keys.create("ann", Role.ADMIN))
     [session_key] = redis_client.keys("outbox:session:*")
     session = redis_client.get(session_key)
+    assert session is not None
     keys.revoke("ann")
-    redis_client.set(session_key, session)  # type: ignore[arg-type]
+    redis_client.set(session_key, session)
     keys.create("ann", Role.ADMIN)
     assert client.get("/api/emails").status_code == 401
 
@@ -125,7 +127,7 @@ def test_a_non_ascii_csrf_token_is_refused_not_a_server_error(
     answer = client.post(
         "/api/emails",
         json=MESSAGE,
-        headers={CSRF_HEADER: token.encode()},  # type: ignore[dict-item]
+        headers={CSRF_HEADER: token.encode()},
     )
     assert answer.status_code == 403
     assert CSRF_HEADER in answer.json()["detail"]
@@ -446,7 +448,8 @@ def test_paging_through_ids_of_one_score_reads_one_page_at_a_time(
     admin = bearer(keys.create("ann", Role.ADMIN))
     client.post("/api/emails/batch", headers=admin, json=[MESSAGE] * 300)
     queued = "outbox:status:queued"
-    redis_client.zadd(queued, dict.fromkeys(redis_client.zrange(queued, 0, -1), 1_700_000_000.5))
+    ids = [as_text(raw) for raw in redis_client.zrange(queued, 0, -1)]
+    redis_client.zadd(queued, dict.fromkeys(ids, 1_700_000_000.5))
     redis_client.config_resetstat()
     seen: list[str] = []
     cursor: str | None = None

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypedDict, Unpack
 
 import pytest
 import redis
@@ -51,6 +52,14 @@ class Clock:
         return self.now
 
 
+class SettingsFields(TypedDict, total=False):
+    """The SMTP settings a test gives a version (the others keep their defaults)."""
+
+    max_messages_per_minute: int
+    username: str
+    password: SecretStr
+
+
 class SettingsVersions:
     """The settings of each saved version, as the worker's settings cache would return them;
     a read may take ``delay_seconds``, or stall the whole process (the loop) ``stall_seconds``."""
@@ -60,8 +69,8 @@ class SettingsVersions:
         self.delay_seconds = 0.0
         self.stall_seconds = 0.0
 
-    def save(self, version: int, **limits: int) -> None:
-        settings = SmtpSettings(from_mailbox="robot@example.com", **limits)
+    def save(self, version: int, **fields: Unpack[SettingsFields]) -> None:
+        settings = SmtpSettings(from_mailbox="robot@example.com", **fields)
         self.saved[version] = StoredSettings(version, settings, saved_at=0.0)
 
     async def get(self, version: int) -> StoredSettings | None:

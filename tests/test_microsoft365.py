@@ -22,6 +22,7 @@ from tasks.message_input import MessageInput
 from tasks.producer import Producer
 from tasks.settings_checks import check_connection
 from tests.support.in_process_worker import InProcessWorker
+from worker.deliver import JobOutcome
 from worker.records import DeliveryStatus, RecipientState
 
 TENANT, CLIENT_ID, SECRET = "contoso-tenant", "app-client-id", "app-secret-value"
@@ -179,10 +180,10 @@ def test_the_per_minute_quota_pauses_the_account_and_nothing_fails(
     outbox_context.settings_store.save(oauth2_settings(exchange, identity))
     ids = [enqueue(producer, subject=f"run {n}") for n in range(4)]
     outcomes = worker.deliver(*ids)
-    assert outcomes.count("sent") == 2
+    assert outcomes.count(JobOutcome.SENT) == 2
     # 554 5.2.0 SubmissionQuotaExceeded paused the account: the others in flight with it got
     # the same refusal; none failed, none was tried again while the pause lasted.
-    assert outcomes.count("waiting") == 2
+    assert outcomes.count(JobOutcome.WAITING) == 2
     assert 1 <= len(exchange.refusals()) <= 2
     refused = next(i for i, o in zip(ids, outcomes, strict=True) if o == "waiting")
     record = outbox_context.deliveries.get(refused)
@@ -269,7 +270,7 @@ def test_the_sending_limit_makes_e_mails_wait_with_the_reason_and_never_fail(
     )
     ids = [enqueue(producer, subject=f"run {n}") for n in range(5)]
     outcomes = worker.deliver(*ids)
-    assert (outcomes.count("sent"), outcomes.count("waiting")) == (3, 2)
+    assert (outcomes.count(JobOutcome.SENT), outcomes.count(JobOutcome.WAITING)) == (3, 2)
     assert exchange.refusals() == []
     waiting = [outbox_context.deliveries.get(i) for i, o in zip(ids, outcomes, strict=True)]
     for record in waiting:

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support.smtp_delivery import body_text
 from worker.message import Attachment, OutgoingMessage
 from worker.mime import build_mime, build_mime_with_stdlib
 
@@ -40,8 +41,8 @@ def test_headers_bodies_and_attachment() -> None:
     assert parsed["Date"].datetime.timestamp() == 1_700_000_000
     assert parsed["Bcc"] is None
     assert b"hidden@example.com" not in raw
-    assert parsed.get_body(("plain",)).get_content() == "plain body\n"
-    assert parsed.get_body(("html",)).get_content() == "<p>html body</p>\n"
+    assert body_text(parsed, "plain") == "plain body\n"
+    assert body_text(parsed, "html") == "<p>html body</p>\n"
     [attachment] = list(parsed.iter_attachments())
     assert attachment.get_filename() == "report.csv"
     assert attachment.get_content_type() == "text/csv"

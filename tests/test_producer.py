@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import pytest
 import redis
@@ -85,7 +86,7 @@ def test_too_large_is_refused_before_anything_is_stored(
 def test_a_broker_failure_leaves_a_failed_record_not_a_lost_one(
     outbox_context: OutboxContext,
 ) -> None:
-    def broken(_: object, *, priority: object) -> None:
+    def broken(chunks: object, *, priority: object) -> None:
         raise ConnectionError("broker down")
 
     producer = Producer(
@@ -118,14 +119,14 @@ def test_a_broker_failing_mid_batch_stops_the_batch_with_that_chunk_failed_not_l
 ) -> None:
     published: list[str] = []
 
-    def fails_on_the_second_chunk(chunks: list[list[str]], *, priority: object) -> None:
+    def fails_on_the_second_chunk(chunks: Sequence[Sequence[str]], *, priority: object) -> None:
         if published:
             raise ConnectionError("broker down")
         published.extend(chunks[0])
 
     producer = Producer(
         outbox_context.deliveries,
-        fails_on_the_second_chunk,  # type: ignore[arg-type]
+        fails_on_the_second_chunk,
         message_id_domain="outbox.test",
         max_message_bytes=10**6,
     )

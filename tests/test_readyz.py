@@ -15,6 +15,7 @@ from kombu.exceptions import OperationalError
 from api import health_routes
 from api.app import create_app
 from config.api_keys import ApiKeyStore, Role
+from tasks.celery_app import ping_workers
 from tasks.context import OutboxContext
 from tests.support.served_api import served_api
 
@@ -32,7 +33,7 @@ def api_url(outbox_context: OutboxContext) -> Iterator[str]:
 def pings(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """When each Celery ping of /readyz started; the real ping still runs (no worker answers)."""
     started: list[float] = []
-    real_ping = health_routes.ping_workers
+    real_ping = ping_workers  # the one the routes call (health_routes imports it)
 
     def counted(app: Celery, timeout: float = 1.0) -> list[str]:
         started.append(time.monotonic())

@@ -12,6 +12,7 @@ import httpx
 import pytest
 import trustme
 from cryptography.fernet import Fernet
+from pydantic import SecretStr
 
 from config.api_keys import ApiKeyStore, Role
 from config.mail_settings import SmtpSettings
@@ -53,7 +54,7 @@ def context(
     return OutboxContext.from_settings(
         ProcessSettings(
             redis_url=cluster.url,
-            secret_key=Fernet.generate_key().decode(),
+            secret_key=SecretStr(Fernet.generate_key().decode()),
             data_dir=tmp_path / "data",
         )
     )

@@ -26,7 +26,7 @@ from tasks.reports.render import ReportRenderer
 from tasks.reports.rules import Notification
 from tasks.reports.service import ReportService
 from tests.support.in_process_worker import InProcessWorker
-from tests.support.smtp_delivery import configure, parse
+from tests.support.smtp_delivery import body_text, configure, parse
 from worker.records import Priority
 
 RESULTS_XML = b"<testsuite tests='50' failures='3'/>"
@@ -129,8 +129,8 @@ def test_a_run_posted_over_http_arrives_as_people_read_it(
     mime = delivered(outbox_context, worker, plain_peer, always)
     assert mime["Subject"] == "[FAILED] Nightly regression — 47 passed, 3 failed"
     assert mime["To"] == "qa@example.com, lead@example.com"
-    text = mime.get_body(("plain",)).get_content()
-    html = mime.get_body(("html",)).get_content()
+    text = body_text(mime, "plain")
+    html = body_text(mime, "html")
     for body in (text, html):
         assert body.index("Checkout") < body.index("Flow 0")  # failed flows first
         assert "Element &#39;Pay&#39; not found" in body or "Element 'Pay' not found" in body

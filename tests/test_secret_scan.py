@@ -9,7 +9,7 @@ import base64
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -70,8 +70,9 @@ class RedisMonitor:
         self._closing = False
         # No read timeout: a quiet moment must not end the recording.
         self._client = redis.Redis.from_url(url, socket_timeout=None)
-        # Entered here, before anything else talks to Redis; left in close().
-        self._monitor = self._client.monitor().__enter__()
+        # Entered here, before anything else talks to Redis; left in close(). (redis-py leaves
+        # Redis.monitor() and its Monitor unannotated.)
+        self._monitor = self._client.monitor().__enter__()  # type: ignore[no-untyped-call]
         self._thread = threading.Thread(target=self._listen, daemon=True)
         self._thread.start()
 
@@ -94,7 +95,7 @@ class RedisMonitor:
 
 def every_key(client: redis.Redis) -> str:
     """A dump of every key, whatever its type."""
-    readers = {
+    readers: dict[bytes | str, Callable[[bytes], object]] = {
         b"string": lambda key: [client.get(key)],
         b"hash": lambda key: list(client.hgetall(key).items()),
         b"list": lambda key: client.lrange(key, 0, -1),

@@ -68,15 +68,13 @@ def test_a_killed_primary_is_replaced_and_rejoins_as_a_replica(
     print(f"promoted {elapsed:.1f} s after SIGKILL")
 
     # What a client does: ask the sentinels (with their password) for the master.
-    sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = redis.sentinel.Sentinel(
         cluster.sentinel_addresses,
         sentinel_kwargs={"password": "sentinel-secret", "socket_timeout": 1},
         password="node secret",
         socket_timeout=1,
     )
-    master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
-        NAME, decode_responses=True
-    )
+    master: redis.Redis = sentinel.master_for(NAME, decode_responses=True)
     assert master.get("before") == "kept"  # acknowledged by both replicas: not lost
     master.set("after", "written")
     assert new.client().get("after") == "written"
@@ -102,7 +100,7 @@ def test_a_stopped_primary_is_replaced_and_rejoins_when_continued(
     new = cluster.current_primary()
     assert new is not old
     print(f"promoted {elapsed:.1f} s after SIGSTOP")
-    master = cluster.sentinel().master_for(NAME)  # type: ignore[no-untyped-call]
+    master = cluster.sentinel().master_for(NAME)
     master.set("during", "the pause")
 
     old.cont()

@@ -12,11 +12,13 @@ from pydantic import SecretStr
 
 from config.mail_settings import TlsMode
 from peers.smtp_peer import SmtpPeer, smtp_peer
+from peers.smtp_peer import TlsMode as PeerTls
 from tasks.context import OutboxContext
 from tasks.producer import Producer
 from tests.support.in_process_worker import InProcessWorker
-from tests.support.smtp_delivery import configure, enqueue, parse
+from tests.support.smtp_delivery import body_text, configure, enqueue, parse
 from worker.records import DeliveryStatus, RecipientState, record_key
+from worker.records.codec import as_text
 
 USER, PASSWORD = "robot", "correct horse battery staple"
 
@@ -57,8 +59,8 @@ def test_plain_delivery_matches_the_message(
     assert mime["Bcc"] is None
     assert mime["Subject"] == "Run results"
     assert mime["X-Schedule"] == "nightly"
-    assert mime.get_body(("plain",)).get_content().strip() == "All green."
-    assert mime.get_body(("html",)).get_content().strip() == "<p>All <b>green</b>.</p>"
+    assert body_text(mime, "plain").strip() == "All green."
+    assert body_text(mime, "html").strip() == "<p>All <b>green</b>.</p>"
     [attachment] = mime.iter_attachments()
     assert (attachment.get_filename(), attachment.get_payload(decode=True)) == ("log.txt", b"ok\n")
 
@@ -78,13 +80,13 @@ def test_tls_and_login(
     producer: Producer,
     worker: InProcessWorker,
     server_certificate: trustme.LeafCert,
-    peer_tls: str,
+    peer_tls: PeerTls,
     mode: TlsMode,
 ) -> None:
     with smtp_peer(
         tls=peer_tls,
         certificate=server_certificate,
-        credentials={USER: PASSWORD},  # type: ignore[arg-type]
+        credentials={USER: PASSWORD},
     ) as peer:
         configure(outbox_context, peer, tls=mode, username=USER, password=SecretStr(PASSWORD))
         delivery_id = enqueue(producer)
@@ -402,4 +404,4 @@ def test_an_unreadable_record_fails_alone(
     broken, fine = enqueue(producer), enqueue(producer)
     redis_client.hset(record_key(broken), "message", "{not json")
     assert worker.deliver(broken, fine) == ["failed", "sent"]
-    assert "cannot be read" in (redis_client.hget(record_key(broken), "last_error") or b"").decode()
+    assert "cannot be read" in as_text(redis_client.hget(record_key(broken), "last_error") or b"")

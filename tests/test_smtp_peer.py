@@ -7,7 +7,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar, Unpack
 
 import aiosmtplib
 import pytest
@@ -38,15 +38,25 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(settled())
 
 
-def client(peer: SmtpPeer, **kwargs: object) -> aiosmtplib.SMTP:
-    return aiosmtplib.SMTP(hostname=peer.host, port=peer.port, timeout=5, **kwargs)  # type: ignore[arg-type]
+class ClientOptions(TypedDict, total=False):
+    """The options of an ``aiosmtplib.SMTP`` client that a test may set."""
+
+    username: str | None
+    password: str | None
+    use_tls: bool
+    start_tls: bool | None
+    tls_context: ssl.SSLContext | None
+
+
+def client(peer: SmtpPeer, **kwargs: Unpack[ClientOptions]) -> aiosmtplib.SMTP:
+    return aiosmtplib.SMTP(hostname=peer.host, port=peer.port, timeout=5, **kwargs)
 
 
 async def send(
     peer: SmtpPeer,
     recipients: list[str] | None = None,
     message: bytes = MESSAGE,
-    **kwargs: object,
+    **kwargs: Unpack[ClientOptions],
 ) -> tuple[dict[str, aiosmtplib.SMTPResponse], str]:
     async with client(peer, **kwargs) as smtp:
         return await smtp.sendmail("a@example.com", recipients or ["b@example.com"], message)

@@ -9,8 +9,9 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
+from typing import TypedDict, Unpack
 
 import pytest
 import redis
@@ -350,20 +351,34 @@ def mark_final(redis_client: redis.Redis, delivery_id: str, status: str, attempt
     return member
 
 
-def dispatcher(context: OutboxContext, **options: object) -> WebhookDispatcher:
+class DispatcherOptions(TypedDict, total=False):
+    """The options of a ``WebhookDispatcher`` that a test may set (the others are the
+    context's)."""
+
+    concurrency: int
+    poll_seconds: float
+    lease_seconds: float
+    timeout_seconds: float
+    delays: Sequence[float]
+    clock: Callable[[], float]
+
+
+def dispatcher(context: OutboxContext, **options: Unpack[DispatcherOptions]) -> WebhookDispatcher:
     client = context.redis_location.async_client()
     return WebhookDispatcher(
         client,
         context.secret_box,
         webhook_client(context.transport_options.tls.verified),
         retention_seconds=context.settings.retention_seconds,
-        **options,  # type: ignore[arg-type]
+        **options,
     )
 
 
-async def run_until(dispatch: WebhookDispatcher, done: object, timeout: float = 10) -> None:
+async def run_until(
+    dispatch: WebhookDispatcher, done: Callable[[], object], timeout: float = 10
+) -> None:
     deadline = time.monotonic() + timeout
-    while not done():  # type: ignore[operator]
+    while not done():
         assert time.monotonic() < deadline, "the dispatcher did not get there"
         await asyncio.sleep(min(await dispatch.step(), 0.05))
 

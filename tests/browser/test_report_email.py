@@ -11,7 +11,7 @@ from playwright.sync_api import Page, expect
 from peers.processes import Service, run_outbox
 from peers.smtp_peer import SmtpPeer
 from tests.browser.conftest import SMTP_PASSWORD, SMTP_USER, screenshot
-from tests.support.smtp_delivery import parse
+from tests.support.smtp_delivery import body_text, parse
 
 RUN = {
     "schedule_id": "nightly",
@@ -62,7 +62,7 @@ def test_the_report_email_reads_well_and_runs_nothing(
     [received] = peer.wait_for_messages(before + 1, timeout=30)[before:]
     mime = parse(received.data)
     assert mime["Subject"] == "[FAILED] Nightly regression — 3 passed, 1 failed, 1 skipped, 1 error"
-    page.set_content(mime.get_body(("html",)).get_content())
+    page.set_content(body_text(mime, "html"))
 
     rows = page.locator("tr.item")
     expect(rows).to_have_count(6)

@@ -25,10 +25,9 @@ from tests.faults.harness import (
     PASSWORD,
     USER,
     accepted_message_ids,
-    context_of,
     smtp_settings,
 )
-from tests.support.environment import outbox_environment
+from tests.support.environment import context_of, outbox_environment
 from worker.records import DeliveryStatus, idempotency_key
 
 PRODUCER = "load"
@@ -80,8 +79,8 @@ class SentinelFaultRun:
         directory: Path,
         certificate_authority: trustme.CA,
         certificate: trustme.LeafCert,
-        *,
         down_after_ms: int = 3000,
+        /,  # so that no environment variable in ``overrides`` can be taken for a parameter
         **overrides: str,
     ) -> None:
         self.cluster = SentinelCluster(directory / "sentinel", down_after_ms=down_after_ms)

@@ -27,6 +27,7 @@ from tasks.message_input import MessageInput
 from tasks.producer import CHUNK_SIZE
 from tests.faults.harness import FaultRun, Report
 from worker.records import AttemptOutcome, DeliveryStatus, status_index_key
+from worker.records.codec import as_text
 
 FULL = os.environ.get("OUTBOX_FAULTS") == "full"
 LOAD = 1000
@@ -187,7 +188,7 @@ def test_6_producer_killed_between_storing_and_publishing(fault_run: FaultRun) -
     )
     assert stored.returncode == -signal.SIGKILL, stored.stderr
     index = run.context.redis.zrange(status_index_key(DeliveryStatus.QUEUED), 0, -1)
-    ids = [raw.decode() for raw in index]
+    ids = [as_text(raw) for raw in index]
     assert len(ids) == CHUNK_SIZE  # stored, and none published: the producer died first
     run.start_worker()
     report = run.report(

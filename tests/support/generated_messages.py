@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import base64
 import string
-from email.headerregistry import HeaderRegistry
+from email.headerregistry import AddressHeader, HeaderRegistry
 from email.message import EmailMessage
 from typing import Any
 
 from hypothesis import strategies as st
 
 from config.addresses import mailbox_address
+from tests.support.smtp_delivery import body_text
 
 __all__ = ["FIELDS", "assert_arrived_intact", "messages"]
 
@@ -129,7 +130,9 @@ def _addresses(mime: EmailMessage, name: str) -> list[str]:
         return []
     # Parsed again from its decoded text: the stdlib leaves a UTF-8 header's addresses with
     # surrogate escapes (RFC 6532 messages), but decodes the text right.
-    return [address.addr_spec for address in HeaderRegistry()(name, str(header)).addresses]
+    parsed = HeaderRegistry()(name, str(header))
+    assert isinstance(parsed, AddressHeader)
+    return [address.addr_spec for address in parsed.addresses]
 
 
 def assert_arrived_intact(sent: dict[str, Any], mime: EmailMessage) -> None:
@@ -143,9 +146,9 @@ def assert_arrived_intact(sent: dict[str, Any], mime: EmailMessage) -> None:
         assert mime[name] == _header_as_sent(value)
     text, html = sent.get("text"), sent.get("html")
     if text is not None:
-        assert _as_read(mime.get_body(("plain",)).get_content()) == _as_sent(text)
+        assert _as_read(body_text(mime, "plain")) == _as_sent(text)
     if html is not None:
-        assert _as_read(mime.get_body(("html",)).get_content()) == _as_sent(html)
+        assert _as_read(body_text(mime, "html")) == _as_sent(html)
     attachments = [
         (part.get_filename(), part.get_content_type(), part.get_payload(decode=True))
         for part in mime.iter_attachments()

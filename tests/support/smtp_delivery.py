@@ -12,7 +12,7 @@ from tasks.context import OutboxContext
 from tasks.message_input import MessageInput
 from tasks.producer import Producer
 
-__all__ = ["configure", "enqueue", "parse"]
+__all__ = ["body_text", "configure", "enqueue", "parse"]
 
 
 def configure(outbox_context: OutboxContext, peer: SmtpPeer, **overrides: object) -> None:
@@ -37,3 +37,12 @@ def parse(data: bytes) -> EmailMessage:
     parsed = email.message_from_bytes(data.replace(b"\r\n", b"\n"), policy=email.policy.default)
     assert isinstance(parsed, EmailMessage)
     return parsed
+
+
+def body_text(message: EmailMessage, subtype: str) -> str:
+    """The text of ``message``'s ``subtype`` body (``"plain"``, ``"html"``), which it has."""
+    part = message.get_body((subtype,))
+    assert part is not None, f"no text/{subtype} body"
+    content = part.get_content()
+    assert isinstance(content, str)
+    return content
