@@ -72,6 +72,7 @@ class SmtpPeer:
         credentials: dict[str, str] | None = None,
         port: int | None = None,
         smtputf8: bool = False,
+        pipelining: bool = False,
     ) -> None:
         if tls not in ("none", "starttls", "implicit"):
             raise ValueError(f"unknown tls mode {tls!r}")
@@ -81,11 +82,18 @@ class SmtpPeer:
         self.port = port if port is not None else _free_port()
         self.tls: TlsMode = tls
         self.smtputf8 = smtputf8
+        self.pipelining = pipelining
+        # The commands of every chunk the server read that began a transaction (MAIL FROM),
+        # by verb: ["MAIL", "RCPT", "DATA"] when a client pipelined them (RFC 2920).
+        self.transaction_chunks: list[list[str]] = []
         self.messages: list[ReceivedMessage] = []
         # Counts every client TCP connection, including dropped ones; never the
         # Controller's own start-up probe.
         self.connections = 0
         self.rcpt_replies: dict[str, str] = {}
+        self.mail_replies: list[str] = []  # the next MAIL commands' replies, refusing them
+        # Recipients at whose RCPT the server answers 421 and closes the connection.
+        self.drop_at_rcpt: set[str] = set()
         self.data_replies: list[str] = []
         self.drop_next_connections = 0
         self.data_delay_seconds = 0.0
@@ -263,6 +271,10 @@ class SmtpPeer:
         with self._lock:
             return self.data_replies.pop(0) if self.data_replies else None
 
+    def _next_mail_reply(self) -> str | None:
+        with self._lock:
+            return self.mail_replies.pop(0) if self.mail_replies else None
+
 
 class _PeerHandler:
     """aiosmtpd handler hooks that consult the peer's scripted replies."""
@@ -271,6 +283,35 @@ class _PeerHandler:
         self._peer = peer
 
     # aiosmtpd finds hooks by these exact (upper-case) names.
+    async def handle_EHLO(  # noqa: N802
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        # aiosmtpd reads pipelined commands in order but does not advertise the extension.
+        session.host_name = hostname  # the hook's duty once it exists
+        if not self._peer.pipelining:
+            return responses
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
+    async def handle_MAIL(  # noqa: N802
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        reply = self._peer._next_mail_reply()
+        if reply is not None:
+            return reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
     async def handle_RCPT(  # noqa: N802
         self,
         server: SMTP,
@@ -279,6 +320,11 @@ class _PeerHandler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
+        if address in self._peer.drop_at_rcpt:
+            await server.push("421 4.3.2 Service shutting down")
+            assert server.transport is not None
+            server.transport.close()
+            return "421 4.3.2 Service shutting down"
         reply = self._peer.rcpt_replies.get(address)
         if reply is not None:
             return reply
@@ -336,6 +382,12 @@ class _PeerSMTP(SMTP):
             return
         super().connection_lost(error)
 
+    def data_received(self, data: bytes) -> None:
+        if data.startswith(b"MAIL FROM:"):
+            lines = data.split(b"\r\n")
+            self._peer.transaction_chunks.append([line[:4].decode() for line in lines if line])
+        super().data_received(data)
+
     def eof_received(self) -> bool | None:
         if self._dropped:
             # A dropped TLS connection still gets the client's close_notify.
@@ -391,13 +443,19 @@ def smtp_peer(
     credentials: dict[str, str] | None = None,
     port: int | None = None,
     smtputf8: bool = False,
+    pipelining: bool = False,
 ) -> SmtpPeer:
     """Build an unstarted peer; use it as a context manager or call start().
 
     ``credentials`` (username -> password) makes AUTH PLAIN/LOGIN mandatory;
     with ``tls="starttls"`` AUTH is only offered after STARTTLS; ``smtputf8`` offers the
-    SMTPUTF8 extension (non-ASCII addresses).
+    SMTPUTF8 extension (non-ASCII addresses); ``pipelining`` offers PIPELINING (RFC 2920).
     """
     return SmtpPeer(
-        tls=tls, certificate=certificate, credentials=credentials, port=port, smtputf8=smtputf8
+        tls=tls,
+        certificate=certificate,
+        credentials=credentials,
+        port=port,
+        smtputf8=smtputf8,
+        pipelining=pipelining,
     )

@@ -4,15 +4,26 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+
+import pytest
 
 from config.errors import TransientError
 from config.mail_settings import SmtpSettings, TlsMode
-from peers.smtp_peer import SmtpPeer
+from peers.smtp_peer import SmtpPeer, smtp_peer
 from tasks.context import OutboxContext
 from worker.message import OutgoingMessage
 from worker.records import RecipientState
 from worker.transports.base import SendResult
 from worker.transports.factory import HttpClients, create_transport
+
+
+@pytest.fixture(params=[False, True], ids=["one-command-at-a-time", "pipelining"])
+def plain_peer(request: pytest.FixtureRequest) -> Iterator[SmtpPeer]:
+    """A plain-text aiosmtpd server without AUTH, with and without PIPELINING (RFC 2920):
+    every test here holds for both."""
+    with smtp_peer(pipelining=request.param) as peer:
+        yield peer
 
 
 def message(*to: str) -> OutgoingMessage:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import pytest
 import redis
@@ -21,6 +22,14 @@ from worker.records import DeliveryStatus, RecipientState, record_key
 from worker.records.codec import as_text
 
 USER, PASSWORD = "robot", "correct horse battery staple"
+
+
+@pytest.fixture(params=[False, True], ids=["one-command-at-a-time", "pipelining"])
+def plain_peer(request: pytest.FixtureRequest) -> Iterator[SmtpPeer]:
+    """A plain-text aiosmtpd server without AUTH, with and without PIPELINING (RFC 2920):
+    every test here holds for both."""
+    with smtp_peer(pipelining=request.param) as peer:
+        yield peer
 
 
 def test_plain_delivery_matches_the_message(
