@@ -45,6 +45,9 @@ tools:
 	@test -x /usr/lib/chromium/chromium || { \
 	  echo "installing Debian's chromium (for the browser tests in tests/browser)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@test -x /usr/sbin/exim4 || { \
+	  echo "installing Debian's exim4-daemon-light (the SMTP peer of tests/test_exim.py)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq exim4-daemon-light >/dev/null; }
 
 ## faults: every fault scenario with outbox's default timings; the rows of docs/reliability.md
 faults: $(STAMP)
