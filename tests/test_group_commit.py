@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -38,16 +38,16 @@ ECHO = "return {KEYS[1], ARGV[1]}"
 FAILS = "return redis.error_reply('no such thing')"
 
 
-class CountingRedis(aioredis.Redis):
-    """Counts the pipelines it sends, as the round trips a process pays."""
+class CountingConnection(aioredis.Connection):
+    """Counts what it writes to Redis at once: the round trips a process pays."""
 
-    pipelines_sent = 0
+    writes = 0
 
-    def pipeline(
-        self, transaction: bool = True, shard_hint: str | None = None
-    ) -> aioredis.client.Pipeline:
-        CountingRedis.pipelines_sent += 1
-        return super().pipeline(transaction, shard_hint)
+    async def send_packed_command(
+        self, command: bytes | str | Iterable[bytes], check_health: bool = True
+    ) -> None:
+        CountingConnection.writes += 1
+        await super().send_packed_command(command, check_health)
 
 
 def call(key: str, value: str) -> ScriptCall:
@@ -58,11 +58,13 @@ def test_concurrent_calls_share_one_pipeline_and_get_their_own_replies(
     redis_server: RedisServer,
 ) -> None:
     async def scenario() -> list[list[object]]:
-        client = CountingRedis.from_url(redis_server.url)
+        client = aioredis.Redis.from_url(
+            redis_server.url, connection_class=CountingConnection
+        )
         echo = client.register_script(ECHO)
         await echo(keys=["k"], args=["loaded"])
         group = GroupCommit(client)
-        CountingRedis.pipelines_sent = 0
+        CountingConnection.writes = 0
         try:
             # (Through a variable: returned at once, mypy finds gather's result Any.)
             replies: list[list[object]] = await asyncio.gather(
@@ -77,7 +79,7 @@ def test_concurrent_calls_share_one_pipeline_and_get_their_own_replies(
 
     replies = asyncio.run(scenario())
     assert replies == [[[f"k{n}".encode(), b"a"], [f"k{n}".encode(), b"b"]] for n in range(40)]
-    assert CountingRedis.pipelines_sent == 1  # 40 deliveries' calls, one round trip
+    assert CountingConnection.writes == 1  # 40 deliveries' calls, one round trip
 
 
 def test_a_failing_script_is_its_callers_reply_only(redis_server: RedisServer) -> None:
