@@ -63,6 +63,15 @@ def parse_options() -> Options:
     )
     parser.add_argument("--latency-n", type=int, default=200)
     parser.add_argument("--slow-n", type=int, default=1000)
+    parser.add_argument(
+        "--wan-n", type=int, default=600, help="messages for outbox and raw across the WAN link"
+    )
+    parser.add_argument(
+        "--wan-rtt-ms", type=float, default=20.0, help="the WAN link's round trip (latency proxy)"
+    )
+    parser.add_argument(
+        "--cpu-n", type=int, default=3000, help="messages for the worker's CPU per e-mail"
+    )
     parser.add_argument("--graph-n", type=int, default=400)
     parser.add_argument("--enqueue-n", type=int, default=10_000)
     parser.add_argument(

@@ -8,6 +8,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +35,12 @@ __all__ = [
     "Figure",
     "Figures",
     "Options",
+    "OutboxWorkers",
     "bench_env",
     "outbox_workers",
+    "process_cpu_seconds",
     "running",
+    "running_outbox_workers",
     "running_sink",
     "wait_until",
     "worker_rss_mb",
@@ -60,6 +64,9 @@ class Options:
     peer_n: int
     latency_n: int
     slow_n: int
+    wan_n: int
+    wan_rtt_ms: float
+    cpu_n: int
     graph_n: int
     enqueue_n: int
     rounds: int
@@ -89,11 +96,12 @@ class BenchEnv:
         if not self.options.json:
             print(text, file=sys.stderr, flush=True)
 
-    def configure_smtp(self, sink: Sink) -> None:
+    def configure_smtp(self, sink: Sink, port: int | None = None) -> None:
+        """outbox's SMTP settings: ``sink``, or ``port`` (a proxy in front of it)."""
         self.context.settings_store.save(
             SmtpSettings(
                 server="127.0.0.1",
-                port=sink.port,
+                port=sink.port if port is None else port,
                 from_mailbox="robot@example.com",
                 username=USERNAME,
                 password=SecretStr(PASSWORD),
@@ -163,8 +171,10 @@ def bench_env(options: Options) -> Iterator[BenchEnv]:
 
 
 @contextmanager
-def running_sink(certificate: trustme.LeafCert, data_delay_seconds: float = 0.0) -> Iterator[Sink]:
-    sink = Sink(certificate, data_delay_seconds=data_delay_seconds)
+def running_sink(
+    certificate: trustme.LeafCert, data_delay_seconds: float = 0.0, processes: int = 1
+) -> Iterator[Sink]:
+    sink = Sink(certificate, data_delay_seconds=data_delay_seconds, processes=processes)
     try:
         yield sink
     finally:
@@ -180,17 +190,46 @@ def running(command: list[str], env: dict[str, str]) -> Iterator[Service]:
         service.stop()
 
 
-@contextmanager
-def outbox_workers(env: BenchEnv, hostnames: list[str | None]) -> Iterator[list[Service]]:
-    """One ``outbox worker`` per hostname (None: Celery's default node name), each stopped
-    on the way out."""
-    with ExitStack() as stack:
-        workers = []
+class OutboxWorkers:
+    """``outbox worker`` instances, started as asked; ``stop`` stops them all at once (each
+    waits for its warm shutdown: a few seconds, which one after another would add up)."""
+
+    def __init__(self, env: BenchEnv) -> None:
+        self._env = env
+        self.services: list[Service] = []
+
+    def start(self, hostnames: list[str | None]) -> list[Service]:
+        """One more instance per hostname (None: Celery's default node name)."""
+        started = []
         for hostname in hostnames:
             named = [] if hostname is None else ["--hostname", hostname]
             command = ["outbox", "worker", "--loglevel", "WARNING", *named]
-            workers.append(stack.enter_context(running(command, env.outbox_env)))
+            started.append(Service(command, self._env.outbox_env))
+            self.services.append(started[-1])
+        return started
+
+    def stop(self) -> None:
+        services, self.services = self.services, []
+        if services:
+            with ThreadPoolExecutor(len(services)) as pool:
+                list(pool.map(Service.stop, services))
+
+
+@contextmanager
+def running_outbox_workers(env: BenchEnv) -> Iterator[OutboxWorkers]:
+    workers = OutboxWorkers(env)
+    try:
         yield workers
+    finally:
+        workers.stop()
+
+
+@contextmanager
+def outbox_workers(env: BenchEnv, hostnames: list[str | None]) -> Iterator[list[Service]]:
+    """One ``outbox worker`` per hostname (None: Celery's default node name), all stopped
+    on the way out."""
+    with running_outbox_workers(env) as workers:
+        yield workers.start(hostnames)
 
 
 def wait_until(
@@ -202,6 +241,16 @@ def wait_until(
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out waiting for {what}")
         time.sleep(poll_seconds)
+
+
+def process_cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU time the processes ``pids`` have used so far (/proc/PID/stat)."""
+    ticks = 0
+    for pid in pids:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()  # after the command's name
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def worker_rss_mb(main_pid: int, field: str) -> dict[str, float]:

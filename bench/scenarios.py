@@ -16,18 +16,23 @@ from bench.env import (
     BenchEnv,
     Figures,
     outbox_workers,
+    process_cpu_seconds,
     running,
+    running_outbox_workers,
     running_sink,
     wait_until,
     worker_rss_mb,
 )
+from bench.latency_proxy import running_latency_proxy
 from bench.limit import measure_limit
 from bench.messages import BODY, message, message_fields
 from bench.provider_limits import measure_provider_limits
 from bench.sink import PASSWORD, USERNAME
+from bench.worker_cpu import scenario_worker_cpu
 from config.mail_settings import OAuthSettings
 from peers.graph_standin import GraphStandIn
 from tasks.message_input import MessageInput
+from tasks.producer import CHUNK_SIZE
 from worker.records import record_key
 
 __all__ = ["SCENARIOS", "Scenario"]
@@ -218,22 +223,86 @@ def on_one_worker(*scenarios: Scenario) -> Scenario:
 
 
 def scenario_instances(env: BenchEnv) -> Figures:
-    """The slow server through one ``outbox worker``, then through two separate ones
-    (distinct node names, one Redis)."""
+    """The slow server through one ``outbox worker``, then two, then four separate ones
+    (distinct node names, one Redis; each run adds instances to those already running),
+    ``--slow-n`` e-mails per instance so that every pool process has as many tasks in each
+    run. The sink runs one process per core and serves every session at once (four
+    instances: 32), so it is not what limits four."""
     count = env.options.slow_n
-    with running_sink(env.certificate, data_delay_seconds=SLOW_DATA_SECONDS) as slow:
-        env.log(f"slow server: one worker instance, then two, {count} each")
-        rates = []
-        for instances in (1, 2):
-            env.configure_smtp(slow)
-            hostnames: list[str | None] = [f"bench{i}@%h" for i in range(instances)]
-            with outbox_workers(env, hostnames):
-                ready = functools.partial(env.workers_ready, instances)
-                wait_until(ready, 60, "the outbox workers")
-                env.run_outbox(2 * env.connections * instances)  # warm-up: open the connections
-                rates.append(env.run_outbox(count))
-    one, two = rates
-    return {"two_instances_per_s": {"one": one, "two": two}, "two_instances_vs_one": two / one}
+    with (
+        running_sink(
+            env.certificate, data_delay_seconds=SLOW_DATA_SECONDS, processes=WORKER_PROCESSES
+        ) as slow,
+        running_outbox_workers(env) as workers,
+    ):
+        env.log(f"slow server: one worker instance, then two, then four, {count} per instance")
+        env.configure_smtp(slow)
+        rates: dict[str, float] = {}
+        for name, instances in (("one", 1), ("two", 2), ("four", 4)):
+            workers.start([f"bench{i}@%h" for i in range(len(workers.services), instances)])
+            ready = functools.partial(env.workers_ready, instances)
+            wait_until(ready, 60, "the outbox workers")
+            # Warm-up: a task for each pool process, which opens its connections.
+            env.run_outbox(CHUNK_SIZE * WORKER_PROCESSES * instances)
+            rates[name] = env.run_outbox(count * instances)
+    return {
+        "instances_per_s": rates,
+        "two_instances_per_s": {"one": rates["one"], "two": rates["two"]},
+        "two_instances_vs_one": rates["two"] / rates["one"],
+        "four_instances_vs_one": rates["four"] / rates["one"],
+        "four_instances_bound_per_s": 4 * env.connections / SLOW_DATA_SECONDS,
+    }
+
+
+def scenario_wan(env: BenchEnv) -> Figures:
+    """The sink across an emulated WAN link (``--wan-rtt-ms`` of round trip, the latency
+    proxy): outbox's default worker, then raw aiosmtplib on as many connections, the same
+    e-mails; both timed with their connections open. A round trip for MAIL, RCPT and DATA
+    pipelined and one for the message is the least an e-mail can cost a connection: the
+    bound is connections / (2 RTT). Raw aiosmtplib does not pipeline (4 round trips).
+    Alongside: the CPU the proxy and the sink used per e-mail, and how late the proxy wrote
+    its chunks on average (its own error)."""
+    count = env.options.wan_n
+    rtt = env.options.wan_rtt_ms / 1000
+    connections = env.connections
+    env.log(f"wan: {env.options.wan_rtt_ms:g} ms round trip, {connections} connections, {count}")
+    cpu: dict[str, float] = {}
+    late: dict[str, float] = {}
+    with running_latency_proxy(env.sink.port, rtt) as proxy:
+
+        def measured(name: str, run: Callable[[], float]) -> float:
+            pids = [proxy.pid, *env.sink.pids]
+            proxy_cpu, sink_cpu = process_cpu_seconds(pids[:1]), process_cpu_seconds(pids[1:])
+            chunks, late_seconds = proxy.lateness()
+            per_s = run()
+            cpu[f"proxy_{name}"] = (process_cpu_seconds(pids[:1]) - proxy_cpu) / count * 1e6
+            cpu[f"sink_{name}"] = (process_cpu_seconds(pids[1:]) - sink_cpu) / count * 1e6
+            chunks_after, late_after = proxy.lateness()
+            late[name] = (late_after - late_seconds) / max(chunks_after - chunks, 1) * 1000
+            return per_s
+
+        env.configure_smtp(env.sink, proxy.port)
+        with outbox_workers(env, [None]):
+            wait_until(env.workers_ready, 60, "the outbox worker")
+            # Warm-up: a task for each pool process, which opens its connections.
+            env.run_outbox(CHUNK_SIZE * WORKER_PROCESSES)
+            outbox = measured("outbox", lambda: env.run_outbox(count))
+        raw = measured(
+            "raw",
+            lambda: measure_limit(
+                env.sink, env.client_tls, count, connections, port=proxy.port, connected=True
+            ),
+        )
+    bound = connections / (2 * rtt)
+    return {
+        "wan_outbox_per_s": outbox,
+        "wan_raw_per_s": raw,
+        "wan_bound_per_s": bound,
+        "wan_vs_bound": outbox / bound,
+        "wan_vs_raw": outbox / raw,
+        "wan_cpu_us_per_message": cpu,
+        "wan_proxy_late_ms": late,
+    }
 
 
 def scenario_provider_limits(env: BenchEnv) -> Figures:
@@ -316,6 +385,8 @@ SCENARIOS: list[Scenario] = [
     scenario_peer,
     on_one_worker(scenario_throughput, scenario_latency, scenario_slow_server, scenario_graph),
     scenario_instances,
+    scenario_wan,
+    scenario_worker_cpu,
     scenario_provider_limits,
     scenario_enqueue_and_memory,
     scenario_scale,
