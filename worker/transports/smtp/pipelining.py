@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import cast
@@ -19,15 +18,18 @@ __all__ = ["PipelinedExchange", "dot_stuffed", "pipelined_exchange"]
 # accepts up to 8192 per line and 2**17 per reply, and so does this reader.
 _MAX_LINE = 8192
 _MAX_REPLY = 2**17
-_LEADING_PERIOD = re.compile(rb"(?m)^\.")
 
 
 def dot_stuffed(data: bytes) -> bytes:
-    """The message as DATA carries it (CRLF throughout): each line's leading period doubled
-    (RFC 5321 §4.5.2) and the end-of-data line appended."""
+    """The message as DATA carries it: each line's leading period doubled (RFC 5321 §4.5.2)
+    and the end-of-data line appended. ``data`` is CRLF throughout, so a line begins after
+    each CRLF (a plain replace: a regular expression costs more than the rest of this)."""
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
-    return _LEADING_PERIOD.sub(b"..", data) + b".\r\n"
+    stuffed = data.replace(b"\r\n.", b"\r\n..")
+    if stuffed.startswith(b"."):
+        stuffed = b"." + stuffed
+    return stuffed + b".\r\n"
 
 
 class PipelinedExchange(asyncio.Protocol):
