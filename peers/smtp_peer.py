@@ -7,8 +7,8 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal
@@ -97,6 +97,10 @@ class SmtpPeer:
         self.data_replies: list[str] = []
         self.drop_next_connections = 0
         self.data_delay_seconds = 0.0
+        # The most messages the server was taking at once (between the end of DATA and its
+        # reply, which ``data_delay_seconds`` holds back): how many sends overlapped.
+        self.most_data_at_once = 0
+        self._data_now = 0
         self.ehlo_refused = False  # answer EHLO with 502, as an old HELO-only server does
         # Called with the recipients and the client's port when DATA ends, before the message
         # is accepted; a reply it returns is sent instead of accepting the message. A fault
@@ -271,6 +275,17 @@ class SmtpPeer:
         with self._lock:
             return self.data_replies.pop(0) if self.data_replies else None
 
+    @contextmanager
+    def _taking_data(self) -> Iterator[None]:
+        with self._lock:
+            self._data_now += 1
+            self.most_data_at_once = max(self.most_data_at_once, self._data_now)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._data_now -= 1
+
     def _next_mail_reply(self) -> str | None:
         with self._lock:
             return self.mail_replies.pop(0) if self.mail_replies else None
@@ -335,6 +350,10 @@ class _PeerHandler:
     async def handle_DATA(  # noqa: N802
         self, server: SMTP, session: Session, envelope: Envelope
     ) -> str:
+        with self._peer._taking_data():
+            return await self._data_reply(session, envelope)
+
+    async def _data_reply(self, session: Session, envelope: Envelope) -> str:
         delay = self._peer.data_delay_seconds
         if delay > 0:
             await asyncio.sleep(delay)

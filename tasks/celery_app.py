@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import time
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +17,7 @@ from celery.signals import worker_process_init, worker_process_shutdown
 from kombu.entity import Queue
 
 from config.redis_location import REDIS_TIMEOUT_SECONDS
+from tasks.broker_jobs import BrokerJobs, job_result
 from tasks.context import OutboxContext
 from tasks.producer import Producer, Publisher, chunked
 from tasks.queues import QUEUE, QUEUES
@@ -80,23 +80,33 @@ class _ProcessRuntime:
         self._context = context
         self._app = app
         self._runtime: WorkerRuntime | None = None
+        self._jobs: BrokerJobs | None = None
         self._pid: int | None = None
 
-    def get(self) -> WorkerRuntime:
-        if self._runtime is None or self._pid != os.getpid():
+    def get(self, hostname: str | None = None) -> WorkerRuntime:
+        """The process's runtime; ``hostname``, the worker's node name the jobs it takes
+        itself are reported under (a job Celery runs tells it)."""
+        if self._runtime is None or self._jobs is None or self._pid != os.getpid():
+            self._jobs = BrokerJobs(self._app, SEND_TASK)
             self._runtime = WorkerRuntime(
                 self._context.settings,
                 location=self._context.redis_location,
                 box=self._context.secret_box,
                 task_queue=CeleryTaskQueue(self._app, self._context.redis),
+                next_jobs=self._jobs,
             )
             self._pid = os.getpid()
+        if hostname is not None:
+            self._jobs.hostname = hostname
         return self._runtime
 
     def close(self) -> None:
         if self._runtime is not None and self._pid == os.getpid():
             self._runtime.close()
             self._runtime = None
+        if self._jobs is not None and self._pid == os.getpid():
+            self._jobs.close()
+            self._jobs = None
 
 
 def _register_send_task(app: Celery, context: OutboxContext) -> None:
@@ -106,18 +116,14 @@ def _register_send_task(app: Celery, context: OutboxContext) -> None:
     def send(self: Task, delivery_ids: list[str]) -> str:
         """Attempt each delivery; the result (shown in Flower) holds statuses only."""
         try:
-            outcomes = [outcome.value for outcome in runtime.get().deliver(delivery_ids)]
+            outcomes = runtime.get(self.request.hostname).deliver(delivery_ids)
         except Exception as exc:
             # Only infrastructure gets here (the record store or the broker unreachable);
             # every delivery's own failure is recorded on it. Run the job again: what was
             # recorded meanwhile is skipped, what was interrupted is claimed again.
             log.warning("job interrupted (%s); running it again", type(exc).__name__)
             raise self.retry(countdown=INFRASTRUCTURE_RETRY_SECONDS) from None
-        if len(outcomes) == 1:
-            return outcomes[0]
-        return " ".join(
-            f"{outcome}={count}" for outcome, count in sorted(Counter(outcomes).items())
-        )
+        return job_result(outcomes)
 
     @worker_process_shutdown.connect(weak=False)  # type: ignore[untyped-decorator]
     def _close_runtime(**_: Any) -> None:

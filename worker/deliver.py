@@ -133,7 +133,9 @@ class Deliverer:
     gate: SendingGate
     clock: Callable[[], float] = field(default=time.time)
 
-    async def deliver_many(self, delivery_ids: Sequence[str]) -> list[JobOutcome]:
+    async def deliver_many(
+        self, delivery_ids: Sequence[str], when_drained: Callable[[], None] | None = None
+    ) -> list[JobOutcome]:
         """Attempt each delivery; returns the status each ends in (or why it was skipped).
 
         Lanes, as many as ``in_flight`` allows (so the loop's CPU work never delays the replies
@@ -148,8 +150,11 @@ class Deliverer:
         time, alone in the process (a pool process runs one job at a time). Should it kill
         the process again, only its own attempt is lost, not those of the deliveries that
         would have been in flight beside it.
+
+        ``when_drained`` is called once the last id has been handed to a lane, as long as
+        none was set aside, while the last deliveries are still in flight.
         """
-        turns = _Turns(delivery_ids)
+        turns = _Turns(delivery_ids, when_drained)
         results = await asyncio.gather(
             *(self._lane(turns) for _ in delivery_ids), return_exceptions=True
         )
@@ -504,13 +509,22 @@ class _ClaimedTurn:
 class _Turns:
     """A job's delivery ids, handed to lanes one at a time in order, and each one's outcome."""
 
-    def __init__(self, delivery_ids: Sequence[str]) -> None:
+    def __init__(
+        self, delivery_ids: Sequence[str], when_drained: Callable[[], None] | None = None
+    ) -> None:
         self._waiting = deque(_Turn(i, ClaimTicket(d)) for i, d in enumerate(delivery_ids))
         self._outcomes: list[JobOutcome | None] = [None] * len(delivery_ids)
         self._set_aside: list[_Turn] = []
+        self._when_drained = when_drained
 
     def take(self) -> _Turn | None:
-        return self._waiting.popleft() if self._waiting else None
+        if self._waiting:
+            return self._waiting.popleft()
+        when_drained, self._when_drained = self._when_drained, None
+        if when_drained is not None and not self._set_aside:
+            # The job's set-aside deliveries are attempted alone: nothing joins them.
+            when_drained()
+        return None
 
     def give_back(self, turn: _Turn) -> None:
         self._waiting.appendleft(turn)

@@ -17,6 +17,7 @@ from config.secret_box import SecretBox
 from config.settings_store import SETTINGS_KEY, StoredSettings
 from worker.backoff import RetryPolicy
 from worker.deliver import Deliverer, JobOutcome, TransportCache
+from worker.lookahead import JobSource, Lookahead
 from worker.records import RedisClaims
 from worker.records.replication import AsyncFailoverWatch, AsyncReplicaWait
 from worker.records.sweeps import SweepStore
@@ -109,7 +110,10 @@ class WorkerRuntime:
         location: RedisLocation,
         box: SecretBox,
         task_queue: TaskQueue,
+        next_jobs: JobSource | None = None,
     ) -> None:
+        """``next_jobs``: where the process takes its next job itself while a job's last
+        sends are in flight (``worker.lookahead``); without it, only the jobs handed in."""
         quiet_http_logs()
         self._loop = EventLoopThread()
         # A stalled Redis fails a job (the sweeper runs it again later) instead of hanging it;
@@ -141,6 +145,7 @@ class WorkerRuntime:
             self._redis, box, self._webhook_http, retention_seconds=settings.retention_seconds
         )
         self._dispatching = self._loop.submit(self._webhooks.run_forever())
+        self._lookahead = None if next_jobs is None else Lookahead(next_jobs, self._run_job)
 
     def _transport_for(self, stored: StoredSettings) -> Transport:
         # Built once per settings version (the cache keeps it): what the administrator chose
@@ -158,15 +163,25 @@ class WorkerRuntime:
         return self._loop.run(self._deliver_all(delivery_ids))
 
     async def _deliver_all(self, delivery_ids: Sequence[str]) -> list[JobOutcome]:
+        lookahead = self._lookahead
+        drained = None if lookahead is None else lookahead.job_drained
+        return await self._run_job(delivery_ids, drained)
+
+    async def _run_job(
+        self, delivery_ids: Sequence[str], when_drained: Callable[[], None] | None
+    ) -> list[JobOutcome]:
         if self._failovers is not None:
             await self._failovers.wait_out(self._redis)
-        outcomes = await self._deliverer.deliver_many(delivery_ids)
+        outcomes = await self._deliverer.deliver_many(delivery_ids, when_drained)
         # Before Celery acknowledges the job: a failover after the acknowledgement must find
         # its outcomes on the promoted replica, or it would send them again.
         await self._replicas.confirm()
         return outcomes
 
     def close(self) -> None:
+        if self._lookahead is not None:
+            # The jobs it took are finished and acknowledged: they are no one else's.
+            self._loop.run(self._lookahead.finish())
         self._sweeping.cancel()
         self._dispatching.cancel()
         self._loop.run(self._aclose())
