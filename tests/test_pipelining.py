@@ -269,5 +269,10 @@ def test_a_slow_reply_times_out_as_a_transient_failure(peer: SmtpPeer) -> None:
         with pytest.raises(DeliveryError) as timed_out:
             await send(ALICE)
         assert isinstance(timed_out.value, TransientError)
+        # The late reply is never taken for the next command's: that session was closed.
+        peer.data_delay_seconds = 0.0
+        await asyncio.sleep(1.0)
+        assert set(states(await send(BOB)).values()) == {RecipientState.SENT}
 
     sending(transport_for(peer, timeout=0.3), body)
+    assert peer.connections == 2

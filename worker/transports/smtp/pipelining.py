@@ -56,6 +56,7 @@ class PipelinedExchange(asyncio.Protocol):
         self._replies: deque[SMTPResponse] = deque()
         self._failure: aiosmtplib.SMTPException | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self.server_closing = False  # a 421 came: the server closes the session
 
     def commands(self, commands: Sequence[bytes]) -> None:
         """``commands`` (each one line without its CRLF) in one write."""
@@ -82,7 +83,10 @@ class PipelinedExchange(asyncio.Protocol):
                 raise aiosmtplib.SMTPReadTimeoutError(
                     "Timed out waiting for server response"
                 ) from exc
-        return self._replies.popleft()
+        reply = self._replies.popleft()
+        if reply.code == SMTPStatus.domain_unavailable:
+            self.server_closing = True
+        return reply
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
@@ -150,6 +154,13 @@ def pipelined_exchange(connection: aiosmtplib.SMTP) -> Iterator[PipelinedExchang
     transport.set_protocol(exchange)
     try:
         yield exchange
+    except BaseException:
+        # A group cut short leaves replies unread, which a later command would take for its
+        # own: the session is closed, as aiosmtplib closes one after a timeout.
+        connection.close()
+        raise
     finally:
+        if exchange.server_closing:
+            connection.close()  # as aiosmtplib does after a 421
         if not transport.is_closing():
             transport.set_protocol(protocol)
