@@ -41,6 +41,13 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def pid(self) -> int:
+        """The server's process (a fault test stops and continues it)."""
+        if self._process is None:
+            raise RuntimeError("the Redis server is not running")
+        return self._process.pid
+
     def start(self) -> None:
         self._process = subprocess.Popen(
             [

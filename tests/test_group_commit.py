@@ -5,6 +5,8 @@ same pipeline as a failing claim is recorded once."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
@@ -58,9 +60,7 @@ def test_concurrent_calls_share_one_pipeline_and_get_their_own_replies(
     redis_server: RedisServer,
 ) -> None:
     async def scenario() -> list[list[object]]:
-        client = aioredis.Redis.from_url(
-            redis_server.url, connection_class=CountingConnection
-        )
+        client = aioredis.Redis.from_url(redis_server.url, connection_class=CountingConnection)
         echo = client.register_script(ECHO)
         await echo(keys=["k"], args=["loaded"])
         group = GroupCommit(client)
@@ -134,6 +134,40 @@ def test_redis_gone_fails_every_caller_and_the_next_call_reconnects(tmp_path: Pa
     gone, back = asyncio.run(scenario())
     assert all(isinstance(error, redis.ConnectionError) for error in gone)
     assert back == [[b"k", b"back"]]  # the script cache was lost with the restart: reloaded
+
+
+def test_a_stalled_redis_fails_the_callers_within_the_timeout(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path)
+    server.start()
+
+    async def scenario() -> tuple[object, float, float | None]:
+        client = aioredis.Redis.from_url(server.url, socket_timeout=1, socket_connect_timeout=1)
+        echo = client.register_script(ECHO)
+        group = GroupCommit(client)
+        try:
+            await group.run([(echo, call("k", "warm"))])
+            os.kill(server.pid, signal.SIGSTOP)
+            started = time.monotonic()
+            stalled: object = None
+            try:
+                await group.run([(echo, call("k", "stalled"))])
+            except redis.TimeoutError as exc:
+                stalled = exc
+            waited = time.monotonic() - started
+            os.kill(server.pid, signal.SIGCONT)
+            # The connection given back to the pool times its own commands again.
+            connection = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+            timeout = connection.socket_timeout
+            await client.connection_pool.release(connection)
+            return stalled, waited, timeout
+        finally:
+            await client.aclose()
+            server.stop()
+
+    stalled, waited, timeout = asyncio.run(scenario())
+    assert isinstance(stalled, redis.TimeoutError)
+    assert 0.9 < waited < 3
+    assert timeout == 1
 
 
 INCR = "return redis.call('INCR', KEYS[1])"

@@ -12,6 +12,7 @@ from redis.asyncio.connection import AbstractConnection, Connection
 from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.records.scripts import ScriptCall
 
@@ -49,6 +50,10 @@ class GroupCommit:
         self._waiting: list[_Waiting] = []
         self._sending: asyncio.Task[None] | None = None
         self._connection: AbstractConnection | None = None
+        # The client's socket timeout, applied here to the round trip as a whole: the held
+        # connection has none of its own (with one, redis-py runs every write as a task of
+        # its own, to time it; that task costs more than the write).
+        self._timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
 
     async def run(self, runs: Sequence[ScriptRun]) -> list[Any]:
         """The replies of ``runs``, in order, run one after the other in the same pipeline; a
@@ -94,10 +99,7 @@ class GroupCommit:
             _fail(batch, exc)
             return
         try:
-            await connection.send_packed_command(
-                connection.pack_commands(commands), check_health=False
-            )
-            replies = [await _reply(connection) for _ in commands]
+            replies = await _round_trip(connection, commands, self._timeout)
         except Exception as exc:  # Redis unreachable: each caller decides what to do about it
             await self._drop(connection)
             _fail(batch, exc)
@@ -123,6 +125,7 @@ class GroupCommit:
             connection = None
         if connection is None:
             connection = await pool.get_connection()  # type: ignore[no-untyped-call]  # redis-py: unannotated
+            connection.socket_timeout = None  # this round trip is timed whole (``_timeout``)
             self._connection = connection
         return connection
 
@@ -130,7 +133,22 @@ class GroupCommit:
         """A connection whose replies are in doubt is closed and given back to the pool."""
         self._connection = None
         await connection.disconnect(nowait=True)
+        connection.socket_timeout = self._timeout  # the pool's other users time their own
         await self._client.connection_pool.release(connection)
+
+
+async def _round_trip(
+    connection: AbstractConnection, commands: Sequence[Sequence[Any]], timeout: float | None
+) -> list[Any]:
+    """``commands`` written at once, and their replies, within ``timeout``."""
+    try:
+        async with asyncio.timeout(timeout):
+            await connection.send_packed_command(
+                connection.pack_commands(commands), check_health=False
+            )
+            return [await _reply(connection) for _ in commands]
+    except TimeoutError:
+        raise RedisTimeoutError("Timeout reading from Redis") from None
 
 
 async def _reply(connection: AbstractConnection) -> Any:
