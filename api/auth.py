@@ -12,32 +12,45 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from api.services import ApiServices, services
-from config.api_keys import ApiKey, Role
+from config.api_keys import ApiKey, LookedUp, Role
 from config.errors import NotAuthenticatedError, PermissionDeniedError
 from config.sessions import Session
 
 __all__ = [
     "AUTHENTICATED",
+    "BEARER_SCHEME",
     "CSRF_HEADER",
+    "ENQUEUE_PATH",
+    "LOOKED_UP",
     "SESSION_COOKIE",
     "Admin",
     "Caller",
     "admin",
     "authenticate",
+    "bearer_key",
     "caller",
     "csrf_matches",
+    "guarded_caller",
+    "looked_up",
     "page_session",
 ]
 
 SESSION_COOKIE = "outbox_session"
 # Where the request guard leaves the key it authenticated (``request.state``).
 AUTHENTICATED = "api_key"
+# ... and, for a bearer key, the lookup record that vouched for it (``LookedUp``).
+LOOKED_UP = "api_key_lookup"
+# The one route that takes a key remembered for up to a second (``AsyncKeyLookup``): its
+# write checks the key's record again, in the same script (``api.emails_routes``).
+ENQUEUE_PATH = "/api/emails"
 CSRF_HEADER = "X-CSRF-Token"
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `outbox keys create`.")
+BEARER_SCHEME = _bearer.scheme_name  # its name in the OpenAPI description
 
 
 def page_session(request: Request, found: ApiServices) -> tuple[Session, ApiKey] | None:
@@ -62,18 +75,32 @@ def csrf_matches(sent: str, session: Session) -> bool:
     return secrets.compare_digest(sent.encode(), session.csrf_token.encode())
 
 
-def authenticate(request: Request, found: ApiServices) -> ApiKey:
+async def authenticate(request: Request, found: ApiServices) -> ApiKey:
     """The key behind the request (its bearer key, or the session of its cookie with the
-    CSRF token for a change), or ``NotAuthenticatedError`` / ``PermissionDeniedError``.
+    CSRF token for a change), or ``NotAuthenticatedError`` / ``PermissionDeniedError``; a
+    bearer key's lookup is left in ``request.state`` (``LOOKED_UP``).
 
     Reads headers and cookies only: ``api.request_guard`` calls it before any body is read.
     """
-    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and credentials:
-        key = found.keys.authenticate(credentials.strip())
-        if key is None:
+    credentials = bearer_key(request)
+    if credentials:
+        remembered = request.method == "POST" and request.scope["path"] == ENQUEUE_PATH
+        looked_up = await found.on_loop().keys.authenticate(credentials, remembered=remembered)
+        if looked_up is None:
             raise NotAuthenticatedError("the API key is not valid (unknown or revoked)")
-        return key
+        setattr(request.state, LOOKED_UP, looked_up)
+        return looked_up.key
+    # A page session: its store is synchronous, and pages are few.
+    return await run_in_threadpool(_session_key, request, found)
+
+
+def bearer_key(request: Request) -> str:
+    """The key of an ``Authorization: Bearer KEY`` header ("" without one)."""
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" else ""
+
+
+def _session_key(request: Request, found: ApiServices) -> ApiKey:
     signed_in = page_session(request, found)
     if signed_in is None:
         raise NotAuthenticatedError(
@@ -86,18 +113,29 @@ def authenticate(request: Request, found: ApiServices) -> ApiKey:
     return key
 
 
-def caller(
+def looked_up(request: Request) -> LookedUp | None:
+    """The bearer key's lookup that authenticated ``request`` (None for a page session)."""
+    found: LookedUp | None = getattr(request.state, LOOKED_UP, None)
+    return found
+
+
+async def caller(
     request: Request,
     _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     found: Annotated[ApiServices, Depends(services)],
 ) -> ApiKey:
     """FastAPI dependency: the key behind the request, or 401 (the bearer parameter is
     there for the OpenAPI description; the key is read in ``authenticate``)."""
+    return await guarded_caller(request, found)
+
+
+async def guarded_caller(request: Request, found: ApiServices) -> ApiKey:
+    """``caller`` for a route that takes no dependencies: the key the request guard found."""
     key: ApiKey | None = getattr(request.state, AUTHENTICATED, None)
-    return key if key is not None else authenticate(request, found)
+    return key if key is not None else await authenticate(request, found)
 
 
-def admin(key: Annotated[ApiKey, Depends(caller)]) -> ApiKey:
+async def admin(key: Annotated[ApiKey, Depends(caller)]) -> ApiKey:
     """FastAPI dependency: an administrator's key, or 403."""
     if key.role is not Role.ADMIN:
         raise PermissionDeniedError(f"the key {key.name!r} is a {key.role} key; this needs admin")

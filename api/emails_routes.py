@@ -6,15 +6,30 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Header, Query, Request, status
+from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response, status
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
 
-from api.auth import Admin, Caller
+from api.auth import (
+    BEARER_SCHEME,
+    Admin,
+    Caller,
+    authenticate,
+    bearer_key,
+    guarded_caller,
+    looked_up,
+)
 from api.errors import answers, error_body, field_of
 from api.key_limits import new_deliveries, refuse_other_domains
 from api.services import ApiServices, services
-from config.api_keys import ApiKey, Role
-from config.errors import DeliveryNotFoundError, InvalidInputError, NotCancellableError
+from config.api_keys import LAST_USED_HASH, ApiKey, Role
+from config.errors import (
+    DeliveryNotFoundError,
+    InvalidInputError,
+    NotAuthenticatedError,
+    NotCancellableError,
+)
 from tasks.message_input import MessageInput
 from tasks.producer import cancel_summary
 from worker.records import (
@@ -24,6 +39,7 @@ from worker.records import (
     DeliveryStatus,
     record_summary,
 )
+from worker.records.enqueue import Enqueued, Guard, Touch
 
 __all__ = ["MAX_BATCH", "router"]
 
@@ -53,8 +69,28 @@ def _accepted(
         "id": created.id,
         "status": (current or fresh).value,
         "created": created.created,
-        "status_url": str(request.url_for("read_email", delivery_id=created.id)),
+        "status_url": _status_url(request, created.id),
     }
+
+
+def _status_url(request: Request, delivery_id: str) -> str:
+    """``request.url_for("read_email", ...)``, without searching every route for it or
+    building the request's base URL each time: what it depends on names the base."""
+    scope = request.scope
+    host = next((value for name, value in scope["headers"] if name == b"host"), None)
+    server = scope.get("server")
+    where = (scope.get("scheme"), host, tuple(server) if server else None, scope.get("root_path"))
+    base = _BASES.get(where)
+    if base is None:
+        if len(_BASES) >= _MAX_BASES:
+            _BASES.clear()
+        base = _BASES[where] = str(request.base_url).rstrip("/") + router.prefix
+    return f"{base}/{delivery_id}"
+
+
+# Base URLs of status URLs by what makes them (scheme, Host header, server, root path).
+_BASES: dict[tuple[object, ...], str] = {}
+_MAX_BASES = 256
 
 
 def _current(found: ApiServices, created: list[Created]) -> list[DeliveryStatus | None]:
@@ -70,27 +106,102 @@ def _owned(key: ApiKey) -> str | None:
     return None if key.role is Role.ADMIN else key.name
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, responses={**WITH_BODY, **answers(429)})
-def send_email(
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=dict[str, Any],
+    responses={**WITH_BODY, **answers(429)},
+    # The bearer key as ``Caller`` declares it, without its dependencies: FastAPI solves
+    # each one on every request, and the request guard has already authenticated this one.
+    openapi_extra={"security": [{BEARER_SCHEME: []}]},
+)
+async def send_email(
     message: MessageInput,
     request: Request,
-    key: Caller,
-    found: Services,
     idempotency_key: IdempotencyKey = None,
-) -> dict[str, Any]:
+) -> Response:
     """Enqueue one e-mail; answers at once with its id (the worker sends it)."""
+    found: ApiServices = request.app.state.services
+    key = await guarded_caller(request, found)
     if idempotency_key is not None:
+        message = _with_idempotency_key(message, idempotency_key)
+    # A key remembered from up to a second ago: what it refuses or what its record no
+    # longer says is asked of Redis again, once.
+    fresh = looked_up(request) is None  # a page session's key was read just now
+    while True:
         try:
-            # dict(): the fields as they are, attachments not copied; validated again for the key.
-            message = MessageInput.model_validate(
-                {**dict(message), "idempotency_key": idempotency_key}
-            )
-        except ValidationError as exc:
-            problem = exc.errors(include_url=False, include_input=False)[0]
-            message_text = str(problem["msg"]).removeprefix("Value error, ")
-            raise InvalidInputError(message_text, field="Idempotency-Key") from None
-    refuse_other_domains(message, key.limits)
-    found.producer.check_limits(message)  # a message refused anyway uses up no quota
+            refuse_other_domains(message, key.limits)
+        except InvalidInputError:
+            if fresh:
+                raise
+            key, fresh = await _looked_up_again(request, found), True
+            continue
+        found.producer.check_limits(message)  # a message refused anyway uses up no quota
+        if _counted(key) or found.producer.confirms_replication:
+            # The key's quota and the wait for replicas are the synchronous producer's.
+            answer = await run_in_threadpool(_send_counted, message, request, key, found)
+            return JSONResponse(answer, status.HTTP_202_ACCEPTED)
+        enqueued = await _enqueue(message, request, key, found)
+        if enqueued is not None:
+            # Rendered here: FastAPI would validate the answer against its model first.
+            answer = _accepted(request, enqueued.created, enqueued.status, message)
+            return JSONResponse(answer, status.HTTP_202_ACCEPTED)
+        if fresh:
+            raise NotAuthenticatedError("the API key changed while the e-mail was being enqueued")
+        # The key was revoked or changed since it was looked up.
+        key, fresh = await _looked_up_again(request, found), True
+
+
+async def _enqueue(
+    message: MessageInput, request: Request, key: ApiKey, found: ApiServices
+) -> Enqueued | None:
+    """Store and queue the message in one round trip, while the key's record still says
+    what it said when it was looked up (None, nothing stored, once it does not)."""
+    lookup = looked_up(request)
+    return await found.on_loop().enqueue.enqueue(
+        message,
+        created_by=key.name,
+        guard=Guard(lookup.lookup_key, lookup.record) if lookup else None,
+        touch=Touch(LAST_USED_HASH, key.name, repr(time.time())) if lookup else None,
+    )
+
+
+def _with_idempotency_key(message: MessageInput, idempotency_key: str) -> MessageInput:
+    try:
+        # dict(): the fields as they are, attachments not copied; validated again for the key.
+        return MessageInput.model_validate({**dict(message), "idempotency_key": idempotency_key})
+    except ValidationError as exc:
+        problem = exc.errors(include_url=False, include_input=False)[0]
+        message_text = str(problem["msg"]).removeprefix("Value error, ")
+        raise InvalidInputError(message_text, field="Idempotency-Key") from None
+
+
+def _counted(key: ApiKey) -> bool:
+    """Whether the key has a quota to count its e-mails against."""
+    return bool(key.limits.max_per_minute or key.limits.max_per_day)
+
+
+async def _looked_up_again(request: Request, found: ApiServices) -> ApiKey:
+    """The request's key asked of Redis again, or 401 when it is gone."""
+    lookup = looked_up(request)
+    if lookup is not None:
+        found.on_loop().keys.forget(lookup.key.key_hash)
+    return await authenticate(request, found)
+
+
+def _send_counted(
+    message: MessageInput, request: Request, key: ApiKey, found: ApiServices
+) -> dict[str, Any]:
+    """The enqueue through the synchronous producer (in a worker thread)."""
+    if looked_up(request) is not None:
+        # The key may have been remembered for up to a second, and this write does not
+        # check it again: ask Redis now, as before any other route.
+        fresh = found.keys.authenticate(bearer_key(request))
+        if fresh is None:
+            raise NotAuthenticatedError("the API key is not valid (unknown or revoked)")
+        if fresh != key:
+            key = fresh
+            refuse_other_domains(message, key.limits)
     found.key_quota.admit(key, new_deliveries(found.context.deliveries, key, [message]))
     created = found.producer.enqueue(message, created_by=key.name)
     return _accepted(request, created, _current(found, [created])[0], message)

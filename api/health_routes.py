@@ -63,7 +63,7 @@ async def readiness(request: Request) -> Readiness:
     """FastAPI dependency: the app's Readiness, made on first use (async: no thread needed)."""
     state = request.app.state
     if not hasattr(state, "readiness"):
-        found = services(request)
+        found = await services(request)
         state.readiness = Readiness(lambda: _check_readiness(found))
     cached: Readiness = state.readiness
     return cached

@@ -11,10 +11,9 @@ key from ``request.state`` instead of asking Redis again.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -43,7 +42,7 @@ class RequestGuard:
         app: ASGIApp,
         *,
         limit_for: Callable[[str], BodyLimit],
-        authenticate: Callable[[Request], ApiKey],
+        authenticate: Callable[[Request], Awaitable[ApiKey]],
         error_response: Callable[[Exception], Response],
     ) -> None:
         self._app = app
@@ -61,7 +60,7 @@ class RequestGuard:
         try:
             _check_declared_length(request, limit)
             if path.startswith("/api/"):
-                key = await run_in_threadpool(self._authenticate, request)
+                key = await self._authenticate(request)
                 scope.setdefault("state", {})[AUTHENTICATED] = key
             if "content-length" not in request.headers:
                 receive = await _read_at_most(receive, limit)

@@ -9,6 +9,8 @@ literal (``[10.0.0.5]``, ``[IPv6:::1]``).
 
 from __future__ import annotations
 
+import functools
+
 import idna
 from email_validator import EmailNotValidError, validate_email
 
@@ -23,11 +25,19 @@ _STAND_IN_DOMAIN = "[1.1.1.1]"
 _MAX_ADDRESS_OCTETS = 254
 
 
+# Valid addresses remembered, per process: producers send to the same recipients again and
+# again, and checking one costs about as much as the rest of a request's validation. (A
+# refused address raises, and is never remembered.)
+_REMEMBERED_ADDRESSES = 8192
+
+
+@functools.lru_cache(maxsize=_REMEMBERED_ADDRESSES)
 def mailbox_address(value: str) -> str:
     """Validate one address (syntax only, no DNS) and return the form it is sent in.
 
     The local part is NFC-normalized and may be non-ASCII (it then needs SMTPUTF8); the
     domain comes back lower-cased in its ASCII (IDNA) form, or as a normalized literal.
+    A pure function of ``value``: its answers are remembered.
     """
     single_line(value)
     local, at_sign, domain = value.rpartition("@")

@@ -16,21 +16,34 @@ import json
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
 import redis
+import redis.asyncio as aioredis
 
 from config.errors import InvalidInputError, KeyNameTakenError, KeyNotFoundError
 from config.redis_keys import API_KEY, API_KEYS, API_KEYS_LAST_USED
 from config.sessions import sessions_of_key
 
-__all__ = ["KEY_PREFIX", "ApiKey", "ApiKeyStore", "KeyInfo", "KeyLimits", "Role"]
+__all__ = [
+    "KEY_PREFIX",
+    "LAST_USED_HASH",
+    "ApiKey",
+    "ApiKeyStore",
+    "AsyncKeyLookup",
+    "KeyInfo",
+    "KeyLimits",
+    "LookedUp",
+    "Role",
+]
 
 KEY_PREFIX = "obx_"
 _KEYS = API_KEYS.pattern
 _LAST_USED = API_KEYS_LAST_USED.pattern
+LAST_USED_HASH = _LAST_USED  # name -> when the key was last used (unix time, as text)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # A domain as a recipient's address spells it after the '@' (IDNA already applied).
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$")
@@ -246,6 +259,73 @@ class ApiKeyStore:
         pipe.hdel(_LAST_USED, name)
         pipe.delete(sessions_of_key(name), *sessions)
         pipe.execute()
+
+
+# KEYS: the key's lookup record, the last-used hash; ARGV: now -> the lookup record, or nil.
+_AUTHENTICATE = """
+local record = redis.call('GET', KEYS[1])
+if record then redis.call('HSET', KEYS[2], cjson.decode(record)['name'], ARGV[1]) end
+return record
+"""
+# How long a looked-up key is believed without asking Redis, for callers that check it again
+# in the round trip of their write (``LookedUp.lookup_key`` still holding ``record``).
+REMEMBER_SECONDS = 1.0
+_REMEMBERED_AT_MOST = 4096  # keys; past this the memory starts over
+
+
+@dataclass(frozen=True, slots=True)
+class LookedUp:
+    """A key found valid: its owner, and the lookup record that said so, as Redis holds it
+    (a write made on the strength of it can require that it still does)."""
+
+    key: ApiKey
+    lookup_key: str
+    record: bytes
+
+
+class AsyncKeyLookup:
+    """``ApiKeyStore.authenticate`` on an asynchronous client, in one round trip (the lookup
+    and the last use in one script); with ``remembered``, a key looked up less than
+    ``REMEMBER_SECONDS`` ago is answered from memory, for a caller that verifies it in its
+    own write (the HTTP API's enqueue does, in the same script as the record). Only hashes
+    are kept, never a key."""
+
+    def __init__(
+        self, client: aioredis.Redis, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._authenticate = client.register_script(_AUTHENTICATE)
+        self._clock = clock
+        self._remembered: dict[str, tuple[float, LookedUp]] = {}
+
+    async def authenticate(self, key: str, *, remembered: bool = False) -> LookedUp | None:
+        """The key's owner, or None for an unknown or revoked key."""
+        if not key.startswith(KEY_PREFIX):
+            return None
+        key_hash = _hash(key)
+        now = self._clock()
+        if remembered:
+            found = self._remembered.get(key_hash)
+            if found is not None and now - found[0] < REMEMBER_SECONDS:
+                return found[1]
+        lookup_key = _lookup_key(key_hash)
+        raw = await self._authenticate(keys=[lookup_key, _LAST_USED], args=[repr(time.time())])
+        if raw is None:
+            self._remembered.pop(key_hash, None)
+            return None
+        owner = json.loads(raw)
+        looked_up = LookedUp(
+            ApiKey(owner["name"], Role(owner["role"]), key_hash, KeyLimits.from_json(owner)),
+            lookup_key,
+            bytes(raw),
+        )
+        if len(self._remembered) >= _REMEMBERED_AT_MOST:
+            self._remembered.clear()
+        self._remembered[key_hash] = (now, looked_up)
+        return looked_up
+
+    def forget(self, key_hash: str) -> None:
+        """Ask Redis next time: what was remembered of this key no longer holds."""
+        self._remembered.pop(key_hash, None)
 
 
 def _lookup_record(name: str, record: dict[str, Any]) -> dict[str, Any]:

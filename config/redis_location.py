@@ -137,6 +137,21 @@ class RedisLocation:
         )
         return client
 
+    def async_producer_client(self) -> aioredis.Redis:
+        """``client`` on asyncio, for the API's routes on the event loop: the same timeouts
+        and the same one retry."""
+        retry = AsyncRetry(ExponentialBackoff(cap=0.5, base=0.1), retries=1)
+        target = self.sentinel
+        if target is None:
+            return aioredis.Redis.from_url(self.url, retry=retry, **TIMEOUTS)
+        sentinel = AsyncSentinel(
+            list(target.sentinels), sentinel_kwargs=self._sentinel_kwargs(), **TIMEOUTS
+        )
+        client: aioredis.Redis = sentinel.master_for(
+            target.master_name, retry=retry, **_master_options(target)
+        )
+        return client
+
     def sentinel_clients(self) -> list[redis.Redis]:
         """One client per sentinel (none without Sentinel), quick to give up: for asking
         whether a failover is under way, where a silent sentinel must not hold up a reply."""

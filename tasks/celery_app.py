@@ -3,17 +3,21 @@ queue per priority, consumed in order."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
 import signal
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import redis
 from celery import Celery, Task
 from celery.signals import worker_process_init, worker_process_shutdown
+from celery.utils.nodenames import anon_nodename
+from celery.utils.time import utcoffset
 from kombu.entity import Queue
 
 from config.redis_location import REDIS_TIMEOUT_SECONDS
@@ -22,6 +26,7 @@ from tasks.context import OutboxContext
 from tasks.producer import Producer, Publisher, chunked
 from tasks.queues import QUEUE, QUEUES
 from worker.records import Priority
+from worker.records.enqueue import QueuedTask
 from worker.runtime import WorkerRuntime
 
 __all__ = [
@@ -29,6 +34,7 @@ __all__ = [
     "PUBLISHED_AT_HEADER",
     "SEND_TASK",
     "CeleryTaskQueue",
+    "TaskMessages",
     "celery_publisher",
     "create_celery_app",
     "producer_for",
@@ -162,6 +168,118 @@ def celery_publisher(app: Celery) -> Publisher:
                 )
 
     return publish
+
+
+_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+_EVENT_EXCHANGE = "celeryev"
+_SENT_ROUTING_KEY = "task.sent"
+
+
+class TaskMessages:
+    """Send-task messages built here as ``celery_publisher`` makes Celery and kombu's Redis
+    transport write them (protocol 2, JSON, base64 body: the same keys in the same order, the
+    same values but for ids and times; the ``task-sent`` event as ``task_send_sent_event``
+    publishes it), for the API to write in the same round trip as the record instead of
+    through kombu (about 0.5 ms of CPU and two more round trips per publish). Build it in
+    the process that uses it: it carries that process's node name. ``tests/test_producer.py``
+    holds the two equal."""
+
+    def __init__(self, app: Celery) -> None:
+        self._origin = anon_nodename()
+        self._pid = os.getpid()
+        self._reply_to = app.thread_oid
+        self._clock = app.clock
+        with app.connection_for_write() as connection:
+            # kombu's fanout prefix names the Redis database: "/0." for db 0.
+            prefix = connection.default_channel.keyprefix_fanout
+        self._event_channel = f"{prefix}{_EVENT_EXCHANGE}/{_SENT_ROUTING_KEY}"
+
+    def for_ids(self, delivery_ids: Sequence[str], priority: Priority) -> QueuedTask:
+        queue = QUEUES[priority]
+        task_id = str(uuid.uuid4())
+        args = [list(delivery_ids)]
+        argsrepr = repr(args)
+        body = json.dumps([args, {}, _EMBED]).encode()
+        headers = {
+            "lang": "py",
+            "task": SEND_TASK,
+            "id": task_id,
+            "shadow": None,
+            "eta": None,
+            "expires": None,
+            "group": None,
+            "group_index": None,
+            "retries": 0,
+            "timelimit": [None, None],
+            "root_id": task_id,
+            "parent_id": None,
+            "argsrepr": argsrepr,
+            "kwargsrepr": "{}",
+            "origin": self._origin,
+            "ignore_result": None,
+            "replaced_task_nesting": 0,
+            "stamped_headers": None,
+            "stamps": {},
+            PUBLISHED_AT_HEADER: time.time(),
+        }
+        properties = {
+            "correlation_id": task_id,
+            "reply_to": self._reply_to,
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": str(uuid.uuid4()),
+        }
+        return QueuedTask(
+            queue,
+            _envelope(body, headers, properties),
+            self._event_channel,
+            self._sent(task_id, argsrepr, queue),
+        )
+
+    def _sent(self, task_id: str, argsrepr: str, queue: str) -> bytes:
+        event = {
+            "hostname": self._origin,
+            "utcoffset": utcoffset(),
+            "pid": self._pid,
+            "clock": self._clock.forward(),
+            "uuid": task_id,
+            "root_id": task_id,
+            "parent_id": None,
+            "name": SEND_TASK,
+            "args": argsrepr,
+            "kwargs": "{}",
+            "retries": 0,
+            "eta": None,
+            "expires": None,
+            "queue": queue,
+            "exchange": "",
+            "routing_key": queue,
+            "timestamp": time.time(),
+            "type": "task-sent",
+        }
+        properties = {
+            "delivery_mode": 1,
+            "delivery_info": {"exchange": _EVENT_EXCHANGE, "routing_key": _SENT_ROUTING_KEY},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": str(uuid.uuid4()),
+        }
+        return _envelope(json.dumps(event).encode(), {"hostname": self._origin}, properties)
+
+
+def _envelope(body: bytes, headers: dict[str, Any], properties: dict[str, Any]) -> bytes:
+    """A message as kombu's Redis transport stores it."""
+    return json.dumps(
+        {
+            "body": base64.b64encode(body).decode(),
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": headers,
+            "properties": properties,
+        }
+    ).encode()
 
 
 class CeleryTaskQueue:

@@ -26,9 +26,18 @@ from worker.records import (
     NewDelivery,
     Priority,
 )
+from worker.records.enqueue import AsyncEnqueuer, Enqueued, Guard, QueuedTask, Touch
 from worker.records.replication import ReplicaWait
 
-__all__ = ["CHUNK_SIZE", "Producer", "Publisher", "cancel_summary", "chunked"]
+__all__ = [
+    "CHUNK_SIZE",
+    "AsyncEnqueue",
+    "Producer",
+    "Publisher",
+    "TaskBuilder",
+    "cancel_summary",
+    "chunked",
+]
 
 # Ids per task message: one Celery message per e-mail caps throughput far below SMTP's;
 # each id in a chunk is still claimed and recorded on its own.
@@ -122,22 +131,10 @@ class Producer:
         """Store the messages; what was created, and the ``(id, priority)`` pairs to queue
         now (a scheduled one is published by the sweeper when its time comes)."""
         now = time.time()
-        new = []
-        for message in messages:
-            delivery_id = uuid.uuid4().hex
-            # Fixed here, reused by every attempt, so receivers can drop a duplicate.
-            message_id = f"<{delivery_id}@{self._domain}>"
-            new.append(
-                NewDelivery(
-                    delivery_id,
-                    message.to_outgoing(message_id),
-                    message.idempotency_key,
-                    message.priority,
-                    created_by,
-                    idempotency_owner,
-                    message.send_at_timestamp(now),
-                )
-            )
+        new = [
+            self.new_delivery(message, created_by, idempotency_owner=idempotency_owner, now=now)
+            for message in messages
+        ]
         created = self._deliveries.create_many(new)
         repeated = [
             (c.id, m.priority) for c, m in zip(created, messages, strict=True) if not c.created
@@ -157,6 +154,33 @@ class Producer:
             if c.created and d.send_at is None
         ]
         return created, fresh + still_queued
+
+    def new_delivery(
+        self,
+        message: MessageInput,
+        created_by: str | None,
+        *,
+        idempotency_owner: str | None,
+        now: float,
+    ) -> NewDelivery:
+        """The record to store for ``message``, with its id and Message-ID."""
+        delivery_id = uuid.uuid4().hex
+        # Fixed here, reused by every attempt, so receivers can drop a duplicate.
+        message_id = f"<{delivery_id}@{self._domain}>"
+        return NewDelivery(
+            delivery_id,
+            message.to_outgoing(message_id),
+            message.idempotency_key,
+            message.priority,
+            created_by,
+            idempotency_owner,
+            message.send_at_timestamp(now),
+        )
+
+    @property
+    def confirms_replication(self) -> bool:
+        """Whether an enqueue waits for Redis replicas (OUTBOX_REDIS_MIN_REPLICAS)."""
+        return self._replicas is not None and self._replicas.min_replicas > 0
 
     def check_limits(self, message: MessageInput) -> None:
         """Refuse a message over OUTBOX_MAX_MESSAGE_BYTES (encoded bytes, not characters, of
@@ -261,3 +285,44 @@ class Producer:
                 if delivery_id not in published:
                     self._deliveries.mark_unqueued(delivery_id, reason)
             raise
+
+
+class TaskBuilder(Protocol):
+    """Builds the broker's message of a send task for delivery ids, in their priority's queue."""
+
+    def for_ids(self, delivery_ids: Sequence[str], priority: Priority) -> QueuedTask: ...
+
+
+class AsyncEnqueue:
+    """One message stored and queued in one round trip, on an asynchronous client: the HTTP
+    API's enqueue (``Producer.enqueue`` does the same in two steps, through Celery).
+
+    Without replicas to wait for only (``Producer.confirms_replication``): the caller uses
+    ``Producer`` otherwise."""
+
+    def __init__(self, producer: Producer, enqueuer: AsyncEnqueuer, tasks: TaskBuilder) -> None:
+        self._producer = producer
+        self._enqueuer = enqueuer
+        self._tasks = tasks
+
+    async def enqueue(
+        self,
+        message: MessageInput,
+        *,
+        created_by: str | None,
+        guard: Guard | None = None,
+        touch: Touch | None = None,
+    ) -> Enqueued | None:
+        """Store and queue ``message`` (its idempotency key ``created_by``'s own); None when
+        the guard refused and nothing was written."""
+        self._producer.check_limits(message)
+        delivery = self._producer.new_delivery(
+            message, created_by, idempotency_owner=created_by, now=time.time()
+        )
+        scheduled = delivery.send_at is not None
+        task = None if scheduled else self._tasks.for_ids([delivery.id], delivery.priority)
+        enqueued = await self._enqueuer.enqueue(delivery, task=task, guard=guard, touch=touch)
+        if enqueued is not None and enqueued.status is DeliveryStatus.QUEUED:
+            # As Producer._store: a repeated key's delivery still queued is queued again.
+            await self._enqueuer.push(self._tasks.for_ids([enqueued.created.id], message.priority))
+        return enqueued

@@ -10,6 +10,7 @@ import httpx
 import pytest
 import trustme
 from fastapi.testclient import TestClient
+from redis import Redis
 
 from api.app import create_app
 from api.auth import CSRF_HEADER
@@ -18,6 +19,8 @@ from config.redis_location import RedisLocation
 from peers.redis_server import free_port
 from peers.smtp_peer import SmtpPeer, smtp_peer
 from tasks.context import OutboxContext
+from tasks.queues import QUEUE
+from worker.records import DeliveryStatus, status_index_key
 
 PASSWORD = "api-Secret-Pa55word"
 CLIENT_SECRET = "graph-Client-Secret-value"
@@ -141,6 +144,36 @@ def test_a_revoked_key_stops_at_once(
     assert client.get("/api/emails", headers=producer).status_code == 200
     keys.revoke("scheduler")
     assert client.get("/api/emails", headers=producer).status_code == 401
+
+
+def test_a_revoked_key_enqueues_nothing_more_at_once(
+    client: RecordingClient, keys: ApiKeyStore, producer: dict[str, str], redis_client: Redis
+) -> None:
+    # The enqueue route believes a key looked up less than a second ago, and checks it again
+    # in the script that stores the record: revoked in between, nothing is stored.
+    email = {"to": ["a@example.com"], "subject": "s", "text": "t"}
+    assert client.post("/api/emails", headers=producer, json=email).status_code == 202
+    queued = redis_client.zcard(status_index_key(DeliveryStatus.QUEUED))
+    keys.revoke("scheduler")
+    refused = client.post("/api/emails", headers=producer, json=email)
+    assert refused.status_code == 401, refused.text
+    assert redis_client.zcard(status_index_key(DeliveryStatus.QUEUED)) == queued
+    assert redis_client.llen(QUEUE) == queued
+
+
+def test_a_key_limited_meanwhile_is_counted_at_once(
+    client: RecordingClient, keys: ApiKeyStore, producer: dict[str, str]
+) -> None:
+    email = {"to": ["a@example.com"], "subject": "s", "text": "t"}
+    assert client.post("/api/emails", headers=producer, json=email).status_code == 202
+    keys.update("scheduler", allowed_domains=["example.org"])
+    refused = client.post("/api/emails", headers=producer, json=email)
+    assert (refused.status_code, refused.json()["field"]) == (422, "to[0]")
+    keys.update("scheduler", allowed_domains=[], max_per_minute=1)
+    assert client.post("/api/emails", headers=producer, json=email).status_code == 202
+    assert client.post("/api/emails", headers=producer, json=email).status_code == 429
+    used = {info.name: info.last_used_at for info in keys.list()}["scheduler"]
+    assert used is not None
 
 
 def test_settings_are_saved_without_ever_returning_a_secret(

@@ -37,6 +37,8 @@ FIGURES = {
     "wan_vs_bound",
     "wan_vs_raw",
     "worker_cpu_us_per_email",
+    "api_vs_framework",
+    "api_p99_ms",
     "commit",
 }
 

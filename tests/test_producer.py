@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import json
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import cast
+from unittest.mock import ANY
 
 import pytest
 import redis
@@ -14,11 +20,14 @@ from config.errors import (
     NotRetryableError,
     TooManyRecipientsError,
 )
+from tasks.celery_app import PUBLISHED_AT_HEADER, TaskMessages, celery_publisher, create_celery_app
 from tasks.context import OutboxContext
 from tasks.message_input import MessageInput
-from tasks.producer import CHUNK_SIZE, Producer
+from tasks.producer import CHUNK_SIZE, AsyncEnqueue, Producer
+from tasks.queues import QUEUES
 from tests.conftest import CollectingPublisher
 from worker.records import DeliveryStatus, Priority, record_key, status_index_key
+from worker.records.enqueue import AsyncEnqueuer, Guard, Touch
 
 
 def message(**fields: object) -> MessageInput:
@@ -283,3 +292,126 @@ def test_headers_and_reply_to_count_toward_the_size_limit(
         small.enqueue(MessageInput(to=["a@example.com"], subject="s", reply_to=long_reply_to))
     assert refused.value.field == "reply_to"
     assert publisher.chunks == []
+
+
+# --- The HTTP API's enqueue: record and task in one script -----------------------------------
+
+_PER_MESSAGE = {"id", "root_id", "correlation_id", "delivery_tag", "uuid", "timestamp", "clock"}
+
+
+def _comparable(raw: bytes | str) -> dict[str, object]:
+    """A broker message with its body decoded and what differs per message blanked."""
+
+    def blank(value: object) -> object:
+        if isinstance(value, dict):
+            return {
+                key: "*" if key in _PER_MESSAGE or key == PUBLISHED_AT_HEADER else blank(item)
+                for key, item in value.items()
+            }
+        return value
+
+    message = json.loads(raw)
+    message["body"] = json.loads(base64.b64decode(message["body"]))
+    return {"as_sent": list(json.loads(raw)), **cast(dict[str, object], blank(message))}
+
+
+def test_task_messages_are_what_celery_itself_publishes(
+    outbox_context: OutboxContext, redis_client: redis.Redis
+) -> None:
+    app = create_celery_app(outbox_context)
+    ids = ["0123456789abcdef0123456789abcdef", "fedcba9876543210fedcba9876543210"]
+    events = redis_client.pubsub()
+    events.psubscribe("*celeryev*")
+    events.get_message(timeout=1)  # the subscription's confirmation
+    celery_publisher(app)([ids], priority=Priority.HIGH)
+    by_celery = redis_client.rpop(QUEUES[Priority.HIGH])
+    celery_event = events.get_message(timeout=2)
+    built = TaskMessages(app).for_ids(ids, Priority.HIGH)
+    assert isinstance(by_celery, bytes)
+    assert celery_event is not None
+    assert built.queue == QUEUES[Priority.HIGH]
+    assert _comparable(built.message) == _comparable(by_celery)
+    assert built.event_channel == celery_event["channel"].decode()
+    assert _comparable(built.event) == _comparable(celery_event["data"])
+    events.close()
+
+
+Scenario = Callable[[AsyncEnqueue], Awaitable[None]]
+
+
+def on_one_loop(outbox_context: OutboxContext, producer: Producer, scenario: Scenario) -> None:
+    """``scenario`` with an ``AsyncEnqueue`` whose client lives on the loop it runs on."""
+
+    async def run() -> None:
+        client = outbox_context.redis_location.async_producer_client()
+        enqueuer = AsyncEnqueuer(
+            client, retention_seconds=outbox_context.settings.retention_seconds
+        )
+        tasks = TaskMessages(create_celery_app(outbox_context))
+        try:
+            await scenario(AsyncEnqueue(producer, enqueuer, tasks))
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+
+
+def test_one_enqueue_stores_the_record_with_its_task_in_the_broker(
+    outbox_context: OutboxContext, producer: Producer, redis_client: redis.Redis
+) -> None:
+    async def scenario(enqueue: AsyncEnqueue) -> None:
+        enqueued = await enqueue.enqueue(message(text="secret body"), created_by="ci")
+        assert enqueued is not None
+        assert enqueued.created.created
+        assert enqueued.status is None
+        record = outbox_context.deliveries.get(enqueued.created.id)
+        assert (record.status, record.created_by) == (DeliveryStatus.QUEUED, "ci")
+        [task] = redis_client.lrange(QUEUES[Priority.NORMAL], 0, -1)
+        assert _comparable(task)["body"] == [[[enqueued.created.id]], {}, ANY]
+        assert b"secret body" not in task  # the broker carries ids only
+
+        scheduled = message(send_at=(datetime.now(UTC) + timedelta(hours=1)).isoformat())
+        later = await enqueue.enqueue(scheduled, created_by="ci")
+        assert later is not None
+        assert outbox_context.deliveries.get(later.created.id).status is DeliveryStatus.SCHEDULED
+        assert redis_client.llen(QUEUES[Priority.NORMAL]) == 1  # the sweeper publishes it
+
+    on_one_loop(outbox_context, producer, scenario)
+
+
+def test_one_enqueue_gives_back_a_repeated_key_and_queues_it_again_while_queued(
+    outbox_context: OutboxContext, producer: Producer, redis_client: redis.Redis
+) -> None:
+    async def scenario(enqueue: AsyncEnqueue) -> None:
+        first = await enqueue.enqueue(message(idempotency_key="run-7"), created_by="ci")
+        again = await enqueue.enqueue(message(idempotency_key="run-7"), created_by="ci")
+        assert first is not None
+        assert again is not None
+        assert (again.created.id, again.created.created) == (first.created.id, False)
+        assert again.status is DeliveryStatus.QUEUED
+        assert redis_client.llen(QUEUES[Priority.NORMAL]) == 2  # perhaps never published
+        redis_client.hset(record_key(first.created.id), "status", "sent")
+        sent = await enqueue.enqueue(message(idempotency_key="run-7"), created_by="ci")
+        assert sent is not None
+        assert sent.status is DeliveryStatus.SENT
+        assert redis_client.llen(QUEUES[Priority.NORMAL]) == 2
+
+    on_one_loop(outbox_context, producer, scenario)
+
+
+def test_one_enqueue_writes_nothing_once_its_guard_changed(
+    outbox_context: OutboxContext, producer: Producer, redis_client: redis.Redis
+) -> None:
+    async def scenario(enqueue: AsyncEnqueue) -> None:
+        redis_client.set("guard", "as read")
+        guard = Guard("guard", b"as read")
+        touch = Touch("touched", "ci", "now")
+        assert await enqueue.enqueue(message(), created_by="ci", guard=guard, touch=touch)
+        assert redis_client.hget("touched", "ci") == b"now"
+        redis_client.set("guard", "changed")
+        before = redis_client.zcard(status_index_key(DeliveryStatus.QUEUED))
+        assert await enqueue.enqueue(message(), created_by="ci", guard=guard) is None
+        assert redis_client.zcard(status_index_key(DeliveryStatus.QUEUED)) == before
+        assert redis_client.llen(QUEUES[Priority.NORMAL]) == 1
+
+    on_one_loop(outbox_context, producer, scenario)

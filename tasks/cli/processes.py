@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -13,7 +13,7 @@ from config.errors import KeyNameTakenError
 from tasks.cli.common import load_context
 from tasks.queues import QUEUES
 
-__all__ = ["CELERY_APP", "processes_app"]
+__all__ = ["CELERY_APP", "default_workers", "processes_app", "run_uvicorn", "uvicorn_options"]
 
 BOOTSTRAP_KEY_NAME = "admin"
 LOOPBACK = "127.0.0.1"
@@ -61,29 +61,65 @@ def _exec_celery(arguments: list[str]) -> NoReturn:
 API_APP = "api.app:app_from_environment"
 
 
+def default_workers() -> int:
+    """``outbox api``'s processes unless told: one per core, as ``outbox worker``'s."""
+    return os.cpu_count() or 1
+
+
+def uvicorn_options(
+    host: str, port: int, workers: int, forwarded_allow_ips: str = ""
+) -> dict[str, Any]:
+    """How ``outbox api`` runs uvicorn (also the benchmark's framework baseline)."""
+    return {
+        "host": host,
+        "port": port,
+        "workers": workers,
+        "log_level": "info",
+        # X-Forwarded-Proto and -For are believed only from OUTBOX_FORWARDED_ALLOW_IPS: left
+        # to itself uvicorn believes loopback (or $FORWARDED_ALLOW_IPS), so a local user
+        # could claim any client address.
+        "proxy_headers": bool(forwarded_allow_ips),
+        "forwarded_allow_ips": forwarded_allow_ips,
+    }
+
+
 @processes_app.command()
 def api(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = LOOPBACK,
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Server processes, sharing the port. [default: one per core]"),
+    ] = None,
 ) -> None:
     """Serve the HTTP API and the Mail Settings page (uvicorn)."""
-    import uvicorn
-
     context = load_context()  # the environment's errors, said here before uvicorn starts
     _print_first_admin_key(ApiKeyStore(context.redis), f"http://{host}:{port}/")
-    trusted = context.settings.forwarded_allow_ips
-    uvicorn.run(
-        API_APP,
-        factory=True,
-        host=host,
-        port=port,
-        log_level="info",
-        # X-Forwarded-Proto and -For are believed only from OUTBOX_FORWARDED_ALLOW_IPS: left
-        # to itself uvicorn believes loopback (or $FORWARDED_ALLOW_IPS), so a local user
-        # could claim any client address.
-        proxy_headers=bool(trusted),
-        forwarded_allow_ips=trusted,
+    options = uvicorn_options(
+        host, port, workers or default_workers(), context.settings.forwarded_allow_ips
     )
+    # An import string, so that with several workers each process builds its own app.
+    run_uvicorn(API_APP, options)
+
+
+def run_uvicorn(factory: str, options: dict[str, Any]) -> None:
+    """``uvicorn.run(factory, factory=True, **options)``; with several workers, the port
+    listens from the start, so that a client that connects as soon as "Uvicorn running on"
+    is printed waits for the first process instead of being refused (uvicorn's parent
+    process only binds it, and each process listens once its app is built)."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    if options.get("workers", 1) <= 1:
+        uvicorn.run(factory, factory=True, **options)
+        return
+    config = uvicorn.Config(factory, factory=True, **options)
+    sock = config.bind_socket()
+    sock.listen(config.backlog)
+    try:
+        Multiprocess(config, sockets=[sock]).run()
+    finally:
+        sock.close()
 
 
 def _print_first_admin_key(keys: ApiKeyStore, url: str) -> None:

@@ -44,6 +44,7 @@ __all__ = [
     "CANCEL",
     "CLAIM",
     "CREATE",
+    "ENQUEUE",
     "PURGE",
     "RENEW",
     "SWEEP",
@@ -135,6 +136,43 @@ if KEYS[4] ~= '' then
   redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', tonumber(ARGV[2]) - 2 * tonumber(ARGV[3]))
 end
 return {1, ARGV[1]}
+"""
+
+
+# --- ENQUEUE: CREATE, and in the same script the send task, for one e-mail ------------------
+# The HTTP API's enqueue in one round trip: only while the caller's API key still holds what
+# the API authenticated (a revoked or changed key stores nothing), its last use noted, the
+# record created as CREATE does, and the task pushed onto its broker list (with the event
+# that announces it) in the same atomic step, so a record is never without its task.
+# KEYS: record, queued (or scheduled) index, idempotency key or "", the API key's deliveries
+#       or "", due, guard key or "", broker list or "" (scheduled: the sweeper publishes it),
+#       last-used hash or ""
+# ARGV: id, now, idempotency ttl seconds, send at or "", guard value, task message, event
+#       channel or "", event, last-used field, last-used value, field, value, ...
+# -> {1, id} when created; {0, existing id, its status} when the idempotency key was already
+#    used; {-1} when the guard key no longer holds the guard value (nothing written).
+ENQUEUE = f"""
+if KEYS[6] ~= '' and redis.call('GET', KEYS[6]) ~= ARGV[5] then return {{-1}} end
+if KEYS[8] ~= '' then redis.call('HSET', KEYS[8], ARGV[9], ARGV[10]) end
+if KEYS[3] ~= '' then
+  local existing = redis.call('GET', KEYS[3])
+  if existing then
+    return {{0, existing, redis.call('HGET', '{record_key("")}' .. existing, 'status')}}
+  end
+  redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[3])
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 11))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+if ARGV[4] ~= '' then redis.call('ZADD', KEYS[5], ARGV[4], ARGV[1]) end
+if KEYS[4] ~= '' then
+  redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', tonumber(ARGV[2]) - 2 * tonumber(ARGV[3]))
+end
+if KEYS[7] ~= '' then
+  redis.call('LPUSH', KEYS[7], ARGV[6])
+  if ARGV[7] ~= '' then redis.call('PUBLISH', ARGV[7], ARGV[8]) end
+end
+return {{1, ARGV[1]}}
 """
 
 
