@@ -98,6 +98,11 @@ def main() -> None:
     with bench_env(options) as env:
         figures = run_scenarios(env, SCENARIOS)
     figures.update(summary(env, figures))
+    report(figures, options)
+
+
+def report(figures: Figures, options: Options) -> None:
+    """The figures as one JSON object (``--json``), or a line each."""
     if options.json:
         print(json.dumps(figures, indent=2))
         return

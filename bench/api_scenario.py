@@ -154,18 +154,12 @@ def scenario_api(env: BenchEnv) -> Figures:
 def main() -> None:
     """``python -m bench.api_scenario [--rounds N] [--json]``: this scenario alone, on the
     benchmark's own set-up."""
-    from bench.__main__ import parse_options
+    from bench.__main__ import parse_options, report
     from bench.env import bench_env
 
     options = parse_options()
     with bench_env(options) as env:
-        figures = scenario_api(env)
-    if options.json:
-        print(json.dumps(figures, indent=2))
-        return
-    for name, value in figures.items():
-        shown = f"{value:,.2f}" if isinstance(value, float) else value
-        print(f"{name:26} {shown}")
+        report(scenario_api(env), options)
 
 
 if __name__ == "__main__":

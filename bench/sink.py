@@ -22,6 +22,7 @@ import trustme
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from peers.redis_server import free_port
+from peers.smtp_peer import offering_pipelining
 
 USERNAME, PASSWORD = "bench", "bench-password"
 
@@ -48,10 +49,7 @@ class _PipeliningHandler(_CountingHandler):
         hostname: str,
         responses: list[str],
     ) -> list[str]:
-        # aiosmtpd's 5-argument hook: it must set the host name itself, and return the whole
-        # reply, every line "250-..." but the last ("250 HELP").
-        session.host_name = hostname
-        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+        return offering_pipelining(session, hostname, responses)
 
 
 def _authenticate(

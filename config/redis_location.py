@@ -124,28 +124,19 @@ class RedisLocation:
     def async_client(self, **timeouts: float) -> aioredis.Redis:
         """The workers' client: it gives up on a stalled Redis (``TIMEOUTS``, or ``timeouts``)
         and never runs a command again by itself (see ``worker.runtime.worker_redis``)."""
-        options = {**TIMEOUTS, **timeouts}
-        retry = AsyncRetry(NoBackoff(), retries=0)
+        return self._async(AsyncRetry(NoBackoff(), retries=0), {**TIMEOUTS, **timeouts})
+
+    def async_producer_client(self) -> aioredis.Redis:
+        """``client`` on asyncio, for the API's routes on the event loop: the same timeouts
+        and the same one retry."""
+        return self._async(AsyncRetry(ExponentialBackoff(cap=0.5, base=0.1), retries=1), TIMEOUTS)
+
+    def _async(self, retry: AsyncRetry, options: dict[str, Any]) -> aioredis.Redis:
         target = self.sentinel
         if target is None:
             return aioredis.Redis.from_url(self.url, retry=retry, **options)
         sentinel = AsyncSentinel(
             list(target.sentinels), sentinel_kwargs=self._sentinel_kwargs(), **options
-        )
-        client: aioredis.Redis = sentinel.master_for(
-            target.master_name, retry=retry, **_master_options(target)
-        )
-        return client
-
-    def async_producer_client(self) -> aioredis.Redis:
-        """``client`` on asyncio, for the API's routes on the event loop: the same timeouts
-        and the same one retry."""
-        retry = AsyncRetry(ExponentialBackoff(cap=0.5, base=0.1), retries=1)
-        target = self.sentinel
-        if target is None:
-            return aioredis.Redis.from_url(self.url, retry=retry, **TIMEOUTS)
-        sentinel = AsyncSentinel(
-            list(target.sentinels), sentinel_kwargs=self._sentinel_kwargs(), **TIMEOUTS
         )
         client: aioredis.Redis = sentinel.master_for(
             target.master_name, retry=retry, **_master_options(target)

@@ -22,6 +22,7 @@ __all__ = [
     "ReceivedMessage",
     "SmtpPeer",
     "TlsMode",
+    "offering_pipelining",
     "smtp_peer",
 ]
 
@@ -291,6 +292,14 @@ class SmtpPeer:
             return self.mail_replies.pop(0) if self.mail_replies else None
 
 
+def offering_pipelining(session: Session, hostname: str, responses: list[str]) -> list[str]:
+    """An aiosmtpd ``handle_EHLO`` reply that offers PIPELINING (RFC 2920): aiosmtpd reads
+    pipelined commands in order but does not advertise the extension. The hook's duties:
+    the session's host name, and the whole reply, every line "250-..." but the last."""
+    session.host_name = hostname
+    return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
+
 class _PeerHandler:
     """aiosmtpd handler hooks that consult the peer's scripted replies."""
 
@@ -306,11 +315,10 @@ class _PeerHandler:
         hostname: str,
         responses: list[str],
     ) -> list[str]:
-        # aiosmtpd reads pipelined commands in order but does not advertise the extension.
-        session.host_name = hostname  # the hook's duty once it exists
         if not self._peer.pipelining:
+            session.host_name = hostname  # the hook's duty once it exists
             return responses
-        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+        return offering_pipelining(session, hostname, responses)
 
     async def handle_MAIL(  # noqa: N802
         self,
