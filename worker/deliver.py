@@ -147,12 +147,13 @@ class Deliverer:
 
         A delivery whose process died mid-attempt (its claim lapsed) may be what killed it:
         it is set aside, then taken over and attempted once the others are done, one at a
-        time, alone in the process (a pool process runs one job at a time). Should it kill
-        the process again, only its own attempt is lost, not those of the deliveries that
-        would have been in flight beside it.
+        time, alone in the job. Should it kill the process again, only its own attempt is
+        lost, not those of the deliveries that would have been in flight beside it.
 
-        ``when_drained`` is called once the last id has been handed to a lane, as long as
-        none was set aside, while the last deliveries are still in flight.
+        ``when_drained`` is called once the last id has been handed to a lane, while the last
+        deliveries are still in flight (the process takes its next job then): never for a
+        job with deliveries set aside, so nothing new joins them (a job taken ahead before one
+        was set aside may still be finishing beside them).
         """
         turns = _Turns(delivery_ids, when_drained)
         results = await asyncio.gather(

@@ -48,7 +48,8 @@ class Lookahead:
     waiting job is taken off the queue here and its ids go to the lanes as they free up; it is
     acknowledged only once every one of its ids is recorded, as every job is, and put back on
     its queue if it could not be run. At most one job taken this way is still handing out
-    ids at any time, so a process never holds more than one job it has not started.
+    ids at any time: beside the job Celery gave it, a process holds at most one job whose
+    ids are not all on its lanes yet.
     """
 
     def __init__(self, source: JobSource, run: RunJob) -> None:
