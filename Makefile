@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test check lint typecheck format pytest faults bench tools clean
+.PHONY: run test check lint typecheck format pytest faults bench screenshots tools clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ tools:
 	@test -x /usr/sbin/exim4 || { \
 	  echo "installing Debian's exim4-daemon-light (the SMTP peer of tests/test_exim.py)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq exim4-daemon-light >/dev/null; }
+
+## screenshots: the browser tests, refreshing the README's screenshots in docs/screenshots
+screenshots: $(STAMP) tools
+	OUTBOX_SCREENSHOTS_DIR=$(CURDIR)/docs/screenshots $(BIN)/python -m pytest tests/browser
 
 ## faults: every fault scenario with outbox's default timings; the rows of docs/reliability.md
 faults: $(STAMP)

@@ -6,6 +6,7 @@ Playwright never downloads a browser here (DESIGN.md §5): it launches Debian's 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,11 @@ from peers.smtp_peer import SmtpPeer, smtp_peer
 from tests.support.environment import fresh_environment
 
 CHROMIUM = "/usr/lib/chromium/chromium"
-SCREENSHOTS = ROOT / "docs" / "screenshots"
+# The README's screenshots: written to the build folder on every run (a test run leaves the
+# checkout as it found it); `make screenshots` points this at docs/screenshots to refresh them.
+SCREENSHOTS = Path(
+    os.environ.get("OUTBOX_SCREENSHOTS_DIR") or ROOT / "test-results" / "screenshots"
+)
 DESKTOP = {"width": 1280, "height": 800}
 SMTP_USER, SMTP_PASSWORD = "robot", "browser-Secret-Pa55"
 
@@ -141,8 +146,8 @@ def admin_page(page: Page, site: str, admin_key: str) -> Page:
 
 
 def screenshot(page: Page, name: str, *, docs: bool = False) -> Path:
-    """Keep what the page looked like: in docs/screenshots for the README, else beside the
-    other Playwright artifacts (test-results/, emptied at the start of each run)."""
+    """Keep what the page looked like: the README's (``docs``) in ``SCREENSHOTS``, the
+    others beside the other Playwright artifacts (test-results/, emptied at each run)."""
     folder = SCREENSHOTS if docs else ROOT / "test-results" / "browser"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.png"
