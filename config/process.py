@@ -181,6 +181,12 @@ class ProcessSettings(BaseSettings):
         "published is published again, once its task can no longer be in the queue.",
     )
     visibility_timeout_seconds: int = Field(default=DEFAULT_VISIBILITY_TIMEOUT_SECONDS, ge=60)
+    lookahead: bool = Field(
+        default=False,
+        description="A worker process takes its next job itself while a job's last e-mails "
+        "are in flight (no idle lanes between jobs). Off by default: a high-priority e-mail "
+        "may then wait behind one more job per process.",
+    )
     # How long the sending account pauses after a provider's rate quota or throttling reply
     # that states no wait (Exchange Online's SubmissionQuotaExceeded: its per-minute quota).
     provider_pause_seconds: float = Field(default=60.0, gt=0, le=86_400)

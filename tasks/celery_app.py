@@ -99,7 +99,7 @@ class _ProcessRuntime:
                 location=self._context.redis_location,
                 box=self._context.secret_box,
                 task_queue=CeleryTaskQueue(self._app, self._context.redis),
-                next_jobs=self._jobs,
+                next_jobs=self._jobs if self._context.settings.lookahead else None,
             )
             self._pid = os.getpid()
         if hostname is not None:

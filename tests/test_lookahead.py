@@ -41,6 +41,7 @@ def env(redis_server: RedisServer, tmp_path: Path) -> dict[str, str]:
         "OUTBOX_CLAIM_LEASE_SECONDS": "3",
         "OUTBOX_SWEEP_INTERVAL_SECONDS": "0.5",
         "OUTBOX_STRANDED_AFTER_SECONDS": "2",
+        "OUTBOX_LOOKAHEAD": "true",
     }
 
 
